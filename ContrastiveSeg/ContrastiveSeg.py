@@ -1,0 +1,534 @@
+"""ContrastiveSeg: paint a structure on a few slices, press Segment, get the whole 3D segmentation.
+
+A 2.5D U-Net with a contrastively pretrained encoder is fine-tuned on the painted slices and segments the volume.
+All work happens in a child ``PythonSlicer`` process running the ContrastiveSegLib command line, so Slicer stays
+responsive and a GPU crash cannot take it down; this file is only the Slicer front door:
+
+- ``ContrastiveSegParameterNode``: per-scene choices, bound to the .ui through ``SlicerParameterName``.
+- ``ContrastiveSegWidget``: thin; shows state and forwards clicks to the logic.
+- ``ContrastiveSegLogic``: usable with no GUI (batch scripts):
+  ``ContrastiveSegLogic().segment(volumeNode, segmentationNode, waitForCompletion=True)``.
+- The node <-> array bridge, the child-process runner and the run itself live in ``ContrastiveSegLib.slicer``.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+import shutil
+import sys
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+try:
+    import ContrastiveSegLib  # noqa: F401  (installed beside this file in the extension)
+except ImportError:  # a source checkout added through "Additional module paths": the library is one folder up
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+# Only light modules here: nothing below imports torch, MONAI or anything that may not be installed yet.
+from ContrastiveSegLib.errors import InputError  # noqa: E402
+from ContrastiveSegLib.slicer import environment  # noqa: E402
+from ContrastiveSegLib.slicer.geometry import AXIS_LETTERS, slice_center_ras  # noqa: E402
+from ContrastiveSegLib.slicer.runner import Progress, overall_fraction, python_executable  # noqa: E402
+
+DEFAULT_ENCODER = "default"
+ENCODERS = [DEFAULT_ENCODER, *environment.shipped_encoder_names(), "none"]
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+SETTINGS_DEVICE = "ContrastiveSeg/Device"
+
+
+class ContrastiveSeg(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list and help panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("ContrastiveSeg")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations"]
+        self.parent.contributors = ["ContrastiveSeg developers"]
+        self.parent.helpText = _(
+            "Paint a structure on a few slices with the Segment Editor, choose the volume and the segmentation, "
+            "press <b>Segment</b>: a network fine-tuned on your slices segments the whole volume. Correct a slice "
+            "or two and press Segment again to refine: the run continues from the last model. 'Suggest next "
+            "slice' shows where the model is least sure. Details: the 'Use in 3D Slicer' section of the README.")
+        self.parent.acknowledgementText = _(
+            "Contrastive pretraining follows Chaitanya et al. (NeurIPS 2020), Zeng et al. (MICCAI 2021) and "
+            "related work; networks and losses are built on MONAI.")
+
+
+@parameterNodeWrapper
+class ContrastiveSegParameterNode:
+    """Per-scene state of the module. Fields bound to widgets carry the same name as SlicerParameterName."""
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    inputSegmentation: vtkMRMLSegmentationNode
+    outputSegmentation: vtkMRMLSegmentationNode  # None: a new segmentation node for each run
+    encoder: Annotated[str, Choice(ENCODERS)] = DEFAULT_ENCODER
+    encoderFile: pathlib.Path
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    gpuIndex: Annotated[int, WithinRange(0, 15)] = 0
+    preset: Annotated[str, Choice(["default", "fast"])] = "default"
+    refineFromLastModel: bool = True
+    showUncertainty: bool = False
+    show3D: bool = False
+    axis: Annotated[str, Choice(["auto", "k", "j", "i"])] = "auto"
+    steps: Annotated[int, WithinRange(0, 100000)] = 0
+    seed: Annotated[int, WithinRange(0, 1000000)] = 0
+    batchSize: Annotated[int, WithinRange(0, 1024)] = 0
+    allowResampling: bool = False
+    modelFile: pathlib.Path
+    # Not shown: what the last run left behind (refine from it, suggest the next slice from it).
+    lastModelPath: str = ""
+    lastModelSegments: str = ""
+    lastProbabilitiesPath: str = ""
+
+
+def _path_or_none(path) -> str | None:
+    text = str(path or "")
+    return None if text in ("", ".") else text
+
+
+class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: binds the .ui to the parameter node and forwards clicks to the logic. No computation here."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._observedSegmentation = None
+        self._summaryTimer = None
+        self._notes = []  # remarks of the current run that must stay visible (e.g. a retry after out of memory)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ContrastiveSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = ContrastiveSegLogic()
+        self._summaryTimer = qt.QTimer()
+        self._summaryTimer.setSingleShot(True)
+        self._summaryTimer.setInterval(700)  # refresh the summary once painting pauses
+        self._summaryTimer.timeout.connect(self.updateSummary)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.segmentButton.connect("clicked(bool)", self.onSegmentButton)
+        self.ui.predictButton.connect("clicked(bool)", self.onPredictButton)
+        self.ui.suggestButton.connect("clicked(bool)", self.onSuggestButton)
+        self.ui.saveModelButton.connect("clicked(bool)", self.onSaveModelButton)
+        self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._summaryTimer.stop()
+        self.logic.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+        self.ui.deviceInfoLabel.text = environment.device_summary(self.logic.gpus())
+        missing = environment.missing_requirements()
+        self.ui.installButton.visible = bool(missing)
+        self.ui.dependencyLabel.text = (_("Needs: ") + ", ".join(missing)) if missing else ""
+
+    def exit(self) -> None:
+        self.setParameterNode(None)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.logic.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:  # a fresh scene: start from the user's preferred device
+            device = slicer.util.settingsValue(SETTINGS_DEVICE, "auto")
+            self._parameterNode.device = device if device in DEVICES else "auto"
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not self._parameterNode.inputSegmentation:
+            self._parameterNode.inputSegmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+
+    def setParameterNode(self, parameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
+        self._parameterNode = parameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGui)
+        self.updateGui()
+
+    # ------------------------------------------------------------------------------------------ display
+    def updateGui(self, caller=None, event=None) -> None:
+        node = self._parameterNode
+        running = self.logic.isRunning()
+        ready = bool(node and node.inputVolume and node.inputSegmentation)
+        self.ui.segmentButton.text = _("Cancel") if running else _("Segment")
+        self.ui.segmentButton.enabled = running or ready
+        self.ui.predictButton.enabled = not running and bool(node and node.inputVolume and
+                                                             _path_or_none(node.modelFile))
+        self.ui.saveModelButton.enabled = not running and bool(node and node.lastModelPath)
+        self.ui.suggestButton.enabled = not running and bool(node and node.lastProbabilitiesPath)
+        self.ui.gpuIndexSpinBox.visible = bool(node and node.device == "cuda")
+        self._observeSegmentation(node.inputSegmentation if node else None)
+
+    def _observeSegmentation(self, segmentationNode) -> None:
+        if segmentationNode is self._observedSegmentation:
+            return
+        # Painting fires the segmentation's segment events (forwarded by the node), not the node's ModifiedEvent.
+        events = (slicer.vtkSegmentation.SegmentModified, slicer.vtkSegmentation.SegmentAdded,
+                  slicer.vtkSegmentation.SegmentRemoved)
+        for event in events:
+            if self._observedSegmentation is not None:
+                self.removeObserver(self._observedSegmentation, event, self._scheduleSummary)
+            if segmentationNode is not None:
+                self.addObserver(segmentationNode, event, self._scheduleSummary)
+        self._observedSegmentation = segmentationNode
+        self._scheduleSummary()
+
+    def _scheduleSummary(self, caller=None, event=None) -> None:
+        self._summaryTimer.start()
+
+    def updateSummary(self) -> None:
+        node = self._parameterNode
+        if not (node and node.inputVolume and node.inputSegmentation) or self.logic.isRunning():
+            self.ui.summaryLabel.text = _("Choose a volume and a segmentation painted on a few slices.")
+            return
+        try:
+            lines = self.logic.annotationSummary(node.inputVolume, node.inputSegmentation, node)
+        except InputError as error:
+            lines = [str(error)]
+        self.ui.summaryLabel.text = "\n".join(lines)
+
+    def showStatus(self, text: str, error: bool = False) -> None:
+        self.ui.statusLabel.text = text
+        self.ui.statusLabel.setStyleSheet("color: #c0392b" if error else "")
+        if error:
+            logging.error(f"ContrastiveSeg: {text}")
+
+    # ------------------------------------------------------------------------------------------ actions
+    def onDeviceChanged(self, index: int) -> None:
+        qt.QSettings().setValue(SETTINGS_DEVICE, DEVICES[index] if 0 <= index < len(DEVICES) else "auto")
+
+    def onInstallButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Installing the dependencies failed."), waitCursor=True):
+            self.logic.installDependencies()
+        self.enter()
+
+    def _ensureDependencies(self) -> bool:
+        if not environment.missing_requirements():
+            return True
+        with slicer.util.tryWithErrorDisplay(_("Installing the dependencies failed."), waitCursor=True):
+            if self.logic.installDependencies():
+                return True
+        self.showStatus(_("ContrastiveSeg needs PyTorch and MONAI: press 'Install dependencies'."), error=True)
+        return False
+
+    def onSegmentButton(self) -> None:
+        if self.logic.isRunning():
+            self.showStatus(_("Cancelling..."))
+            self.logic.cancel()
+            return
+        if not self._ensureDependencies():
+            return
+        node = self._parameterNode
+        self._start(lambda: self.logic.segmentFromParameterNode(node, progressCallback=self.onProgress,
+                                                                completedCallback=self.onCompleted))
+
+    def onPredictButton(self) -> None:
+        if not self._ensureDependencies():
+            return
+        node = self._parameterNode
+        self._start(lambda: self.logic.predict(
+            node.inputVolume, _path_or_none(node.modelFile), node.outputSegmentation,
+            **self.logic.optionsFromParameterNode(node, training=False), progressCallback=self.onProgress,
+            completedCallback=self.onCompleted))
+
+    def _start(self, launch) -> None:
+        self._notes = []
+        self.ui.progressBar.value = 0
+        self.showStatus(_("Starting..."))
+        try:
+            launch()
+        except InputError as error:  # the user's input: one line in the panel
+            self.showStatus(str(error), error=True)
+        self.updateGui()
+
+    def onProgress(self, progress: Progress) -> None:
+        self.ui.progressBar.value = int(100 * overall_fraction(progress, self.logic.training))
+        if "out of GPU memory" in progress.message and progress.message not in self._notes:
+            self._notes.append(progress.message)
+        self.showStatus(" ".join([progress.describe(), *self._notes]))
+
+    def onCompleted(self, result) -> None:
+        self.ui.progressBar.value = 100 if result.ok else 0
+        text = result.message
+        if result.ok:
+            text = _("Done in {seconds:.0f} s.").format(seconds=result.seconds)
+            if result.suggestion is not None:
+                text += " " + _("Most uncertain slice: {index}.").format(index=result.suggestion[0])
+            text = " ".join([text, *self._notes, *result.notes])
+            if result.uncertainty_node is not None:
+                slicer.util.setSliceViewerLayers(foreground=result.uncertainty_node, foregroundOpacity=0.4)
+        self.showStatus(text, error=not result.ok and not result.run.cancelled)
+        self.updateGui()
+        self.updateSummary()
+
+    def onSuggestButton(self) -> None:
+        node = self._parameterNode
+        try:
+            plane, index, score = self.logic.suggestNextSlice(node.inputVolume, node.inputSegmentation, node)
+        except InputError as error:
+            self.showStatus(str(error), error=True)
+            return
+        self.showStatus(_("Annotate {plane} slice {index} next (uncertainty {score:.2f}).").format(
+            plane=plane, index=index, score=score))
+
+    def onSaveModelButton(self) -> None:
+        path = qt.QFileDialog.getSaveFileName(None, _("Save the fine-tuned model"), "model.safetensors",
+                                              "Model (*.safetensors)")
+        if path:
+            self.logic.saveModel(self._parameterNode, path)
+            self.showStatus(_("Model saved to {path}; use it with 'Predict only'.").format(path=path))
+
+
+class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
+    """All the module does, usable without the GUI (``Slicer --no-main-window --python-script``)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.job = None
+        self.training = True
+        self._timer = None
+        self._gpus = None
+
+    def getParameterNode(self):
+        return ContrastiveSegParameterNode(super().getParameterNode())
+
+    # --------------------------------------------------------------------------------- environment
+    def gpus(self):
+        if self._gpus is None:
+            self._gpus = environment.detect_gpus()
+        return self._gpus
+
+    def installDependencies(self, confirm: bool = True) -> bool:
+        """Install torch (PyTorch extension) and the pip packages, after one confirmation when ``confirm``
+        (batch scripts pass False). Returns True when everything is installed."""
+        if not confirm:
+            return environment.install(lambda text: True)
+        return environment.install(lambda text: slicer.util.confirmOkCancelDisplay(text, _("ContrastiveSeg")))
+
+    def stateDirectory(self) -> pathlib.Path:
+        return pathlib.Path(slicer.app.temporaryPath) / "ContrastiveSeg"
+
+    # ------------------------------------------------------------------------------------- options
+    def optionsFromParameterNode(self, node, training: bool = True) -> dict:
+        device = node.device if node.device != "cuda" else f"cuda:{node.gpuIndex}"
+        options = dict(device=device, batchSize=node.batchSize or None, showUncertainty=node.showUncertainty,
+                       show3D=node.show3D)
+        if training:
+            encoder = _path_or_none(node.encoderFile) or node.encoder
+            options.update(encoder=None if encoder == DEFAULT_ENCODER else encoder, preset=node.preset,
+                           steps=node.steps or None, seed=node.seed, allowResampling=node.allowResampling,
+                           axis=None if node.axis == "auto" else AXIS_LETTERS.index(node.axis))
+        return options
+
+    def segmentFromParameterNode(self, node, **kwargs):
+        """Segment with everything the panel shows; refine from the last model when asked and compatible."""
+        initModel = None
+        if node.refineFromLastModel and node.lastModelPath and pathlib.Path(node.lastModelPath).is_file():
+            names = self.annotationSegmentNames(node.inputSegmentation)
+            if names == node.lastModelSegments.split("\n"):
+                initModel = node.lastModelPath
+        return self.segment(node.inputVolume, node.inputSegmentation, node.outputSegmentation,
+                            initModel=initModel, **self.optionsFromParameterNode(node), **kwargs)
+
+    # ----------------------------------------------------------------------------------------- runs
+    def segment(self, volumeNode, segmentationNode, outputSegmentationNode=None, *, encoder=None, device="auto",
+                preset="default", steps=None, seed=0, axis=None, batchSize=None, initModel=None,
+                probabilities=True, showUncertainty=False, show3D=False, allowResampling=False,
+                waitForCompletion=False, progressCallback=None, completedCallback=None, timeout=None):
+        """Fine-tune on the painted slices of ``segmentationNode`` and segment ``volumeNode``.
+
+        The result goes to ``outputSegmentationNode`` (None: a new node; the input node itself: its segments
+        are replaced and the painted slices remembered). Returns the :class:`JobResult` when
+        ``waitForCompletion`` (batch scripts), else the running job; ``completedCallback(result)`` is called at
+        the end either way. Raises InputError (one line) for unusable input before anything starts.
+        """
+        from ContrastiveSegLib.slicer.job import Job, JobOptions
+
+        options = JobOptions(encoder=encoder, device=device, preset=preset, steps=steps, seed=seed, axis=axis,
+                             batch_size=batchSize, init_model=initModel, probabilities=probabilities,
+                             show_uncertainty=showUncertainty, resample=allowResampling, closed_surface=show3D)
+        job = Job("segment", volumeNode, segmentationNode, outputSegmentationNode, options,
+                  state_dir=self.stateDirectory(), python=python_executable(),
+                  env=slicer.util.startupEnvironment(), uncertainty_node=self._uncertaintyNode(volumeNode))
+        self.training = True
+        return self._launch(job, waitForCompletion, progressCallback, completedCallback, timeout)
+
+    def predict(self, volumeNode, modelPath, outputSegmentationNode=None, *, device="auto", batchSize=None,
+                showUncertainty=False, show3D=False, waitForCompletion=False, progressCallback=None,
+                completedCallback=None, timeout=None):
+        """Segment ``volumeNode`` with a saved model (no fine-tuning): the next patient's scan."""
+        from ContrastiveSegLib.slicer.job import Job, JobOptions
+
+        options = JobOptions(device=device, batch_size=batchSize, probabilities=showUncertainty,
+                             show_uncertainty=showUncertainty, closed_surface=show3D)
+        job = Job("predict", volumeNode, None, outputSegmentationNode, options, model_path=modelPath,
+                  state_dir=self.stateDirectory(), python=python_executable(),
+                  env=slicer.util.startupEnvironment(), uncertainty_node=self._uncertaintyNode(volumeNode))
+        self.training = False
+        return self._launch(job, waitForCompletion, progressCallback, completedCallback, timeout)
+
+    def _launch(self, job, wait, progressCallback, completedCallback, timeout):
+        if self.isRunning():
+            raise InputError(_("a run is in progress; cancel it first"))
+        job.prepare()
+
+        def onEvent(event):
+            if isinstance(event, Progress):
+                if progressCallback:
+                    progressCallback(event)
+            else:
+                logging.info(event)
+
+        if wait:
+            result = job.run(on_event=onEvent, timeout=timeout)
+            self._remember(job, result)
+            if completedCallback:
+                completedCallback(result)
+            return result
+        job.start()
+        self.job = job
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+
+        def poll():
+            for event in job.poll():
+                onEvent(event)
+            if not job.running:
+                self._timer.stop()
+                self.job = None
+                result = job.finish()
+                self._remember(job, result)
+                if completedCallback:
+                    completedCallback(result)
+
+        self._timer.timeout.connect(poll)
+        self._timer.start()
+        return job
+
+    def _remember(self, job, result) -> None:
+        if not result.ok:
+            logging.warning("ContrastiveSeg: " + result.message + "\n" + "\n".join(result.run.stderr_tail[-10:]))
+            return
+        node = self.getParameterNode()
+        # Only the latest model and probabilities are kept in the temporary folder ("Save model" keeps others).
+        from ContrastiveSegLib.slicer.job import segments_file
+
+        for old, new in ((node.lastModelPath, result.model_path), (node.lastProbabilitiesPath,
+                                                                   result.probabilities_path)):
+            if old and new is not None and pathlib.Path(old) != new:
+                for path in (pathlib.Path(old), segments_file(pathlib.Path(old))):
+                    path.unlink(missing_ok=True)
+        if result.model_path is not None:
+            node.lastModelPath = str(result.model_path)
+            node.lastModelSegments = "\n".join(s.name for s in result.annotation.segments)
+        if result.probabilities_path is not None:
+            node.lastProbabilitiesPath = str(result.probabilities_path)
+
+    def isRunning(self) -> bool:
+        return self.job is not None and self.job.running
+
+    def cancel(self) -> None:
+        """Stop the running job (and every process it started); the scene stays as it was."""
+        if self.job is not None:
+            self.job.cancel()
+
+    # ------------------------------------------------------------------------------------- helpers
+    def annotationSummary(self, volumeNode, segmentationNode, node=None) -> list[str]:
+        """One line per segment: how many slices of which plane are painted. Raises InputError with why not."""
+        from ContrastiveSegLib.slicer import nodes
+
+        resample = bool(node and node.allowResampling)
+        axis = None if node is None or node.axis == "auto" else AXIS_LETTERS.index(node.axis)
+        return nodes.read_annotation(segmentationNode, volumeNode, axis=axis, resample=resample).summary()
+
+    def annotationSegmentNames(self, segmentationNode) -> list[str]:
+        segmentation = segmentationNode.GetSegmentation()
+        return [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())
+                if segmentation.GetNthSegment(n).GetName().strip().lower() != "background"]
+
+    def suggestNextSlice(self, volumeNode, segmentationNode, node=None, jump=True):
+        """(plane, slice index, mean uncertainty) of the least certain slice not annotated yet; moves the slice
+        views there when ``jump``. Uses the probabilities of the last run."""
+        from ContrastiveSegLib.slicer import nodes
+        from ContrastiveSegLib.slicer.uncertainty import normalized_entropy, read_probabilities, suggest_slice
+
+        node = node or self.getParameterNode()
+        if not node.lastProbabilitiesPath or not pathlib.Path(node.lastProbabilitiesPath).is_file():
+            raise InputError(_("run Segment first: the suggestion comes from the last result"))
+        annotation = nodes.read_annotation(segmentationNode, volumeNode, resample=node.allowResampling)
+        shape = annotation.labels.shape
+        entropy = normalized_entropy(read_probabilities(node.lastProbabilitiesPath, shape).array)
+        index, score = suggest_slice(entropy, annotation.axis, annotation.slices)
+        if jump and hasattr(slicer.modules, "markups"):
+            ras = slice_center_ras(nodes.ijk_to_ras(volumeNode), shape, annotation.axis, index)
+            slicer.modules.markups.logic().JumpSlicesToLocation(*ras, True)
+        return annotation.plane, index, score
+
+    def saveModel(self, node, path) -> None:
+        """Copy the last fine-tuned model (and its segment names and colours) to ``path``."""
+        from ContrastiveSegLib.slicer.job import segments_file
+
+        source = pathlib.Path(node.lastModelPath)
+        if not source.is_file():
+            raise InputError(_("no fine-tuned model yet: run Segment first"))
+        shutil.copyfile(source, path)
+        shutil.copyfile(segments_file(source), segments_file(pathlib.Path(path)))
+
+    def _uncertaintyNode(self, volumeNode):
+        if volumeNode is None:
+            return None
+        return slicer.mrmlScene.GetFirstNodeByName(f"{volumeNode.GetName()} uncertainty")
+
+
+class ContrastiveSegTest(ScriptedLoadableModuleTest):
+    """Light checks that run in every Slicer test (no torch needed). The full flow: Testing/Slicer."""
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_summary_of_painted_slices()
+
+    def test_summary_of_painted_slices(self) -> None:
+        import numpy as np
+
+        volume = slicer.util.addVolumeFromArray(np.zeros((8, 10, 12), dtype=np.float32), name="Phantom")
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Paint")
+        segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        segmentId = segmentation.GetSegmentation().AddEmptySegment("", "Lesion", [1, 0, 0])
+        mask = np.zeros((8, 10, 12), dtype=np.uint8)
+        mask[3, 2:5, 2:6] = 1
+        slicer.util.updateSegmentBinaryLabelmapFromArray(mask, segmentation, segmentId, volume)
+        lines = ContrastiveSegLogic().annotationSummary(volume, segmentation)
+        self.assertEqual(lines, ["Lesion: 1 axial slice (k = 3)"])
+        self.delayDisplay("ContrastiveSeg summary test passed")

@@ -1,0 +1,191 @@
+"""The library's front door: segment / finetune / predict on plain arrays.
+
+The CLI and the Slicer module both call these; neither re-implements a step. Arrays are (z, y, x) as SimpleITK
+and Slicer return them; ``spacing`` is (x, y, z) in mm. ``progress`` receives event dicts (see
+:mod:`ContrastiveSegLib.progress`); setting the ``cancel`` event (a ``threading.Event``) stops the run with
+:class:`~ContrastiveSegLib.errors.Cancelled` at the next step.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ContrastiveSegLib.data.augment import BatchAugmenter
+from ContrastiveSegLib.data.intensity import check_finite, normalise_intensity
+from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler
+from ContrastiveSegLib.data.slices import InputSpec, SliceStack
+from ContrastiveSegLib.device import resolve_device
+from ContrastiveSegLib.errors import InputError
+from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
+from ContrastiveSegLib.inference.predict import predict_volume
+from ContrastiveSegLib.io.annotations import SparseAnnotation, decode_annotation
+from ContrastiveSegLib.model import TrainedModel, load_encoder_into
+from ContrastiveSegLib.networks import NetworkConfig, build_network
+from ContrastiveSegLib.presets import preset_config
+from ContrastiveSegLib.progress import ProgressCallback, emit
+from ContrastiveSegLib.training.finetune import finetune as run_finetune
+from ContrastiveSegLib.zoo.registry import resolve_encoder
+
+DEFAULT_SPEC = InputSpec(context=1, coordinates=True)
+
+
+@dataclass
+class SegmentResult:
+    """What :func:`segment` and :func:`predict` return.
+
+    Attributes:
+        labels: (z, y, x) label map with the user's label values.
+        probabilities: (C, z, y, x) float32 class probabilities (background first), or None.
+        model: the fine-tuned model (None when nothing was trained).
+        axis: the annotation axis used.
+        message: a note for the user (e.g. "every slice is annotated"), or None.
+        seconds: wall time per stage.
+    """
+
+    labels: np.ndarray
+    probabilities: np.ndarray | None = None
+    model: TrainedModel | None = None
+    axis: int | None = None
+    message: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def check_image(image: np.ndarray) -> None:
+    """InputError unless ``image`` is a finite 3D numeric array."""
+    if not isinstance(image, np.ndarray):
+        raise InputError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.ndim != 3:
+        raise InputError(f"image must be a 3D volume, got {image.ndim}D of shape {image.shape}")
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+        raise InputError(f"image must be numeric, got dtype {image.dtype}")
+    check_finite(image)
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _prepare(image: np.ndarray, labels: np.ndarray, axis: int | None) -> SparseAnnotation:
+    check_image(image)
+    if not isinstance(labels, np.ndarray) or labels.shape != image.shape:
+        shape = getattr(labels, "shape", None)
+        raise InputError(f"labels of shape {shape} do not match the image's shape {image.shape}")
+    return decode_annotation(labels, axis)
+
+
+def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, axis: int | None = None,
+             preset: str = "default", encoder: str | None = None, init_model: TrainedModel | None = None,
+             device: str = "auto", seed: int = 0, steps: int | None = None, batch_size: int | None = None,
+             progress: ProgressCallback = None, cancel=None, _annotation: SparseAnnotation | None = None,
+             _stack: SliceStack | None = None) -> TrainedModel:
+    """Fine-tune a 2.5D U-Net on the annotated slices of ``labels``.
+
+    Args:
+        image: (z, y, x) intensities (any units: CT HU or MR).
+        labels: (z, y, x) sparse label map (see :mod:`ContrastiveSegLib.io.annotations`).
+        encoder: a shipped encoder name, a .safetensors path, or None / "none" for random initialisation.
+        init_model: continue from this model (same label values) instead of starting afresh: a refinement after
+            the user corrected a slice.
+    Returns:
+        the fine-tuned :class:`TrainedModel`.
+    """
+    annotation = _annotation or _prepare(image, labels, axis)
+    config = preset_config(preset, steps=steps, batch_size=batch_size)
+    torch_device = resolve_device(device)
+    encoder_path = resolve_encoder(encoder)
+    _seed_everything(seed)
+    spec = init_model.spec if init_model is not None else DEFAULT_SPEC
+    stack = _stack or SliceStack(normalise_intensity(image), annotation.axis, spec)
+    if init_model is not None:
+        if tuple(init_model.label_values) != annotation.label_values:
+            raise InputError(f"model classes {list(init_model.label_values)} do not match the labels' values "
+                             f"{list(annotation.label_values)}")
+        if init_model.axis != annotation.axis:
+            raise InputError(f"model was trained along axis {init_model.axis}, the labels are annotated along "
+                             f"axis {annotation.axis}")
+        network = init_model.network
+        encoder_name = init_model.encoder
+    else:
+        network = build_network(NetworkConfig(in_channels=spec.in_channels, num_classes=annotation.num_classes))
+        encoder_name = "none"
+        if encoder_path is not None:
+            load_encoder_into(network, encoder_path, spec)
+            encoder_name = str(encoder)
+    targets = np.moveaxis(annotation.target, annotation.axis, 0)
+    sampler = AnnotatedSliceSampler(stack, targets, annotation.slices, config.patch,
+                                    divisor=network.config.divisor, seed=seed)
+    augmenter = BatchAugmenter(image_channels=2 * spec.context + 1, seed=seed)
+    emit(progress, "finetune", f"fine-tuning on {len(annotation.slices)} annotated slices along axis "
+                               f"{annotation.axis} ({torch_device.type})")
+    run_finetune(network, sampler, config, torch_device, augmenter, progress, cancel)
+    return TrainedModel(network.cpu(), annotation.label_values, annotation.axis, spec,
+                        tuple(float(v) for v in spacing), encoder_name)
+
+
+def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None = None, device: str = "auto",
+            probabilities: bool = False, flip_tta: bool = False, postprocess: bool = True,
+            progress: ProgressCallback = None, cancel=None, _stack: SliceStack | None = None,
+            _annotation: SparseAnnotation | None = None) -> SegmentResult:
+    """Segment ``image`` with ``model``.
+
+    With ``labels`` (the sparse annotation of this scan) the prediction keeps only components that touch an
+    annotated voxel of their class and the annotated voxels are copied in; without, the raw prediction is returned.
+    """
+    check_image(image)
+    torch_device = resolve_device(device)
+    annotation = _annotation
+    if annotation is None and labels is not None:
+        annotation = _prepare(image, labels, model.axis)
+    stack = _stack or SliceStack(normalise_intensity(image), model.axis, model.spec)
+    classes, probs = predict_volume(model.network, stack, torch_device, divisor=model.network.config.divisor,
+                                    flip_tta=flip_tta, keep_probabilities=probabilities,
+                                    progress=progress, cancel=cancel)
+    if annotation is not None:
+        targets = np.moveaxis(annotation.target, annotation.axis, 0)
+        if postprocess:
+            classes = keep_annotated_components(classes, targets, len(model.label_values))
+        paste_annotations(classes, targets)
+    classes = np.moveaxis(classes, 0, model.axis)
+    lookup = np.asarray(model.label_values, dtype=np.uint16 if max(model.label_values) > 255 else np.uint8)
+    result_labels = lookup[classes]
+    if probs is not None:
+        probs = np.moveaxis(probs, 1, model.axis + 1)
+    return SegmentResult(labels=result_labels, probabilities=probs, model=model, axis=model.axis)
+
+
+def segment(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, axis: int | None = None,
+            preset: str = "default", encoder: str | None = None, init_model: TrainedModel | None = None,
+            device: str = "auto", seed: int = 0, steps: int | None = None, batch_size: int | None = None,
+            probabilities: bool = False, flip_tta: bool = False, postprocess: bool = True,
+            progress: ProgressCallback = None, cancel=None) -> SegmentResult:
+    """Fine-tune on the annotated slices of ``labels`` and segment the whole ``image``.
+
+    Every slice annotated along the axis means there is nothing to segment: the labels come back unchanged with
+    a message, and nothing is trained.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    annotation = _prepare(image, labels, axis)
+    if len(annotation.slices) == image.shape[annotation.axis] and not (annotation.target == 255).any():
+        message = f"every slice along axis {annotation.axis} is annotated: nothing to segment"
+        emit(progress, "done", message)
+        return SegmentResult(labels=labels.copy(), axis=annotation.axis, message=message)
+    resolve_device(device)  # fail on a missing GPU before normalising a large volume
+    spec = init_model.spec if init_model is not None else DEFAULT_SPEC
+    stack = SliceStack(normalise_intensity(image), annotation.axis, spec)
+    timings["prepare"] = time.perf_counter() - start
+    start = time.perf_counter()
+    model = finetune(image, labels, spacing, preset=preset, encoder=encoder, init_model=init_model, device=device,
+                     seed=seed, steps=steps, batch_size=batch_size, progress=progress, cancel=cancel,
+                     _annotation=annotation, _stack=stack)
+    timings["finetune"] = time.perf_counter() - start
+    start = time.perf_counter()
+    result = predict(model, image, device=device, probabilities=probabilities, flip_tta=flip_tta,
+                     postprocess=postprocess, progress=progress, cancel=cancel, _stack=stack, _annotation=annotation)
+    timings["predict"] = time.perf_counter() - start
+    result.seconds = timings
+    return result

@@ -1,0 +1,81 @@
+"""Training batches from the annotated slices: class-balanced crops.
+
+Few-label fine-tuning sees the same k slices hundreds of times, so what varies between steps is where the crop
+falls and how it is deformed (the deformation: :mod:`ContrastiveSegLib.data.augment`). Crops centred on a
+labelled voxel of a random class half the time keep small structures in view (nnU-Net's foreground
+oversampling); the rest are uniform over the annotated voxels.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ContrastiveSegLib.data.slices import SliceStack
+from ContrastiveSegLib.io.annotations import IGNORE
+
+FOREGROUND_FRACTION = 0.5
+
+
+class AnnotatedSliceSampler:
+    """Draws (input, target) training batches from the annotated slices of a :class:`SliceStack`.
+
+    Args:
+        stack: the volume as 2.5D slices along the annotation axis.
+        targets: (S, H, W) int64 class targets in stack order, IGNORE where not annotated.
+        slice_indices: the annotated slices (indices into the stack).
+        patch: crop height and width (clipped to the slice, rounded up to ``divisor``).
+    """
+
+    def __init__(self, stack: SliceStack, targets: np.ndarray, slice_indices, patch: int, divisor: int = 16,
+                 seed: int = 0):
+        self.stack = stack
+        self.slice_indices = np.asarray(slice_indices)
+        self.rng = np.random.default_rng(seed)
+        height, width = stack.height, stack.width
+        self.patch = (_round_up(min(patch, height), divisor), _round_up(min(patch, width), divisor))
+        self.inputs = stack.inputs(self.slice_indices)  # (k, C, H, W), the only slices training ever reads
+        self.targets = torch.from_numpy(np.ascontiguousarray(targets[self.slice_indices]))  # (k, H, W)
+        # Voxel positions per class (and of all annotated voxels) for crop centres.
+        self.positions: dict[int, np.ndarray] = {}
+        flat = self.targets.numpy().reshape(len(self.slice_indices), -1)
+        annotated = np.argwhere(flat != IGNORE)
+        self.annotated = annotated
+        classes = flat[annotated[:, 0], annotated[:, 1]]
+        for c in np.unique(classes):
+            if c != 0:
+                self.positions[int(c)] = annotated[classes == c]
+
+    def _centre(self) -> tuple[int, int, int]:
+        if self.positions and self.rng.random() < FOREGROUND_FRACTION:
+            cls = self.rng.choice(list(self.positions))
+            pool = self.positions[cls]
+        else:
+            pool = self.annotated
+        s, flat_index = pool[self.rng.integers(len(pool))]
+        y, x = divmod(int(flat_index), self.stack.width)
+        return int(s), y, x
+
+    def _crop(self, s: int, y: int, x: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ph, pw = self.patch
+        image = self.inputs[s]
+        target = self.targets[s]
+        height, width = target.shape
+        # Pad (image with its minimum, target with IGNORE) when the slice is smaller than the patch.
+        pad_h, pad_w = max(0, ph - height), max(0, pw - width)
+        if pad_h or pad_w:
+            image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), value=float(image.min()))
+            target = torch.nn.functional.pad(target, (0, pad_w, 0, pad_h), value=IGNORE)
+            height, width = target.shape
+        top = int(np.clip(y - ph // 2 + self.rng.integers(-ph // 4, ph // 4 + 1), 0, height - ph))
+        left = int(np.clip(x - pw // 2 + self.rng.integers(-pw // 4, pw // 4 + 1), 0, width - pw))
+        return image[:, top:top + ph, left:left + pw], target[top:top + ph, left:left + pw]
+
+    def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, ph, pw) float32 inputs and (B, 1, ph, pw) int64 targets (IGNORE where unknown), not augmented
+        (augmentation runs batched on the training device: :class:`~ContrastiveSegLib.data.augment.BatchAugmenter`)."""
+        crops = [self._crop(*self._centre()) for _ in range(batch_size)]
+        return torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops])[:, None]
+
+
+def _round_up(value: int, divisor: int) -> int:
+    return -(-value // divisor) * divisor

@@ -1,0 +1,19 @@
+"""Exceptions that the front ends (CLI, Slicer module) turn into one-line messages and exit codes."""
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_CANCELLED = 130
+
+
+class InputError(ValueError):
+    """Something the user gave us is unusable. The message is one line, meant for the user; exit code 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class Cancelled(RuntimeError):
+    """The user (or a signal) asked the run to stop; nothing was written. Exit code 130."""
+
+    exit_code = EXIT_CANCELLED

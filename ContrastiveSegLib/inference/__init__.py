@@ -1,0 +1,1 @@
+"""Whole-volume prediction and post-processing."""

@@ -1,0 +1,1 @@
+"""Reading and writing volumes with their geometry, and understanding sparse slice annotations."""

@@ -1,0 +1,67 @@
+"""Pretraining methods: one file each behind :class:`~ContrastiveSegLib.methods.base.PretrainMethod`.
+
+The registry is the explicit dict :data:`METHODS` (no decorators, no import magic); :func:`get_method` builds a
+method by name with keyword hyper-parameters. What each method does and why its defaults are what they are:
+docs/methods.md.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any
+
+from ContrastiveSegLib.data.slices import InputSpec
+from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, MethodOutput, PretrainMethod
+from ContrastiveSegLib.methods.ideal import IDEAL
+from ContrastiveSegLib.methods.lrc import LRC
+from ContrastiveSegLib.methods.mixcl import MixCL
+from ContrastiveSegLib.methods.none import RandomInit
+from ContrastiveSegLib.methods.selfpaced import SelfPaced
+from ContrastiveSegLib.methods.simclr import SimCLR
+
+METHODS: dict[str, type[PretrainMethod]] = {
+    "none": RandomInit,
+    "simclr": SimCLR,
+    "selfpaced": SelfPaced,
+    "ideal": IDEAL,
+    "lrc": LRC,
+    "mixcl": MixCL,
+}
+
+_BASE_ARGUMENTS = ("self", "spec", "features")
+
+
+def method_class(name: str) -> type[PretrainMethod]:
+    """The class registered as ``name``; ValueError listing the known names and the nearest one."""
+    if name in METHODS:
+        return METHODS[name]
+    close = difflib.get_close_matches(str(name), list(METHODS), n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ValueError(f"unknown method '{name}' (known: {', '.join(METHODS)}){hint}")
+
+
+def method_parameters(name: str) -> dict[str, Any]:
+    """The hyper-parameters of method ``name`` and their defaults (what ``get_method`` accepts besides spec and
+    features)."""
+    signature = inspect.signature(method_class(name).__init__)
+    return {key: p.default for key, p in signature.parameters.items() if key not in _BASE_ARGUMENTS}
+
+
+def get_method(name: str, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES,
+               **params: Any) -> PretrainMethod:
+    """Build method ``name`` for inputs ``spec`` and encoder widths ``features``.
+
+    Raises ValueError for an unknown name (listing the known ones) or an unknown hyper-parameter (listing the
+    method's parameters); the method's own checks raise ValueError for bad values.
+    """
+    cls = method_class(name)
+    known = method_parameters(name)
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        listed = ", ".join(known) if known else "none"
+        raise ValueError(f"method '{name}' has no parameter {', '.join(unknown)} (its parameters: {listed})")
+    return cls(spec, tuple(features), **params)
+
+
+__all__ = ["METHODS", "MethodOutput", "PretrainMethod", "get_method", "method_class", "method_parameters",
+           "DEFAULT_FEATURES"]

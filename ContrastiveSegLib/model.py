@@ -1,0 +1,87 @@
+"""A fine-tuned segmentation model: the network plus everything needed to use it on the next scan."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ContrastiveSegLib.data.slices import InputSpec
+from ContrastiveSegLib.errors import InputError
+from ContrastiveSegLib.networks import NetworkConfig, SegmentationNet, build_network
+from ContrastiveSegLib.zoo.weights import load_weights, save_weights
+
+
+@dataclass
+class TrainedModel:
+    """A segmentation network with its meaning.
+
+    Attributes:
+        network: the fine-tuned network (class ``c`` stands for ``label_values[c]``).
+        label_values: the user's label values, background (0) first.
+        axis: the annotation axis of the (z, y, x) array the model was trained along.
+        spec: how slices become input channels.
+        spacing: voxel size (x, y, z) of the training scan, for a warning when the next scan differs a lot.
+        encoder: name of the encoder fine-tuning started from ("none" for random initialisation).
+    """
+
+    network: SegmentationNet
+    label_values: tuple[int, ...]
+    axis: int
+    spec: InputSpec
+    spacing: tuple[float, float, float]
+    encoder: str = "none"
+
+    def header(self) -> dict:
+        config = self.network.config
+        return {
+            "kind": "model",
+            "network": {"in_channels": config.in_channels, "num_classes": config.num_classes,
+                        "features": list(config.features), "decoder_features": config.decoder_features,
+                        "norm": config.norm},
+            "input": self.spec.to_dict(),
+            "label_values": list(self.label_values),
+            "axis": self.axis,
+            "spacing": list(self.spacing),
+            "encoder": self.encoder,
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the model as safetensors with a JSON header (atomic)."""
+        save_weights(path, self.network.state_dict(), self.header())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "TrainedModel":
+        """Read a model written by :meth:`save`; InputError when the file is not a usable model."""
+        tensors, header = load_weights(path, kind="model", what="model")
+        try:
+            net = header["network"]
+            config = NetworkConfig(in_channels=int(net["in_channels"]), num_classes=int(net["num_classes"]),
+                                   features=tuple(net["features"]), decoder_features=int(net["decoder_features"]),
+                                   norm=str(net.get("norm", "batch")))
+            spec = InputSpec.from_dict(header["input"])
+            network = build_network(config)
+            network.load_state_dict(tensors, strict=True)
+            return cls(network, tuple(int(v) for v in header["label_values"]), int(header["axis"]), spec,
+                       tuple(float(v) for v in header["spacing"]), str(header.get("encoder", "none")))
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise InputError(f"model {path} does not match this version's network "
+                             f"({str(error).splitlines()[0][:120]})") from None
+
+
+def load_encoder_into(network: SegmentationNet, path: str | os.PathLike, spec: InputSpec) -> None:
+    """Copy a pretrained encoder's weights into ``network.encoder``; InputError when its architecture or input
+    channels do not match."""
+    tensors, header = load_weights(path, kind="encoder", what="encoder")
+    expected_channels = network.config.in_channels
+    channels = header.get("input_channels") or header.get("network", {}).get("in_channels")
+    if channels is not None and int(channels) != expected_channels:
+        raise InputError(f"encoder {path} takes {channels} input channels, this image gives {expected_channels} "
+                         f"({spec.to_dict()})")
+    features = header.get("features") or header.get("network", {}).get("features")
+    if features is not None and tuple(features) != tuple(network.config.features):
+        raise InputError(f"encoder {path} has widths {tuple(features)}, the network expects "
+                         f"{tuple(network.config.features)}")
+    try:
+        network.encoder.load_state_dict(tensors, strict=True)
+    except RuntimeError as error:
+        raise InputError(f"encoder {path} is of another architecture ({str(error).splitlines()[0][:120]})") from None
+

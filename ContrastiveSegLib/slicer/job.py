@@ -1,0 +1,299 @@
+"""One Segment (fine-tune + predict) or Predict-only run, from Slicer nodes to Slicer nodes through the CLI.
+
+    nodes --(nodes.py)--> image.nrrd + labels.nrrd --(runner.py: child CLI)--> result.nrrd [+ probabilities]
+          <--(nodes.py)-- segments, uncertainty volume, suggested next slice
+
+The module's Logic drives a :class:`Job` from a ``qt.QTimer`` (``poll`` every 200 ms) and a batch script with
+:meth:`Job.run`. Nothing in the scene changes until the child has succeeded, so a cancelled or failed run leaves
+the user's segmentation as it was. Out of GPU memory: the run is retried with half the batch size, and says so.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ContrastiveSegLib.errors import InputError
+from ContrastiveSegLib.io.volume import Volume, grid_difference, read_volume, write_volume
+from ContrastiveSegLib.slicer import nodes
+from ContrastiveSegLib.slicer.geometry import AXIS_LETTERS
+from ContrastiveSegLib.slicer.runner import CliProcess, Progress, RunResult, cli_command
+from ContrastiveSegLib.slicer.uncertainty import normalized_entropy, read_probabilities, suggest_slice
+
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_OOM_RETRIES = 2
+
+
+@dataclass
+class JobOptions:
+    """What the user chose. ``steps`` / ``batch_size`` None: the preset's; ``axis`` None: found from the paint."""
+
+    encoder: str | None = None
+    device: str = "auto"
+    preset: str = "default"
+    steps: int | None = None
+    seed: int = 0
+    axis: int | None = None
+    batch_size: int | None = None
+    init_model: str | None = None
+    probabilities: bool = True
+    show_uncertainty: bool = False
+    resample: bool = False
+    closed_surface: bool = False
+    output_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _DEVICE.match(self.device):
+            raise InputError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'")
+        if self.preset not in ("fast", "default"):
+            raise InputError(f"preset must be 'fast' or 'default', got '{self.preset}'")
+        if self.steps is not None and self.steps < 1:
+            raise InputError(f"steps must be at least 1, got {self.steps}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {self.batch_size}")
+
+
+@dataclass
+class JobResult:
+    """How a run ended and what it put in the scene."""
+
+    run: RunResult
+    segmentation_node: object | None = None
+    uncertainty_node: object | None = None
+    model_path: Path | None = None
+    probabilities_path: Path | None = None
+    suggestion: tuple[int, float] | None = None
+    annotation: nodes.Annotation | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.run.ok
+
+    @property
+    def message(self) -> str:
+        return self.run.message
+
+
+def segments_file(model_path: Path) -> Path:
+    """The JSON beside a saved model that keeps its segments' names and colours for Predict only."""
+    return model_path.with_name(model_path.name + ".segments.json")
+
+
+def _save_segments(model_path: Path, annotation: nodes.Annotation) -> None:
+    entries = [dict(name=s.name, color=list(s.color), label_value=s.label_value, terminology=s.terminology)
+               for s in annotation.segments]
+    segments_file(model_path).write_text(json.dumps({"axis": AXIS_LETTERS[annotation.axis], "segments": entries},
+                                                    indent=1))
+
+
+def _load_segments(model_path: Path, values: list[int]) -> tuple[nodes.SegmentInfo, ...]:
+    """Segments for the label values of a prediction: from the model's JSON, else "Segment N" in Slicer colours."""
+    path = segments_file(model_path)
+    known = {}
+    if path.is_file():
+        for entry in json.loads(path.read_text()).get("segments", []):
+            known[int(entry["label_value"])] = entry
+    palette = [(0.9, 0.3, 0.2), (0.2, 0.6, 0.9), (0.3, 0.8, 0.3), (0.9, 0.8, 0.2), (0.7, 0.4, 0.8)]
+    infos = []
+    for value in values:
+        entry = known.get(value, {})
+        color = tuple(entry.get("color", palette[(value - 1) % len(palette)]))
+        infos.append(nodes.SegmentInfo("", entry.get("name", f"Segment {value}"), color, value,
+                                       terminology=entry.get("terminology", "")))
+    return tuple(infos)
+
+
+class Job:
+    """A Segment or Predict run on ``volume_node``.
+
+    Args:
+        kind: "segment" (fine-tune on the painted slices, then segment) or "predict" (apply ``model_path``).
+        segmentation_node: the user's annotations (segment only).
+        output_node: where the result goes: None for a new segmentation node, or any segmentation node
+            (``segmentation_node`` itself to replace the paint by the result).
+        state_dir: where models and probability files are kept between runs (refine, suggest next slice).
+        python, env: the child's interpreter and base environment (see :class:`~.runner.CliProcess`).
+    """
+
+    def __init__(self, kind: str, volume_node, segmentation_node=None, output_node=None,
+                 options: JobOptions | None = None, *, model_path: str | Path | None = None,
+                 state_dir: str | Path | None = None, python: str | None = None,
+                 env: Mapping[str, str] | None = None, uncertainty_node=None) -> None:
+        if kind not in ("segment", "predict"):
+            raise ValueError(f"kind must be 'segment' or 'predict', got {kind!r}")
+        if kind == "segment" and segmentation_node is None:
+            raise InputError("choose the segmentation that holds the painted slices")
+        if kind == "predict" and not model_path:
+            raise InputError("choose a saved model to predict with")
+        if volume_node is None:
+            raise InputError("choose the volume to segment")
+        self.kind, self.volume_node, self.segmentation_node = kind, volume_node, segmentation_node
+        self.output_node, self.uncertainty_node = output_node, uncertainty_node
+        self.options = options or JobOptions()
+        self.model_path = Path(model_path) if model_path else None
+        self.state_dir = Path(state_dir or Path(tempfile.gettempdir()) / "ContrastiveSeg")
+        self.python, self.env = python, env
+        self.annotation: nodes.Annotation | None = None
+        self.volume: Volume | None = None
+        self._work: Path | None = None
+        self._process: CliProcess | None = None
+        self._batch_size = self.options.batch_size
+        self._retries = 0
+        self._started = 0.0
+        self._run: RunResult | None = None
+        self.paths: dict[str, Path] = {}
+
+    # ------------------------------------------------------------------------------------------- start
+    def prepare(self) -> nodes.Annotation | None:
+        """Read the nodes and write the exchange files. Raises InputError (one line) for unusable input."""
+        self.volume = nodes.volume_to_array(self.volume_node)
+        if self.kind == "segment":
+            self.annotation = nodes.read_annotation(self.segmentation_node, self.volume_node,
+                                                    axis=self.options.axis, resample=self.options.resample)
+        elif not self.model_path.is_file():
+            raise InputError(f"model file not found: {self.model_path}")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._work = Path(tempfile.mkdtemp(prefix="run-", dir=self.state_dir))
+        stamp = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]  # unique even for runs in one second
+        self.paths = {"image": self._work / "image.nrrd", "result": self._work / "result.nrrd"}
+        write_volume(self.volume, self.paths["image"])
+        if self.annotation is not None:
+            self.paths["labels"] = self._work / "labels.nrrd"
+            write_volume(self.volume.like(self.annotation.labels), self.paths["labels"])
+            self.paths["model"] = self.state_dir / f"model-{stamp}.safetensors"
+        if self.options.probabilities:
+            self.paths["probabilities"] = self.state_dir / f"probabilities-{stamp}.nrrd"
+        return self.annotation
+
+    def command(self) -> list[str]:
+        """The CLI command line of this run (files from :meth:`prepare`)."""
+        o, paths = self.options, self.paths
+        common = dict(o=paths["result"], device=o.device, probabilities=paths.get("probabilities"))
+        if self.kind == "predict":
+            return cli_command("predict", paths["image"], python=self.python, model=self.model_path,
+                               batch_size=self._batch_size, **common)
+        return cli_command("segment", paths["image"], paths["labels"], python=self.python,
+                           axis=AXIS_LETTERS[self.annotation.axis], seed=o.seed, encoder=o.encoder or None,
+                           preset=o.preset, steps=o.steps, model_out=paths["model"],
+                           init_model=o.init_model or None, batch_size=self._batch_size, **common)
+
+    def start(self) -> None:
+        """Prepare (when not done yet) and start the child process."""
+        if not self.paths:
+            self.prepare()
+        self._started = self._started or time.monotonic()
+        self._process = CliProcess(self.command(), force_cpu=self.options.device == "cpu", env=self.env)
+        self._process.start()
+
+    # ----------------------------------------------------------------------------------------- follow
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._run is None
+
+    def poll(self) -> list[Progress | str]:
+        """New events of the child; when it has ended, retries an out-of-memory failure or records the result."""
+        if self._process is None or self._run is not None:
+            return []
+        events = self._process.events()
+        result = self._process.result()
+        if result is None:
+            return events
+        events += self._process.events()
+        if self._should_retry(result):
+            self._retries += 1
+            self._batch_size = max(1, (self._batch_size or 2) // 2)
+            note = f"out of GPU memory: retrying with batch size {self._batch_size}"
+            events.append(Progress("load", message=note))
+            self._process = CliProcess(self.command(), force_cpu=self.options.device == "cpu", env=self.env)
+            self._process.start()
+        else:
+            self._run = result
+        return events
+
+    def _should_retry(self, result: RunResult) -> bool:
+        return (not result.ok and not result.cancelled and "out of memory" in result.message.lower()
+                and self.options.device != "cpu" and self._retries < _OOM_RETRIES and self._batch_size != 1)
+
+    def cancel(self) -> None:
+        """Stop the child and its children; the scene is left unchanged."""
+        if self._process is not None:
+            self._process.cancel()
+        self.poll()
+
+    def run(self, on_event: Callable[[Progress | str], None] | None = None, timeout: float | None = None,
+            poll_s: float = 0.2) -> JobResult:
+        """Start, wait (handing events to ``on_event``) and finish: the batch-script path."""
+        if self._process is None:
+            self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._run is None:
+            for event in self.poll():
+                if on_event is not None:
+                    on_event(event)
+            if self._run is None:
+                if deadline is not None and time.monotonic() > deadline:
+                    self.cancel()
+                    break
+                time.sleep(poll_s)
+        return self.finish()
+
+    # ----------------------------------------------------------------------------------------- finish
+    def finish(self) -> JobResult:
+        """Read the child's outputs into the scene (on success) and remove the exchange files."""
+        if self._run is None:
+            raise RuntimeError("the run has not ended; poll() until running is False")
+        outcome = JobResult(self._run, annotation=self.annotation, seconds=time.monotonic() - self._started,
+                            notes=list(self._run.notes))
+        try:
+            if self._run.ok:
+                self._read_outputs(outcome)
+        except InputError as error:
+            outcome.run = RunResult(2, str(error), False, self._run.stderr_tail)
+        finally:
+            if self._work is not None:
+                shutil.rmtree(self._work, ignore_errors=True)
+        return outcome
+
+    def _read_outputs(self, outcome: JobResult) -> None:
+        result = read_volume(self.paths["result"], what="result")
+        difference = grid_difference(result, self.volume)
+        if difference:
+            raise InputError(f"the result is not on the volume's grid ({difference})")
+        labels = result.array.astype(np.int64)
+        if self.annotation is not None:
+            segments = self.annotation.segments
+        else:
+            values = [int(v) for v in np.unique(labels) if v != 0]
+            segments = _load_segments(self.model_path, values)
+        target = self.output_node
+        name = self.options.output_name or (f"{self.segmentation_node.GetName()} result" if self.segmentation_node
+                                            else f"{self.volume_node.GetName()} segmentation")
+        outcome.segmentation_node = nodes.write_result(labels, self.volume_node, segments, target, name=name,
+                                                       annotation=self.annotation,
+                                                       closed_surface=self.options.closed_surface)
+        if "model" in self.paths and self.paths["model"].is_file():
+            outcome.model_path = self.paths["model"]
+            _save_segments(outcome.model_path, self.annotation)
+        probabilities = self.paths.get("probabilities")
+        if probabilities is not None and probabilities.is_file():
+            outcome.probabilities_path = probabilities
+            entropy = normalized_entropy(read_probabilities(probabilities, labels.shape).array)
+            if self.annotation is not None:
+                try:
+                    outcome.suggestion = suggest_slice(entropy, self.annotation.axis, self.annotation.slices)
+                except InputError:
+                    outcome.notes.append("every slice is annotated; no next slice to suggest")
+            if self.options.show_uncertainty:
+                outcome.uncertainty_node = nodes.array_to_volume(
+                    self.volume.like(entropy), self.volume_node.GetScene(),
+                    f"{self.volume_node.GetName()} uncertainty", node=self.uncertainty_node)

@@ -1,0 +1,366 @@
+"""Run the library's command line in a child process and follow it: the Slicer module's only way to train.
+
+Why a child process: training must not freeze Slicer's GUI, and a crash in torch or CUDA (out of memory, a bad
+driver) must not take Slicer down. The child is ``PythonSlicer -m ContrastiveSegLib segment ... --progress json``
+(or ``sys.executable`` outside Slicer); it prints one JSON object per line on stdout::
+
+    {"stage": "finetune", "step": 120, "of": 400, "loss": 0.23, "eta_s": 41.0, "message": "..."}
+    {"stage": "error", "message": "labels not found: x.nrrd", "exit_code": 2}
+
+Two reader threads turn stdout into :class:`Progress` events in a queue and keep the tail of stderr; the caller
+drains the queue from its own thread (Slicer's widget with a ``qt.QTimer``, a batch script by :meth:`wait`).
+Slicer's ``launchConsoleProcess(blocking=False)`` is not used because it starts the child in Slicer's own process
+group, so cancel could not reach the child's children (data-loader workers); here the child leads a new process
+group (POSIX session / Windows process group) and cancel ends the whole group.
+
+No MRML, no Qt, no ``slicer`` import: tested with a real child process in plain pytest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ContrastiveSegLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK
+
+_NOTE_PREFIX = "contrastiveseg: "
+_ERROR_PREFIX = "contrastiveseg: error: "
+_STDERR_LINES = 40
+_MESSAGE_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One progress line of the CLI. ``stage`` is load, finetune, predict, write, done, or error."""
+
+    stage: str
+    step: int = 0
+    of: int = 0
+    loss: float | None = None
+    eta_s: float | None = None
+    message: str = ""
+    exit_code: int | None = None
+
+    @classmethod
+    def parse(cls, line: str) -> Progress | None:
+        """The progress object on ``line``, or None when the line is not one (a warning, a log line)."""
+        text = line.strip()
+        if not text.startswith("{"):
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("stage"), str):
+            return None
+
+        def number(key: str, kind: type):
+            value = data.get(key)
+            return kind(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+        return cls(stage=data["stage"], step=number("step", int) or 0, of=number("of", int) or 0,
+                   loss=number("loss", float), eta_s=number("eta_s", float),
+                   message=str(data.get("message") or ""), exit_code=number("exit_code", int))
+
+    @property
+    def fraction(self) -> float:
+        """Progress of this stage in [0, 1] (0 when the stage has no step count)."""
+        return min(max(self.step / self.of, 0.0), 1.0) if self.of > 0 else 0.0
+
+    def describe(self) -> str:
+        """A short line for a status label, e.g. ``"Fine-tuning 120/400 · loss 0.231 · 41 s left"``."""
+        names = {"load": "Loading", "finetune": "Fine-tuning", "predict": "Segmenting", "write": "Writing",
+                 "done": "Done", "error": "Failed"}
+        parts = [names.get(self.stage, self.stage.capitalize())]
+        if self.of > 0:
+            parts[0] += f" {self.step}/{self.of}"
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.3f}")
+        if self.eta_s is not None and self.stage not in ("done", "error"):
+            parts.append(format_duration(self.eta_s) + " left")
+        if self.message:
+            parts.append(self.message)
+        return " · ".join(parts)
+
+
+def format_duration(seconds: float) -> str:
+    """``41 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How the child ended. ``message`` is one line for the user; ``stderr_tail`` goes to the log."""
+
+    exit_code: int
+    message: str
+    cancelled: bool = False
+    stderr_tail: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()  # the CLI's remarks for the user ("contrastiveseg: ..." lines on stderr)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == EXIT_OK and not self.cancelled
+
+
+def exit_message(exit_code: int, error: str = "", cancelled: bool = False) -> str:
+    """The one-line message for a child's exit code (negative: killed by that signal, as subprocess reports)."""
+    error = " ".join(error.split())[:_MESSAGE_CHARS]
+    if cancelled or exit_code == EXIT_CANCELLED or exit_code in (-signal.SIGINT, -signal.SIGTERM):
+        return "Cancelled; nothing was changed."
+    if exit_code == EXIT_OK:
+        return "Done."
+    if exit_code == EXIT_BAD_INPUT:
+        return error or "The input was rejected (exit code 2)."
+    if "out of memory" in error.lower():
+        return f"Out of memory: {error} Try the CPU, the 'fast' preset or a smaller batch size."
+    if exit_code == EXIT_INTERNAL:
+        if error.lower().startswith("internal error: "):  # the CLI's own wording already says it
+            error = error[len("internal error: "):]
+        return f"Internal error: {error or 'see the Python console for the traceback'}"
+    if exit_code < 0:
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:
+            name = f"signal {-exit_code}"
+        hint = " (out of memory?)" if exit_code == -getattr(signal, "SIGKILL", 9) else ""
+        return f"The segmentation process was killed by {name}{hint}."
+    return f"The segmentation process failed with exit code {exit_code}" + (f": {error}" if error else ".")
+
+
+def library_root() -> Path:
+    """The folder that holds the ContrastiveSegLib package (put on the child's PYTHONPATH)."""
+    return Path(__file__).resolve().parent.parent.parent
+
+
+def python_executable() -> str:
+    """PythonSlicer inside Slicer (Slicer's own interpreter, set up by its launcher), else this interpreter."""
+    slicer_module = sys.modules.get("slicer")
+    if slicer_module is not None and hasattr(slicer_module, "app"):
+        found = shutil.which("PythonSlicer") or shutil.which("PythonSlicer.exe")
+        if found:
+            return found
+        sibling = Path(sys.executable).with_name("PythonSlicer" + (".exe" if os.name == "nt" else ""))
+        if sibling.is_file():
+            return str(sibling)
+    return sys.executable
+
+
+def cli_command(subcommand: str, *arguments: str | os.PathLike, python: str | None = None,
+                **options: object) -> list[str]:
+    """``[python, -m, ContrastiveSegLib, subcommand, *arguments, --option value ..., --progress json]``.
+
+    ``options`` use underscores for dashes (``model_out="m.safetensors"`` -> ``--model-out m.safetensors``),
+    one-letter keys are short options (``o="out.nrrd"`` -> ``-o out.nrrd``); None and False are left out, True
+    is a bare flag.
+    """
+    command = [python or python_executable(), "-m", "ContrastiveSegLib", subcommand, *map(str, arguments)]
+    for key, value in options.items():
+        if value is None or value is False:
+            continue
+        flag = f"-{key}" if len(key) == 1 else "--" + key.replace("_", "-")
+        command += [flag] if value is True else [flag, str(value)]
+    if "progress" not in options:
+        command += ["--progress", "json"]
+    return command
+
+
+class CliProcess:
+    """One child process running the CLI, followed through a queue of events.
+
+    Args:
+        command: the full command line (see :func:`cli_command`).
+        force_cpu: hide every GPU from the child (``CUDA_VISIBLE_DEVICES=-1``).
+        env: the base environment (Slicer passes its start-up environment); defaults to this process'.
+        cwd: working folder of the child.
+
+    Events (from :meth:`events`) are :class:`Progress` objects for JSON lines and plain strings for any other
+    stdout or stderr line (meant for the log).
+    """
+
+    def __init__(self, command: Sequence[str], *, force_cpu: bool = False, env: Mapping[str, str] | None = None,
+                 cwd: str | os.PathLike | None = None) -> None:
+        if not command:
+            raise ValueError("command is empty")
+        self.command = [str(c) for c in command]
+        self.force_cpu = force_cpu
+        self._base_env = dict(os.environ if env is None else env)
+        self.cwd = cwd
+        self._process: subprocess.Popen | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._stderr: deque[str] = deque(maxlen=_STDERR_LINES)
+        self._threads: list[threading.Thread] = []
+        self._error: str = ""
+        self._notes: list[str] = []
+        self._cancelled = False
+        self.last_progress: Progress | None = None
+
+    # ------------------------------------------------------------------------------------------ life cycle
+    def environment(self) -> dict[str, str]:
+        """The child's environment: the base one plus the library on PYTHONPATH, unbuffered UTF-8 output."""
+        env = dict(self._base_env)
+        paths = [str(library_root())] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+        env["PYTHONUNBUFFERED"] = "1"  # progress lines must arrive as they are printed
+        env["PYTHONIOENCODING"] = "utf-8"
+        if self.force_cpu:
+            env["CUDA_VISIBLE_DEVICES"] = "-1"
+        return env
+
+    def start(self) -> None:
+        """Start the child in its own process group. Raises RuntimeError when already started."""
+        if self._process is not None:
+            raise RuntimeError("this process was already started")
+        kwargs: dict = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
+        else:
+            kwargs["start_new_session"] = True  # own session and process group: killpg reaches grandchildren
+        self._process = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+            env=self.environment(), cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1,
+            **kwargs)
+        for stream, handler in ((self._process.stdout, self._on_stdout), (self._process.stderr, self._on_stderr)):
+            thread = threading.Thread(target=self._read, args=(stream, handler), daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._process is None else self._process.pid
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def cancel(self, grace_s: float = 5.0) -> None:
+        """Stop the child and everything it started: SIGTERM to the group (the CLI then exits 130 without
+        writing), SIGKILL to the group after ``grace_s``. On Windows: CTRL_BREAK, then ``taskkill /T /F``."""
+        if self._process is None:
+            return
+        self._cancelled = True
+        if self._process.poll() is None:
+            self._signal_group(graceful=True)
+            try:
+                self._process.wait(timeout=grace_s)
+            except subprocess.TimeoutExpired:
+                pass
+        # Children of the child may outlive it (they are in the group, not in the child): end them too.
+        self._signal_group(graceful=False)
+        self._process.wait()
+
+    def _signal_group(self, graceful: bool) -> None:
+        pid = self._process.pid
+        if os.name == "nt":
+            if graceful:
+                try:
+                    self._process.send_signal(signal.CTRL_BREAK_EVENT)
+                except OSError:
+                    pass
+            else:
+                subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True, check=False)
+            return
+        try:
+            os.killpg(pid, signal.SIGTERM if graceful else signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass  # the whole group is gone already
+
+    # -------------------------------------------------------------------------------------------- output
+    def _read(self, stream, handler: Callable[[str], None]) -> None:
+        for line in stream:
+            handler(line.rstrip("\r\n"))
+        stream.close()
+
+    def _on_stdout(self, line: str) -> None:
+        progress = Progress.parse(line)
+        if progress is None:
+            if line.strip():
+                self._queue.put(line)
+            return
+        if progress.stage == "error":
+            self._error = progress.message
+        self._queue.put(progress)
+
+    def _on_stderr(self, line: str) -> None:
+        if not line.strip():
+            return
+        self._stderr.append(line)
+        if line.startswith(_ERROR_PREFIX):
+            self._error = self._error or line[len(_ERROR_PREFIX):]
+        elif line.startswith(_NOTE_PREFIX):
+            self._notes.append(line[len(_NOTE_PREFIX):])
+        self._queue.put(line)
+
+    def events(self) -> list[Progress | str]:
+        """Everything the child printed since the last call (never blocks)."""
+        drained: list[Progress | str] = []
+        while True:
+            try:
+                event = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(event, Progress):
+                self.last_progress = event
+            drained.append(event)
+        return drained
+
+    # ------------------------------------------------------------------------------------------- results
+    def result(self) -> RunResult | None:
+        """How the child ended, or None while it runs. Waits for the reader threads to see the last line."""
+        if self._process is None or self._process.poll() is None:
+            return None
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+        code = self._process.returncode
+        error = self._error
+        if not error and code not in (EXIT_OK, EXIT_BAD_INPUT) and self._stderr:
+            error = self._stderr[-1]  # e.g. the last line of a traceback
+        cancelled = self._cancelled and code != EXIT_OK
+        return RunResult(code, exit_message(code, error, cancelled), cancelled, tuple(self._stderr),
+                         tuple(self._notes))
+
+    def wait(self, timeout: float | None = None, on_event: Callable[[Progress | str], None] | None = None,
+             poll_s: float = 0.1) -> RunResult | None:
+        """Block until the child ends (or ``timeout`` s pass: then None), handing each event to ``on_event``."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            for event in self.events():
+                if on_event is not None:
+                    on_event(event)
+            result = self.result()
+            if result is not None:
+                for event in self.events():
+                    if on_event is not None:
+                        on_event(event)
+                return result
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            time.sleep(poll_s)
+
+
+# Share of the whole run each stage takes, for one progress bar over the run (fine-tuning dominates).
+_STAGE_SPANS = {"load": (0.0, 0.05), "finetune": (0.05, 0.85), "predict": (0.85, 0.97), "write": (0.97, 1.0),
+                "done": (1.0, 1.0)}
+_PREDICT_SPANS = {"load": (0.0, 0.1), "predict": (0.1, 0.95), "write": (0.95, 1.0), "done": (1.0, 1.0)}
+
+
+def overall_fraction(progress: Progress, training: bool = True) -> float:
+    """Where ``progress`` is in the whole run, in [0, 1]: fine-tuning takes 80 % of a Segment run's bar."""
+    spans = _STAGE_SPANS if training else _PREDICT_SPANS
+    start, end = spans.get(progress.stage, (0.0, 0.0))
+    return start + (end - start) * progress.fraction

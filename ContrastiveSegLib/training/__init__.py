@@ -1,0 +1,1 @@
+"""Training loops: few-label fine-tuning (and, in a later issue, self-supervised pretraining)."""

@@ -1,0 +1,1 @@
+"""Weights on disk (safetensors with a JSON header) and the registry of shipped encoders."""
