@@ -188,13 +188,13 @@ def _write_result(result, image, args) -> None:
 
 
 def cmd_segment(args, progress, cancel) -> int:
-    from ContrastiveSegLib import api
     from ContrastiveSegLib.progress import emit
 
     _check_outputs(args.output, args.probabilities, args.model_out, volumes=(args.output, args.probabilities),
                    models=(args.model_out,))
     emit(progress, "load", f"reading {args.image}")
     image, labels = _read_inputs(args.image, args.labels)
+    from ContrastiveSegLib import api  # torch loads here, after the cheap checks above
     result = api.segment(image.array, labels.array, image.spacing, axis=_axis(args), preset=args.preset,
                          encoder=args.encoder, init_model=_load_init_model(args), device=args.device,
                          seed=args.seed, steps=args.steps, batch_size=args.batch_size,
@@ -209,11 +209,11 @@ def cmd_segment(args, progress, cancel) -> int:
 
 
 def cmd_finetune(args, progress, cancel) -> int:
-    from ContrastiveSegLib import api
     from ContrastiveSegLib.progress import emit
 
     _check_outputs(args.output, models=(args.output,))
     image, labels = _read_inputs(args.image, args.labels)
+    from ContrastiveSegLib import api
     model = api.finetune(image.array, labels.array, image.spacing, axis=_axis(args), preset=args.preset,
                          encoder=args.encoder, init_model=_load_init_model(args), device=args.device,
                          seed=args.seed, steps=args.steps, batch_size=args.batch_size, progress=progress,
@@ -224,13 +224,14 @@ def cmd_finetune(args, progress, cancel) -> int:
 
 
 def cmd_predict(args, progress, cancel) -> int:
-    from ContrastiveSegLib import api
-    from ContrastiveSegLib.model import TrainedModel
     from ContrastiveSegLib.progress import emit
 
     _check_outputs(args.output, args.probabilities, volumes=(args.output, args.probabilities))
-    model = TrainedModel.load(args.model)
     image, labels = _read_inputs(args.image, args.labels)
+    from ContrastiveSegLib import api
+    from ContrastiveSegLib.model import TrainedModel
+
+    model = TrainedModel.load(args.model)
     if labels is not None:
         from ContrastiveSegLib.io.annotations import decode_annotation
 

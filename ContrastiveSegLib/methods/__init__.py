@@ -11,7 +11,7 @@ import inspect
 from typing import Any
 
 from ContrastiveSegLib.data.slices import InputSpec
-from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, MethodOutput, PretrainMethod
+from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, DEFAULT_NORM, MethodOutput, PretrainMethod
 from ContrastiveSegLib.methods.ideal import IDEAL
 from ContrastiveSegLib.methods.lrc import LRC
 from ContrastiveSegLib.methods.mixcl import MixCL
@@ -28,7 +28,7 @@ METHODS: dict[str, type[PretrainMethod]] = {
     "mixcl": MixCL,
 }
 
-_BASE_ARGUMENTS = ("self", "spec", "features")
+_BASE_ARGUMENTS = ("self", "spec", "features", "norm")
 
 
 def method_class(name: str) -> type[PretrainMethod]:
@@ -48,8 +48,8 @@ def method_parameters(name: str) -> dict[str, Any]:
 
 
 def get_method(name: str, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES,
-               **params: Any) -> PretrainMethod:
-    """Build method ``name`` for inputs ``spec`` and encoder widths ``features``.
+               norm: str = DEFAULT_NORM, **params: Any) -> PretrainMethod:
+    """Build method ``name`` for inputs ``spec``, encoder widths ``features`` and normalisation ``norm``.
 
     Raises ValueError for an unknown name (listing the known ones) or an unknown hyper-parameter (listing the
     method's parameters); the method's own checks raise ValueError for bad values.
@@ -60,8 +60,8 @@ def get_method(name: str, spec: InputSpec = InputSpec(), features: tuple[int, ..
     if unknown:
         listed = ", ".join(known) if known else "none"
         raise ValueError(f"method '{name}' has no parameter {', '.join(unknown)} (its parameters: {listed})")
-    return cls(spec, tuple(features), **params)
+    return cls(spec, tuple(features), norm, **params)
 
 
 __all__ = ["METHODS", "MethodOutput", "PretrainMethod", "get_method", "method_class", "method_parameters",
-           "DEFAULT_FEATURES"]
+           "DEFAULT_FEATURES", "DEFAULT_NORM"]

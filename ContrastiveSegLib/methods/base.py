@@ -10,15 +10,19 @@ batches); the pretraining pipeline reads them to decide what to compute (superpi
 from __future__ import annotations
 
 import abc
+from dataclasses import fields
 from typing import Any, ClassVar, Mapping, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ContrastiveSegLib.data.slices import InputSpec
-from ContrastiveSegLib.networks.unet import Encoder
+from ContrastiveSegLib.networks.unet import NORMS, Encoder, NetworkConfig
 
-DEFAULT_FEATURES: tuple[int, ...] = (16, 32, 64, 128, 256)  # NetworkConfig's default: what fine-tuning builds
+# What fine-tuning builds by default: an encoder pretrained with other widths or norm would not load into it.
+_NETWORK_DEFAULTS = {f.name: f.default for f in fields(NetworkConfig)}
+DEFAULT_FEATURES: tuple[int, ...] = tuple(_NETWORK_DEFAULTS["features"])
+DEFAULT_NORM: str = _NETWORK_DEFAULTS["norm"]
 
 
 class MethodOutput(NamedTuple):
@@ -36,6 +40,7 @@ class PretrainMethod(nn.Module, abc.ABC):
     Args:
         spec: the input spec shared with fine-tuning (5 channels by default: 3 slices + 2 coordinates).
         features: encoder widths; must equal the fine-tuning network's for the encoder to load.
+        norm: the encoder's normalisation ("batch" or "instance"), also the fine-tuning network's.
 
     Subclasses set ``name``, ``description`` and ``required_keys``, store their hyper-parameters in
     ``self.params`` (recorded in encoder files and checkpoints) and implement :meth:`compute`.
@@ -46,15 +51,19 @@ class PretrainMethod(nn.Module, abc.ABC):
     required_keys: ClassVar[tuple[str, ...]] = ("view1", "view2")
     trains: ClassVar[bool] = True  # False: the loop writes the initial encoder without optimising (``none``)
 
-    def __init__(self, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES):
+    def __init__(self, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES,
+                 norm: str = DEFAULT_NORM):
         super().__init__()
         features = tuple(int(f) for f in features)
         if len(features) != 5 or min(features) < 1:
             raise ValueError(f"features must list 5 positive widths, got {features}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {sorted(NORMS)}, got {norm!r}")
         self.spec = spec
         self.features = features
+        self.norm = norm
         self.image_channels = 2 * spec.context + 1
-        self.encoder = Encoder(spec.in_channels, features)
+        self.encoder = Encoder(spec.in_channels, features, norm=norm)
         self.params: dict[str, Any] = {}
 
     def check_batch(self, batch: Mapping[str, Tensor]) -> None:

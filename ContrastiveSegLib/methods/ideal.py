@@ -16,7 +16,7 @@ from torch import Tensor
 from ContrastiveSegLib.data.slices import InputSpec
 from ContrastiveSegLib.data.views import align_to_first
 from ContrastiveSegLib.losses import DenseContrastiveLoss
-from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, MethodOutput, PretrainMethod, two_views
+from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, DEFAULT_NORM, MethodOutput, PretrainMethod, two_views
 from ContrastiveSegLib.methods.features import PyramidFeatures
 from ContrastiveSegLib.networks.heads import DenseProjectionHead
 
@@ -41,10 +41,10 @@ class IDEAL(PretrainMethod):
     required_keys = ("view1", "view2", "theta1", "theta2")
 
     def __init__(self, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES,
-                 temperature: float = 0.1, num_samples: int = 128, negatives: str = "batch",
+                 norm: str = DEFAULT_NORM, temperature: float = 0.1, num_samples: int = 128, negatives: str = "batch",
                  exclusion_radius: float = 1.5, levels: Sequence[int] = (1, 2, 3, 4), pyramid_channels: int = 64,
                  projection_channels: int = 128):
-        super().__init__(spec, features)
+        super().__init__(spec, features, norm)
         self.pyramid = PyramidFeatures(self.features, tuple(levels), pyramid_channels)
         self.head = DenseProjectionHead(pyramid_channels, projection_channels, projection_channels)
         self.loss = DenseContrastiveLoss(temperature, int(num_samples), negatives, exclusion_radius)

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ContrastiveSegLib.data.slices import InputSpec
 from ContrastiveSegLib.losses import RegionContrastiveLoss, nt_xent_loss
-from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, MethodOutput, PretrainMethod, two_views
+from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, DEFAULT_NORM, MethodOutput, PretrainMethod, two_views
 from ContrastiveSegLib.methods.features import PyramidFeatures
 from ContrastiveSegLib.networks.heads import DenseProjectionHead, GlobalProjectionHead
 
@@ -41,11 +41,11 @@ class LRC(PretrainMethod):
     required_keys = ("view1", "view2", "superpixels1", "superpixels2")
 
     def __init__(self, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES,
-                 temperature: float = 0.1, region_weight: float = 1.0, region_temperature: float = 0.1,
-                 regions_per_image: int = 32, min_pixels: int = 1, negatives: str = "batch",
+                 norm: str = DEFAULT_NORM, temperature: float = 0.1, region_weight: float = 1.0,
+                 region_temperature: float = 0.1, regions_per_image: int = 32, min_pixels: int = 1, negatives: str = "batch",
                  levels: Sequence[int] = (1, 2, 3, 4), pyramid_channels: int = 64, projection_channels: int = 128,
                  hidden_channels: int = 256, out_channels: int = 128):
-        super().__init__(spec, features)
+        super().__init__(spec, features, norm)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if not region_weight >= 0:

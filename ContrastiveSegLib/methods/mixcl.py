@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ContrastiveSegLib.data.slices import InputSpec
 from ContrastiveSegLib.losses import LabelConsistencyLoss, ReconstructionLoss, nt_xent_loss
-from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, MethodOutput, PretrainMethod, two_views
+from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, DEFAULT_NORM, MethodOutput, PretrainMethod, two_views
 from ContrastiveSegLib.methods.features import PyramidFeatures
 from ContrastiveSegLib.networks.heads import DenseProjectionHead, GlobalProjectionHead
 
@@ -65,12 +65,13 @@ class MixCL(PretrainMethod):
     required_keys = ("view1", "view2", "clean1", "clean2", "valid1", "valid2", "labels1", "labels2")
 
     def __init__(self, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES,
-                 identity_weight: float = 1.0, label_weight: float = 1.0, reconstruction_weight: float = 1.0,
+                 norm: str = DEFAULT_NORM, identity_weight: float = 1.0, label_weight: float = 1.0,
+                 reconstruction_weight: float = 1.0,
                  temperature: float = 0.1, label_temperature: float = 0.1, pixels_per_class: int = 64,
                  reconstruction: str = "l1", levels: Sequence[int] = (1, 2, 3, 4), pyramid_channels: int = 64,
                  projection_channels: int = 128, decoder_channels: int = 32, hidden_channels: int = 256,
                  out_channels: int = 128):
-        super().__init__(spec, features)
+        super().__init__(spec, features, norm)
         weights = {"identity": identity_weight, "label": label_weight, "reconstruction": reconstruction_weight}
         for key, value in weights.items():
             if not value >= 0:

@@ -10,7 +10,7 @@ from typing import Mapping
 from torch import Tensor
 
 from ContrastiveSegLib.data.slices import InputSpec
-from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, MethodOutput, PretrainMethod
+from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, DEFAULT_NORM, MethodOutput, PretrainMethod
 
 
 class RandomInit(PretrainMethod):
@@ -25,8 +25,9 @@ class RandomInit(PretrainMethod):
     required_keys: tuple[str, ...] = ()
     trains = False
 
-    def __init__(self, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES):
-        super().__init__(spec, features)
+    def __init__(self, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES,
+                 norm: str = DEFAULT_NORM):
+        super().__init__(spec, features, norm)
 
     def compute(self, batch: Mapping[str, Tensor]) -> MethodOutput:
         loss = sum(p.sum() for p in self.parameters()) * 0.0

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ContrastiveSegLib.data.slices import InputSpec
 from ContrastiveSegLib.losses import MetaLabelTerm, SelfPacedContrastiveLoss
-from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, MethodOutput, PretrainMethod, two_views
+from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, DEFAULT_NORM, MethodOutput, PretrainMethod, two_views
 from ContrastiveSegLib.networks.heads import GlobalProjectionHead
 
 
@@ -51,13 +51,14 @@ class SelfPaced(PretrainMethod):
     required_keys = ("view1", "view2", "position", "volume", "tag")
 
     def __init__(self, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES,
-                 partitions: int = 4, mode: str = "linear", temperature: float = 0.07, normalize: bool = False,
+                 norm: str = DEFAULT_NORM, partitions: int = 4, mode: str = "linear", temperature: float = 0.07,
+                 normalize: bool = False,
                  partition_weight: float = 1.0, partition_gamma: Sequence[float] = (5.0, 60.0),
                  volume_weight: float = 0.1, volume_gamma: Sequence[float] = (3.5, 50.0),
                  tag_weight: float = 0.1, tag_gamma: Sequence[float] = (2.0, 50.0),
                  instance_weight: float = 0.0, instance_gamma: Sequence[float] = (5.0, 60.0),
                  hidden_channels: int = 256, out_channels: int = 256):
-        super().__init__(spec, features)
+        super().__init__(spec, features, norm)
         if int(partitions) < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
         self.partitions = int(partitions)

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ContrastiveSegLib.data.slices import InputSpec
 from ContrastiveSegLib.losses import nt_xent_loss
-from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, MethodOutput, PretrainMethod, two_views
+from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, DEFAULT_NORM, MethodOutput, PretrainMethod, two_views
 from ContrastiveSegLib.networks.heads import GlobalProjectionHead
 
 
@@ -32,8 +32,9 @@ class SimCLR(PretrainMethod):
     required_keys = ("view1", "view2")
 
     def __init__(self, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES,
-                 temperature: float = 0.1, hidden_channels: int = 256, out_channels: int = 128):
-        super().__init__(spec, features)
+                 norm: str = DEFAULT_NORM, temperature: float = 0.1, hidden_channels: int = 256,
+                 out_channels: int = 128):
+        super().__init__(spec, features, norm)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.temperature = float(temperature)

@@ -28,7 +28,8 @@ def save_checkpoint(path: str | os.PathLike, method: PretrainMethod, optimizer: 
     """Write the method, optimizer and loop ``state`` (JSON-serialisable: step, seconds, ...) to ``path``."""
     tensors = {f"model/{k}": v for k, v in method.state_dict().items()}
     header: dict[str, Any] = {"kind": CHECKPOINT_KIND, "method": method.name, "params": method.params,
-                              "features": list(method.features), "input": method.spec.to_dict(), **state}
+                              "features": list(method.features), "norm": method.norm,
+                              "input": method.spec.to_dict(), **state}
     if optimizer is not None:
         saved = optimizer.state_dict()
         scalars: dict[str, dict[str, Any]] = {}
@@ -66,9 +67,10 @@ def load_checkpoint(path: str | os.PathLike, method: PretrainMethod,
     """
     tensors, header = load_weights(path, kind=CHECKPOINT_KIND, what="checkpoint")
     _check_method(path, header, method.name)
-    if list(header.get("features", [])) != list(method.features) or header.get("input") != method.spec.to_dict():
-        raise InputError(f"checkpoint {path} is for encoder widths {header.get('features')} and input "
-                         f"{header.get('input')}, this run uses {list(method.features)} and {method.spec.to_dict()}")
+    theirs = (list(header.get("features", [])), header.get("norm"), header.get("input"))
+    ours = (list(method.features), method.norm, method.spec.to_dict())
+    if theirs != ours:
+        raise InputError(f"checkpoint {path} is for encoder widths, norm and input {theirs}, this run uses {ours}")
     different = sorted(k for k in set(header.get("params", {})) | set(method.params)
                        if header.get("params", {}).get(k) != method.params.get(k))
     if different:
@@ -106,6 +108,6 @@ def default_checkpoint_path(output: str | os.PathLike) -> Path:
 def save_encoder(path: str | os.PathLike, method: PretrainMethod, extra: dict[str, Any] | None = None) -> None:
     """Write ``method``'s encoder as an encoder file (atomic) that ``model.load_encoder_into`` accepts."""
     header = {"kind": "encoder", "input_channels": method.spec.in_channels, "features": list(method.features),
-              "input": method.spec.to_dict(), "method": method.name, "method_params": method.params,
+              "norm": method.norm, "input": method.spec.to_dict(), "method": method.name, "method_params": method.params,
               **(extra or {})}
     save_weights(path, method.encoder_state_dict(), header)

@@ -101,10 +101,23 @@ def barrier(context: DistributedContext) -> None:
         dist.barrier()
 
 
+def broadcast_buffers(module: nn.Module, context: DistributedContext) -> None:
+    """Copy rank 0's buffers (batch-norm running statistics) to every rank.
+
+    DDP broadcasts them before each forward, so after the last forward each rank holds statistics of its own last
+    batch; this makes the final state identical everywhere (rank 0's is the one written)."""
+    if not context.enabled:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
 def parameter_checksum(module: nn.Module) -> torch.Tensor:
-    """(2,) float64: sum and sum of squares of every parameter, a cheap fingerprint of the weights."""
+    """(2,) float64: sum and sum of squares of every parameter and floating buffer, a cheap fingerprint."""
     total = torch.zeros(2, dtype=torch.float64)
-    for p in module.parameters():
+    for p in module.state_dict().values():
+        if not p.is_floating_point():
+            continue
         data = p.detach().double().cpu()
         total += torch.stack([data.sum(), (data * data).sum()])
     return total

@@ -27,7 +27,7 @@ from ContrastiveSegLib.data.unlabelled import MIN_IN_PLANE, SliceStream, StreamC
 from ContrastiveSegLib.data.views import TwoViews, ViewConfig
 from ContrastiveSegLib.device import resolve_device
 from ContrastiveSegLib.errors import Cancelled, InputError
-from ContrastiveSegLib.methods import DEFAULT_FEATURES, PretrainMethod, get_method
+from ContrastiveSegLib.methods import DEFAULT_FEATURES, DEFAULT_NORM, PretrainMethod, get_method
 from ContrastiveSegLib.progress import ProgressCallback, StageProgress, emit
 from ContrastiveSegLib.training import distributed
 from ContrastiveSegLib.training.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint, save_encoder
@@ -197,6 +197,7 @@ def pretrain(method: PretrainMethod, data, config: PretrainConfig, device: torch
     result.terms = {k: float(v) for k, v in output.terms.items()} if step > start_step else {}
     if context.is_main and config.checkpoint_every and step > start_step and step % config.checkpoint_every:
         _checkpoint(config, method, optimizer, step, result.seconds)
+    distributed.broadcast_buffers(method, context)
     distributed.check_identical(method, context, device)
     method.eval()
     return result
@@ -220,7 +221,8 @@ class PretrainJob:
 def pretrain_encoder(sources: Sequence[VolumeSource], method: str, output: str | os.PathLike | None,
                      config: PretrainConfig = PretrainConfig(), *, params: Mapping[str, Any] | None = None,
                      axis: int = 0, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES,
-                     patch: int = 128, stream: StreamConfig = StreamConfig(), view_config: ViewConfig = ViewConfig(),
+                     norm: str = DEFAULT_NORM, patch: int = 128, stream: StreamConfig = StreamConfig(),
+                     view_config: ViewConfig = ViewConfig(),
                      tag_key: str | None = None, tags: Mapping[str, str] | None = None, device: str = "auto",
                      progress: ProgressCallback = None, cancel=None) -> PretrainJob:
     """Pretrain an encoder with ``method`` on unlabelled ``sources`` and write it to ``output`` (rank 0 only).
@@ -230,7 +232,8 @@ def pretrain_encoder(sources: Sequence[VolumeSource], method: str, output: str |
             :class:`~ContrastiveSegLib.data.unlabelled.ArrayVolume` for the scan at hand).
         method: a name in :data:`ContrastiveSegLib.methods.METHODS`; ``params`` its hyper-parameters.
         output: the encoder .safetensors file (None: write nothing, e.g. when adapting in memory).
-        axis, spec, features: slicing axis, input spec and encoder widths (must match fine-tuning).
+        axis, spec, features, norm: slicing axis, input spec, encoder widths and normalisation (must match
+            fine-tuning's network).
         patch: crop size, shrunk to the largest slice (rounded up to 16) when the volumes are smaller.
 
     Every user error (unknown method or parameter, unreadable or too small volume, a checkpoint of another method)
@@ -244,7 +247,7 @@ def pretrain_encoder(sources: Sequence[VolumeSource], method: str, output: str |
         info = check_sources(sources, axis, tag_key=tag_key, tags=tags)
         torch.manual_seed(config.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
         try:
-            pretrain_method = get_method(method, spec, features, **dict(params or {}))
+            pretrain_method = get_method(method, spec, features, norm, **dict(params or {}))
         except (TypeError, ValueError) as error:
             raise InputError(str(error)) from None
         largest = max(max(s for a, s in enumerate(shape) if a != axis) for shape in info.shapes)

@@ -10,7 +10,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ContrastiveSegLib.cli_pretrain import add_methods_parser, add_pretrain_parser, parse_params, run_methods, run_pretrain
+from ContrastiveSegLib.cli_pretrain import (add_methods_parser, add_pretrain_parser, parse_params, run_methods,
+                                           run_pretrain)
 from ContrastiveSegLib.data.slices import InputSpec
 from ContrastiveSegLib.data.unlabelled import ArrayVolume, SliceStream, StreamConfig, check_sources, find_volumes
 from ContrastiveSegLib.errors import Cancelled, InputError

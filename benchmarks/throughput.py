@@ -1,0 +1,110 @@
+"""Throughput ratios of the benchmark protocol (shared/design/benchmark.md), measured side by side in one process.
+
+- loop ratio: slices/s of the library's fine-tuning loop (crop sampling, batched augmentation, loss, optimiser,
+  progress) divided by slices/s of a plain PyTorch loop over pre-made tensors on the device (same network, batch,
+  optimiser and loss). Below 1.0 is what the data pipeline and bookkeeping cost.
+- inference ratio: slices/s of :func:`predict_volume` (whole slices) divided by slices/s of MONAI's
+  ``sliding_window_inference`` over the same slices with the same network (ROI = the training patch, overlap 0.25,
+  MONAI's default-style settings).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from ContrastiveSegLib.api import DEFAULT_SPEC
+from ContrastiveSegLib.data.augment import BatchAugmenter
+from ContrastiveSegLib.data.intensity import normalise_intensity
+from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler
+from ContrastiveSegLib.data.slices import SliceStack
+from ContrastiveSegLib.inference.predict import predict_volume
+from ContrastiveSegLib.io.annotations import decode_annotation
+from ContrastiveSegLib.losses.segmentation import MaskedDiceCELoss
+from ContrastiveSegLib.networks import NetworkConfig, build_network
+from ContrastiveSegLib.training.finetune import FinetuneConfig, autocast_context, finetune
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def loop_throughput_ratio(image: np.ndarray, sparse_labels: np.ndarray, device: torch.device, *, steps: int = 30,
+                          batch_size: int = 8, patch: int = 128, seed: int = 0) -> dict:
+    """Slices per second of the library loop and of a plain loop, and their ratio."""
+    annotation = decode_annotation(sparse_labels)
+    stack = SliceStack(normalise_intensity(image), annotation.axis, DEFAULT_SPEC)
+    targets = np.moveaxis(annotation.target, annotation.axis, 0)
+    config = NetworkConfig(in_channels=DEFAULT_SPEC.in_channels, num_classes=annotation.num_classes)
+
+    torch.manual_seed(seed)
+    network = build_network(config)
+    sampler = AnnotatedSliceSampler(stack, targets, annotation.slices, patch, config.divisor, seed)
+    augmenter = BatchAugmenter(2 * DEFAULT_SPEC.context + 1, seed)
+    finetune(network, sampler, FinetuneConfig(steps=3, batch_size=batch_size, patch=patch), device, augmenter)
+    _sync(device)
+    start = time.perf_counter()
+    finetune(network, sampler, FinetuneConfig(steps=steps, batch_size=batch_size, patch=patch), device, augmenter)
+    _sync(device)
+    ours = steps * batch_size / (time.perf_counter() - start)
+
+    torch.manual_seed(seed)
+    network = build_network(config).to(device).train()
+    optimizer = torch.optim.AdamW(network.parameters(), lr=3e-3, weight_decay=1e-4)
+    criterion = MaskedDiceCELoss()
+    inputs, labels = sampler.batch(batch_size)
+    inputs, labels = inputs.to(device), labels.to(device)
+
+    def plain(n: int) -> None:
+        for _ in range(n):
+            with autocast_context(device):
+                logits = network(inputs)
+            loss = criterion(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+    plain(3)
+    _sync(device)
+    start = time.perf_counter()
+    plain(steps)
+    _sync(device)
+    reference = steps * batch_size / (time.perf_counter() - start)
+    return {"loop_slices_per_s": ours, "plain_slices_per_s": reference, "loop_ratio": ours / reference}
+
+
+def inference_throughput_ratio(image: np.ndarray, device: torch.device, *, num_classes: int = 3, axis: int = 0,
+                               roi: int = 128, repeats: int = 1) -> dict:
+    """Slices per second of whole-slice prediction and of MONAI sliding-window inference, and their ratio."""
+    stack = SliceStack(normalise_intensity(image), axis, DEFAULT_SPEC)
+    config = NetworkConfig(in_channels=DEFAULT_SPEC.in_channels, num_classes=num_classes)
+    network = build_network(config).to(device).eval()
+
+    predict_volume(network, SliceStack(stack.slices[:4].numpy(), 0, DEFAULT_SPEC), device)  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        predict_volume(network, stack, device)
+    _sync(device)
+    ours = repeats * stack.num_slices / (time.perf_counter() - start)
+
+    @torch.no_grad()
+    def sliding() -> None:
+        for first in range(0, stack.num_slices, 16):
+            x = stack.inputs(np.arange(first, min(first + 16, stack.num_slices))).to(device)
+            with autocast_context(device):
+                logits = sliding_window_inference(x, roi_size=(roi, roi), sw_batch_size=16, predictor=network,
+                                                  overlap=0.25)
+            logits.float().softmax(1).argmax(1).to(torch.uint8).cpu()
+
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        sliding()
+    _sync(device)
+    reference = repeats * stack.num_slices / (time.perf_counter() - start)
+    return {"predict_slices_per_s": ours, "sliding_window_slices_per_s": reference,
+            "inference_ratio": ours / reference}
