@@ -133,6 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     enc = sub.add_parser("encoders", help="list the shipped pretrained encoders")
     enc.add_argument("--json", action="store_true")
+
+    from ContrastiveSegLib.cli_pretrain import add_methods_parser, add_pretrain_parser
+
+    add_pretrain_parser(sub)  # adds its own --device and --progress
+    add_methods_parser(sub)
     return parser
 
 
@@ -268,8 +273,20 @@ def cmd_demo(args, progress, cancel) -> int:
     return run_demo(args, progress, cancel)
 
 
+def cmd_pretrain(args, progress, cancel) -> int:
+    from ContrastiveSegLib.cli_pretrain import run_pretrain
+
+    return run_pretrain(args, progress, cancel)
+
+
+def cmd_methods(args, progress, cancel) -> int:
+    from ContrastiveSegLib.cli_pretrain import run_methods
+
+    return run_methods(args, progress, cancel)
+
+
 COMMANDS = {"segment": cmd_segment, "finetune": cmd_finetune, "predict": cmd_predict, "encoders": cmd_encoders,
-            "demo": cmd_demo}
+            "demo": cmd_demo, "pretrain": cmd_pretrain, "methods": cmd_methods}
 
 
 # ----------------------------------------------------------------------------------------------- entry point

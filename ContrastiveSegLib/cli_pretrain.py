@@ -106,7 +106,9 @@ def parse_params(method: str, items: list[str]) -> dict[str, Any]:
     return params
 
 
-def _read_tags(path: Path) -> dict[str, str]:
+def read_tags(path: Path, sources: list) -> list:
+    """``sources`` with the tags of a CSV of 'path,tag' lines (paths as given or absolute); InputError naming the
+    line for a malformed file."""
     if not path.is_file():
         raise InputError(f"tags file not found: {path}")
     tags = {}
@@ -117,7 +119,7 @@ def _read_tags(path: Path) -> dict[str, str]:
             if len(row) != 2:
                 raise InputError(f"{path} line {number}: expected 'path,tag', got {','.join(row)!r}")
             tags[str(Path(row[0].strip()).resolve())] = row[1].strip()
-    return tags
+    return [replace(s, tag=tags.get(str(s.path.resolve()), s.tag)) for s in sources]
 
 
 def _cache_dir(args) -> Path:
@@ -163,8 +165,7 @@ def run_pretrain(args, progress, cancel) -> int:
         raise InputError(str(error)) from None
     sources = find_volumes(args.data)
     if args.tags is not None:
-        tags = _read_tags(args.tags)
-        sources = [replace(s, tag=tags.get(str(s.path.resolve()), s.tag)) for s in sources]
+        sources = read_tags(args.tags, sources)
     job = pretrain_encoder(sources, args.method, args.output, config, params=params, axis=AXES[args.axis],
                            features=features, patch=args.patch, stream=stream, tag_key=args.tag_key,
                            device=args.device, progress=progress, cancel=cancel)

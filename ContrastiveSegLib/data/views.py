@@ -96,16 +96,18 @@ def align_to_first(f2: torch.Tensor, theta1: torch.Tensor, theta2: torch.Tensor)
         theta1, theta2: (B, 2, 3) the views' transforms.
 
     Returns:
-        (aligned (B, C, h, w), valid (B, h, w) bool): valid where the point lies inside both views and the crop.
+        (aligned (B, C, h, w) float32, valid (B, h, w) bool): valid where the point lies inside both views and the
+        crop.
     """
     a1, b1 = theta1[:, :, :2].float(), theta1[:, :, 2:].float()
     a2, b2 = theta2[:, :, :2].float(), theta2[:, :, 2:].float()
     inverse = torch.linalg.inv(a2)
     relative = torch.cat([inverse @ a1, inverse @ (b1 - b2)], dim=2)  # view-1 point -> view-2 point
+    # Grids in float32 even under autocast: bf16 coordinates would be off by a quarter pixel on a 64-pixel map.
     shape = list(f2.shape)
-    grid = F.affine_grid(relative.to(f2.dtype), shape, align_corners=False)
-    aligned = F.grid_sample(f2, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    in_crop = inside(F.affine_grid(theta1.to(f2.dtype), shape, align_corners=False))
+    grid = F.affine_grid(relative, shape, align_corners=False)
+    aligned = F.grid_sample(f2.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    in_crop = inside(F.affine_grid(theta1.float(), shape, align_corners=False))
     return aligned, inside(grid) & in_crop
 
 

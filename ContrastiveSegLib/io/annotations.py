@@ -87,13 +87,14 @@ def decode_annotation(labels: np.ndarray, axis: int | None = None) -> SparseAnno
         raise InputError("no annotated slice: the label map holds no labelled voxel")
     values = sorted(int(v) for v in np.unique(labels) if v not in (0, IGNORE))
     label_values = (0, *values)
-    lookup = np.full(int(labels.max()) + 1, IGNORE, dtype=np.int64)
-    for index, value in enumerate(label_values):
-        lookup[value] = index
+    # Classes by position in the sorted value list (searchsorted, not a lookup table, so a label value of 10^9
+    # costs nothing); IGNORE is not in the list and is restored after.
     target = np.full(labels.shape, IGNORE, dtype=np.int64)
     index = [slice(None)] * 3
     for s in slices:
         index[axis] = int(s)
         region = labels[tuple(index)]
-        target[tuple(index)] = lookup[region]  # 255 was never given a class, so it stays IGNORE
+        classes = np.searchsorted(np.asarray(label_values), region)
+        classes[region == IGNORE] = IGNORE
+        target[tuple(index)] = classes
     return SparseAnnotation(axis=int(axis), slices=slices, label_values=label_values, target=target)

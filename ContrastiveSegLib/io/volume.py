@@ -88,17 +88,35 @@ def read_volume(path: str | os.PathLike, *, what: str = "image") -> Volume:
     array = _sitk().GetArrayFromImage(image)
     if min(array.shape) < 1:
         raise InputError(f"{what} {path} is empty (shape {array.shape})")
+    if path.name.lower().endswith((".nii", ".nii.gz")):
+        _check_nifti_finite(path, what)
     return Volume(array, tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
 
 
+def _check_nifti_finite(path: Path, what: str) -> None:
+    """ITK's NIfTI reader silently turns NaN voxels into 0, so look at the stored values themselves."""
+    import nibabel
+
+    stored = nibabel.load(str(path))
+    if np.issubdtype(stored.get_data_dtype(), np.floating):
+        raw = np.asanyarray(stored.dataobj)
+        bad = np.count_nonzero(~np.isfinite(raw))
+        if bad:
+            raise InputError(f"{what} holds {bad} NaN or infinite voxels")
+
+
 def to_sitk(volume: Volume):
-    """A SimpleITK image of ``volume`` (a leading channel axis becomes a vector image)."""
+    """A SimpleITK image of ``volume``; a leading channel axis (C, z, y, x) becomes a 4D image whose fourth axis
+    is the channel (what NIfTI readers, nibabel and Slicer's multi-volume loader expect), spacing 1 along it."""
     sitk = _sitk()
     array = volume.array
     if array.ndim == 4:
-        image = sitk.GetImageFromArray(np.moveaxis(array, 0, -1), isVector=True)
-    else:
-        image = sitk.GetImageFromArray(array)
+        channels = [_with_geometry(sitk.GetImageFromArray(channel), volume) for channel in array]
+        return sitk.JoinSeries(channels, 0.0, 1.0)
+    return _with_geometry(sitk.GetImageFromArray(array), volume)
+
+
+def _with_geometry(image, volume: Volume):
     image.SetSpacing([float(v) for v in volume.spacing])
     image.SetOrigin([float(v) for v in volume.origin])
     image.SetDirection([float(v) for v in volume.direction])

@@ -56,5 +56,5 @@ class IDEAL(PretrainMethod):
         n = batch["view1"].shape[0]
         f = self.head(self.pyramid(self.encoder(two_views(batch))))
         aligned, valid = align_to_first(f[n:], batch["theta1"], batch["theta2"])
-        loss = self.loss(f[:n], aligned, valid)
+        loss = self.loss(f[:n].float(), aligned, valid)
         return MethodOutput(loss, {"dense": loss.detach(), "overlap": valid.float().mean()})

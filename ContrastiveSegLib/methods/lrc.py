@@ -42,9 +42,9 @@ class LRC(PretrainMethod):
 
     def __init__(self, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES,
                  norm: str = DEFAULT_NORM, temperature: float = 0.1, region_weight: float = 1.0,
-                 region_temperature: float = 0.1, regions_per_image: int = 32, min_pixels: int = 1, negatives: str = "batch",
-                 levels: Sequence[int] = (1, 2, 3, 4), pyramid_channels: int = 64, projection_channels: int = 128,
-                 hidden_channels: int = 256, out_channels: int = 128):
+                 region_temperature: float = 0.1, regions_per_image: int = 32, min_pixels: int = 1,
+                 negatives: str = "batch", levels: Sequence[int] = (1, 2, 3, 4), pyramid_channels: int = 64,
+                 projection_channels: int = 128, hidden_channels: int = 256, out_channels: int = 128):
         super().__init__(spec, features, norm)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")

@@ -108,6 +108,6 @@ def default_checkpoint_path(output: str | os.PathLike) -> Path:
 def save_encoder(path: str | os.PathLike, method: PretrainMethod, extra: dict[str, Any] | None = None) -> None:
     """Write ``method``'s encoder as an encoder file (atomic) that ``model.load_encoder_into`` accepts."""
     header = {"kind": "encoder", "input_channels": method.spec.in_channels, "features": list(method.features),
-              "norm": method.norm, "input": method.spec.to_dict(), "method": method.name, "method_params": method.params,
-              **(extra or {})}
+              "norm": method.norm, "input": method.spec.to_dict(), "method": method.name,
+              "method_params": method.params, **(extra or {})}
     save_weights(path, method.encoder_state_dict(), header)

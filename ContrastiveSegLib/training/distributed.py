@@ -123,15 +123,14 @@ def parameter_checksum(module: nn.Module) -> torch.Tensor:
     return total
 
 
-def check_identical(module: nn.Module, context: DistributedContext, device: torch.device) -> None:
-    """RuntimeError when the ranks' weights differ (they must not: DDP averages the same gradients everywhere)."""
+def ranks_agree(module: nn.Module, context: DistributedContext, device: torch.device) -> bool:
+    """Whether every rank holds the same weights and buffers (they should: DDP applies the same averaged
+    gradients everywhere). Compares a checksum; True in a single process."""
     if not context.enabled:
-        return
+        return True
     local = parameter_checksum(module)
     on = device if context.backend == "nccl" else torch.device("cpu")
     high, low = local.to(on), local.to(on).neg()
     dist.all_reduce(high, op=dist.ReduceOp.MAX)
     dist.all_reduce(low, op=dist.ReduceOp.MAX)
-    if not torch.equal(high, low.neg()):
-        raise RuntimeError(f"ranks ended with different weights (checksums between {(-low).tolist()} and "
-                           f"{high.tolist()})")
+    return bool(torch.equal(high, low.neg()))

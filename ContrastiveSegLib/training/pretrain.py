@@ -198,7 +198,10 @@ def pretrain(method: PretrainMethod, data, config: PretrainConfig, device: torch
     if context.is_main and config.checkpoint_every and step > start_step and step % config.checkpoint_every:
         _checkpoint(config, method, optimizer, step, result.seconds)
     distributed.broadcast_buffers(method, context)
-    distributed.check_identical(method, context, device)
+    if not distributed.ranks_agree(method, context, device):
+        # Rank 0's weights are the ones written; a mismatch means a non-deterministic kernel, worth knowing about.
+        emit(progress if context.is_main else None, "pretrain", "warning: the ranks ended with different weights; "
+             "rank 0's are written")
     method.eval()
     return result
 
@@ -257,6 +260,9 @@ def pretrain_encoder(sources: Sequence[VolumeSource], method: str, output: str |
         emit(progress if context.is_main else None, "pretrain",
              f"pretraining '{method}' on {len(sources)} volume(s) along axis {axis}, {patch} x {patch} crops "
              f"({torch_device.type}{f', {context.world_size} processes' if context.enabled else ''})")
+        if stream.superpixels and context.is_main:
+            emit(progress, "pretrain", "computing Felzenszwalb superpixels once per volume (cached in "
+                                       f"{stream.cache_dir or 'memory only'})")
         if pretrain_method.trains:
             data = SliceStream(sources, spec, axis, stream, info, config.seed, context.rank, context.world_size)
         views = TwoViews(pretrain_method.image_channels, view_config, seed=config.seed * 1000 + context.rank)

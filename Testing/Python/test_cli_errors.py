@@ -139,8 +139,6 @@ def test_image_with_nan_or_infinite_voxels(phantom_files, capsys, bad_value, suf
                      "image holds 3 NaN or infinite voxels", f.folder)
 
 
-@pytest.mark.xfail(strict=True, reason="ITK's NIfTI reader (niftilib) silently turns NaN/Inf voxels into 0 before "
-                   "read_volume sees them; remove this mark once read_volume checks the raw NIfTI data")
 def test_nifti_image_with_nan_voxels(phantom_files, capsys):
     f = phantom_files
     array = f.phantom.image.copy()

@@ -96,14 +96,20 @@ def test_output_is_on_the_exact_input_grid(run):
 
 def test_probabilities_are_per_class_and_sum_to_one(run):
     probabilities = sitk.ReadImage(str(run.probabilities))
-    assert probabilities.GetNumberOfComponentsPerPixel() == 3  # background, class 1, class 2
-    _assert_same_grid(run.probabilities, run.image)
-    array = sitk.GetArrayFromImage(probabilities)  # (z, y, x, class)
-    assert array.shape == (*run.phantom.image.shape, 3)
-    np.testing.assert_allclose(array.sum(axis=-1), 1.0, atol=1e-5)
+    # A 4D scalar volume, classes along the fourth axis (background, class 1, class 2), on the image's 3D grid.
+    assert probabilities.GetDimension() == 4 and probabilities.GetNumberOfComponentsPerPixel() == 1
+    reference = sitk.ReadImage(str(run.image))
+    assert probabilities.GetSize() == (*reference.GetSize(), 3)
+    np.testing.assert_allclose(probabilities.GetSpacing()[:3], reference.GetSpacing(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(probabilities.GetOrigin()[:3], reference.GetOrigin(), rtol=0, atol=1e-6)
+    direction = np.asarray(probabilities.GetDirection()).reshape(4, 4)[:3, :3].ravel()
+    np.testing.assert_allclose(direction, reference.GetDirection(), rtol=0, atol=1e-6)
+    array = sitk.GetArrayFromImage(probabilities)  # (class, z, y, x)
+    assert array.shape == (3, *run.phantom.image.shape)
+    np.testing.assert_allclose(array.sum(axis=0), 1.0, atol=1e-5)
     assert array.min() >= 0.0
     # Away from the annotated slices (where annotations are pasted) the arg-max mostly agrees with the output.
-    agreement = np.mean(array.argmax(-1) == _array(run.output))
+    agreement = np.mean(array.argmax(0) == _array(run.output))
     assert agreement > 0.95
 
 

@@ -44,9 +44,12 @@ def test_round_trip_keeps_voxels_and_geometry(tmp_path, suffix, tolerance, dtype
     np.testing.assert_array_equal(read.array, volume.array)
     _assert_same_geometry(read, volume, tolerance)
     assert sorted(os.listdir(tmp_path)) == [path.name]  # no temporary file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as a plain open() would create it, not mkstemp's 0600
 
 
-def _write_dicom_series(volume: Volume, folder: Path) -> None:
+def _write_dicom_series(volume: Volume, folder: Path, series: int = 1) -> None:
     """One 2D DICOM file per slice, with the per-slice position and the orientation in the tags that GDCM reads back
     (Image Position / Orientation (Patient)), all in one series."""
     folder.mkdir()
@@ -57,7 +60,7 @@ def _write_dicom_series(volume: Volume, folder: Path) -> None:
     d = volume.direction
     orientation = "\\".join(f"{v:.10f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))  # row, then column cosines
     stamp = time.strftime("%Y%m%d"), time.strftime("%H%M%S")
-    series_uid = "1.2.826.0.1.3680043.2.1125.1" + stamp[0] + stamp[1] + "42"
+    series_uid = f"1.2.826.0.1.3680043.2.1125.424242.{series}"
     shared = {"0008|0020": stamp[0], "0008|0030": stamp[1], "0008|0060": "CT", "0020|000d": series_uid + ".1",
               "0020|000e": series_uid, "0020|0037": orientation, "0008|103e": "ContrastiveSeg test series",
               "0010|0010": "Phantom^Test", "0018|0050": f"{volume.spacing[2]:.6f}"}
@@ -87,8 +90,18 @@ def test_dicom_series_folder_round_trip(tmp_path):
 
 def test_dicom_folder_without_series_is_input_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no DICOM series"):
+    (tmp_path / "empty" / "notes.txt").write_text("not a DICOM file")
+    with pytest.raises(InputError, match="folder holds no DICOM series"):
         read_volume(tmp_path / "empty")
+
+
+def test_dicom_folder_with_two_series_is_input_error(tmp_path):
+    _write_dicom_series(_volume(np.int16, shape=(3, 4, 5)), tmp_path / "first")
+    _write_dicom_series(_volume(np.int16, shape=(3, 4, 5)), tmp_path / "second", series=2)
+    for file in (tmp_path / "second").iterdir():
+        file.rename(tmp_path / "first" / f"b_{file.name}")
+    with pytest.raises(InputError, match="holds 2 DICOM series; give a folder with one"):
+        read_volume(tmp_path / "first")
 
 
 @pytest.mark.parametrize("field, change, phrase", [

@@ -59,6 +59,21 @@ def test_one_step_gives_finite_loss_and_gradients_everywhere(name, views_batch):
         assert output.loss.item() == 0.0 and encoder_grad == 0.0
 
 
+@pytest.mark.parametrize("name", [n for n in METHODS if n != "none"])
+def test_one_step_under_bf16_autocast(name, views_batch):
+    # The CUDA path runs under bf16 autocast; CPU autocast exercises the same dtype mixing (bf16 features, float32
+    # grids and contrastive logits) without a GPU.
+    torch.manual_seed(0)
+    method = get_method(name, features=FEATURES)
+    reference = method(views_batch).loss.item()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = method(views_batch)
+    assert output.loss.dtype == torch.float32
+    assert output.loss.item() == pytest.approx(reference, rel=0.1)
+    output.loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in method.parameters())
+
+
 def test_terms_of_each_method(views_batch):
     torch.manual_seed(0)
     terms = {name: get_method(name, features=FEATURES)(views_batch).terms for name in METHODS}

@@ -10,8 +10,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from ContrastiveSegLib.cli_pretrain import (add_methods_parser, add_pretrain_parser, parse_params, run_methods,
-                                           run_pretrain)
+from ContrastiveSegLib.cli_pretrain import (add_methods_parser, add_pretrain_parser, parse_params, read_tags,
+                                           run_methods, run_pretrain)
 from ContrastiveSegLib.data.slices import InputSpec
 from ContrastiveSegLib.data.unlabelled import ArrayVolume, SliceStream, StreamConfig, check_sources, find_volumes
 from ContrastiveSegLib.errors import Cancelled, InputError
@@ -73,6 +73,21 @@ def test_find_volumes_expands_folders_and_skips_the_rest(data_dir):
     (data_dir.parent / "empty").mkdir(exist_ok=True)
     with pytest.raises(InputError, match="holds no volume"):
         find_volumes([data_dir.parent / "empty"])
+
+
+def test_dicom_series_are_found_read_and_tagged(tmp_path):
+    from test_io import _write_dicom_series  # one 2D file per slice with the tags GDCM reads back
+
+    from ContrastiveSegLib.io.volume import Volume
+
+    array = np.random.default_rng(0).integers(-100, 200, (5, 32, 24)).astype(np.int16)
+    (tmp_path / "patients").mkdir()
+    _write_dicom_series(Volume(array, spacing=(0.8, 0.8, 2.0)), tmp_path / "patients" / "p1")
+    sources = find_volumes([tmp_path / "patients"])
+    assert len(sources) == 1 and len(sources[0].files) == 5
+    info = check_sources(sources, axis=0, tag_key="0008|0060")
+    assert info.shapes == ((5, 32, 24),) and info.tag_names == ("CT",)
+    np.testing.assert_array_equal(sources[0].read()[0], array)
 
 
 def test_check_sources_reads_headers_and_tags(data_dir):
@@ -193,7 +208,7 @@ def test_pretrain_writes_an_encoder_that_fine_tuning_loads(data_dir, tmp_path):
     assert [e["step"] for e in steps] == [1, 2, 3] and all(e["of"] == 3 and e["loss"] > 0 for e in steps)
     tensors, header = load_weights(tmp_path / "enc.safetensors", kind="encoder")
     assert header["method"] == "simclr" and header["method_params"]["temperature"] == 0.2
-    assert header["input"] == InputSpec().to_dict() and header["steps"] == 3
+    assert header["input"] == InputSpec().to_dict() and header["steps"] == 3 and header["norm"] == "batch"
     network = build_network(NetworkConfig(in_channels=5, num_classes=2, features=(8, 8, 16, 16, 32)))
     load_encoder_into(network, tmp_path / "enc.safetensors", InputSpec())
     assert all(torch.equal(network.encoder.state_dict()[k], v) for k, v in tensors.items())
@@ -243,6 +258,17 @@ def test_bad_arguments_are_one_line_input_errors(data_dir, tmp_path, argv_extra,
     with pytest.raises(InputError, match="must end in .safetensors"):
         cli(pretrain_args(data_dir, tmp_path / "enc.pt", "simclr"))
     assert not (tmp_path / "enc.safetensors").exists()
+
+
+def test_tags_file(data_dir, tmp_path):
+    (tmp_path / "tags.csv").write_text(f"{data_dir / 'a.nrrd'},siteB\n# comment\n{data_dir / 'b.nii.gz'},siteA\n")
+    tagged = read_tags(tmp_path / "tags.csv", find_volumes([data_dir]))
+    assert check_sources(tagged).tags == (1, 0, -1)  # ids in sorted tag order; c.mha has none
+    assert cli(pretrain_args(data_dir, tmp_path / "enc.safetensors", "selfpaced", "--steps", "1",
+                             "--tags", str(tmp_path / "tags.csv"))) == 0
+    (tmp_path / "bad.csv").write_text("only-one-column\n")
+    with pytest.raises(InputError, match="line 1: expected 'path,tag'"):
+        cli(pretrain_args(data_dir, tmp_path / "enc.safetensors", "selfpaced", "--tags", str(tmp_path / "bad.csv")))
 
 
 def test_parse_params_converts_types():
