@@ -69,8 +69,14 @@ def fill_between_slices(sparse_labels: np.ndarray, axis: int,
     interpolator.SetHeuristicAlignment(True)
     interpolator.SetUseDistanceTransform(False)
     interpolator.SetUseBallStructuringElement(False)
-    # One work unit: the non-distance-transform path races on several threads and corrupts the heap.
-    interpolator.SetNumberOfWorkUnits(1)
-    interpolator.Update()
+    # One thread: the non-distance-transform path races on several threads and corrupts the heap. The filter
+    # builds inner filters of its own, which take the global default, hence the global setting, restored after.
+    threads = itk.MultiThreaderBase.GetGlobalDefaultNumberOfThreads()
+    itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(1)
+    try:
+        interpolator.SetNumberOfWorkUnits(1)
+        interpolator.Update()
+    finally:
+        itk.MultiThreaderBase.SetGlobalDefaultNumberOfThreads(threads)
     filled = itk.array_from_image(interpolator.GetOutput())
     return labels.restore(filled.astype(np.int64))

@@ -17,16 +17,22 @@ from ContrastiveSegLib.io.annotations import IGNORE
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Ranges of the random augmentation (defaults follow common few-shot segmentation practice)."""
+    """Ranges of the random augmentation.
+
+    Fine-tuning and prediction see the same scan, so intensities need only mild jitter (slow bias-field drift
+    across slices); shapes change from slice to slice, so the geometric range is wider. On the 2 mm MNI task
+    (k = 3) cutting the intensity jitter from 0.15 to 0.05 raised mean Dice from 0.877 to 0.919
+    (docs/finetuning.md).
+    """
 
     affine_probability: float = 0.8
     max_rotation_deg: float = 15.0
     max_scale: float = 0.15
     intensity_probability: float = 0.5
-    max_intensity_scale: float = 0.15
-    max_intensity_shift: float = 0.15
+    max_intensity_scale: float = 0.05
+    max_intensity_shift: float = 0.05
     noise_probability: float = 0.3
-    noise_std: float = 0.05
+    noise_std: float = 0.02
 
 
 class BatchAugmenter:

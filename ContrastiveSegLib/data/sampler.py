@@ -21,7 +21,7 @@ class AnnotatedSliceSampler:
 
     Args:
         stack: the volume as 2.5D slices along the annotation axis.
-        targets: (S, H, W) int64 class targets in stack order, IGNORE where not annotated.
+        targets: (S, H, W) integer class targets in stack order, IGNORE where not annotated.
         slice_indices: the annotated slices (indices into the stack).
         patch: crop height and width (clipped to the slice, rounded up to ``divisor``).
     """
@@ -34,7 +34,7 @@ class AnnotatedSliceSampler:
         height, width = stack.height, stack.width
         self.patch = (_round_up(min(patch, height), divisor), _round_up(min(patch, width), divisor))
         self.inputs = stack.inputs(self.slice_indices)  # (k, C, H, W), the only slices training ever reads
-        self.targets = torch.from_numpy(np.ascontiguousarray(targets[self.slice_indices]))  # (k, H, W)
+        self.targets = torch.from_numpy(np.ascontiguousarray(targets[self.slice_indices])).long()  # (k, H, W)
         # Voxel positions per class (and of all annotated voxels) for crop centres.
         self.positions: dict[int, np.ndarray] = {}
         flat = self.targets.numpy().reshape(len(self.slice_indices), -1)

@@ -33,7 +33,7 @@ def predict_volume(model: torch.nn.Module, stack: SliceStack, device: torch.devi
         classes: (S, H, W) uint8 class indices in stack order (slices along the annotation axis first).
         probabilities: (C, S, H, W) float32 softmax, or None unless ``keep_probabilities``.
     """
-    model.to(device).eval()
+    model.to(device=device, memory_format=torch.channels_last).eval()
     num = stack.num_slices
     classes = np.empty((num, stack.height, stack.width), dtype=np.uint8)
     probabilities = None
@@ -43,7 +43,7 @@ def predict_volume(model: torch.nn.Module, stack: SliceStack, device: torch.devi
         reporter.check_cancel()
         indices = np.arange(start, min(start + batch_size, num))
         x, (height, width) = _pad_to(stack.inputs(indices), divisor)
-        x = x.to(device, non_blocking=True)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         try:
             with autocast_context(device):
                 logits = model(x).float()

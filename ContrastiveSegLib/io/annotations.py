@@ -48,7 +48,8 @@ class SparseAnnotation:
         slices: indices of the annotated slices along ``axis``.
         label_values: the user's label values, background (0) first; class ``c`` of the network is
             ``label_values[c]``.
-        target: int64 array, same shape as the labels: class index on annotated voxels, :data:`IGNORE` elsewhere.
+        target: uint8 array, same shape as the labels: class index on annotated voxels, :data:`IGNORE` elsewhere
+            (one byte per voxel keeps a 512 x 512 x 300 CT's targets at 79 MB).
     """
 
     axis: int
@@ -87,9 +88,11 @@ def decode_annotation(labels: np.ndarray, axis: int | None = None) -> SparseAnno
         raise InputError("no annotated slice: the label map holds no labelled voxel")
     values = sorted(int(v) for v in np.unique(labels) if v not in (0, IGNORE))
     label_values = (0, *values)
+    if len(label_values) >= IGNORE:
+        raise InputError(f"labels hold {len(values)} structures; at most {IGNORE - 2} are supported")
     # Classes by position in the sorted value list (searchsorted, not a lookup table, so a label value of 10^9
     # costs nothing); IGNORE is not in the list and is restored after.
-    target = np.full(labels.shape, IGNORE, dtype=np.int64)
+    target = np.full(labels.shape, IGNORE, dtype=np.uint8)
     index = [slice(None)] * 3
     for s in slices:
         index[axis] = int(s)

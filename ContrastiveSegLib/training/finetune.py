@@ -48,9 +48,12 @@ def finetune(model: torch.nn.Module, sampler: AnnotatedSliceSampler, config: Fin
 
     Raises Cancelled when ``cancel`` is set (checked every step).
     """
-    model.to(device).train()
+    # channels_last: measured 1.3-1.5x faster convolutions on CPU (benchmarks/results/), and the layout cuDNN
+    # prefers for bf16 on GPU.
+    model.to(device=device, memory_format=torch.channels_last).train()
     criterion = MaskedDiceCELoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  foreach=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / config.steps) ** 0.9)
     reporter = StageProgress("finetune", config.steps, progress, cancel)
     batch_size = config.batch_size
@@ -63,6 +66,7 @@ def finetune(model: torch.nn.Module, sampler: AnnotatedSliceSampler, config: Fin
         targets = targets.to(device, non_blocking=True)
         if augmenter is not None:
             inputs, targets = augmenter(inputs, targets)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
         try:
             with autocast_context(device):
                 logits = model(inputs)

@@ -50,7 +50,7 @@ def test_background_on_annotated_slices_and_unknown_elsewhere():
     labels[4, 0, 0:3] = IGNORE  # a partial slice: three voxels left unannotated
     annotation = decode_annotation(labels)
     target = annotation.target
-    assert target.dtype == np.int64 and target.shape == SHAPE
+    assert target.dtype == np.uint8 and target.shape == SHAPE
     assert (target[4, 3:9, 3:9] == 1).all()
     assert (target[4, 0, 0:3] == IGNORE).all()  # 255 stays "not annotated" on an annotated slice
     background = np.ones(SHAPE[1:], bool)
