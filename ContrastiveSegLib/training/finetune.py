@@ -24,7 +24,7 @@ class FinetuneConfig:
     steps: int = 300
     batch_size: int = 8
     patch: int = 128
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-2
     weight_decay: float = 1e-4
 
     def __post_init__(self) -> None:

@@ -1,0 +1,158 @@
+"""Quality benchmark: ContrastiveSeg against Slicer's "Grow from seeds" and "Fill between slices" on the same
+sparse annotations (shared/design/benchmark.md).
+
+    python benchmarks/run_benchmark.py --out benchmarks/results                 # everything
+    python benchmarks/run_benchmark.py --tasks mni2mm-gmwm-axial --k 3 --seeds 0  # a subset
+
+Per task, k and seed: k slices evenly spaced over 10-90 % of the structures' extent are kept, the rest hidden;
+every method segments the volume; Dice per structure is scored over the whole volume. Rows are appended to
+quality.csv as they come (an interrupted run keeps what it measured); the Markdown table, the Dice-vs-k plot and
+one overlay per task are rebuilt from the CSV at the end. Baselines are deterministic and run once per (task, k).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tasks import OUR_METHODS, TASKS  # noqa: E402
+
+from ContrastiveSegLib import api  # noqa: E402
+from ContrastiveSegLib.demo import FILL, GROW, run_baseline  # noqa: E402
+from ContrastiveSegLib.evaluation import choose_annotated_slices, dice_per_label, sparse_annotation  # noqa: E402
+
+FIELDS = ["task", "method", "k", "seed", "mean_dice", "dice", "seconds", "preset"]
+
+
+def _append(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _row(task, method, k, seed, prediction, reference, seconds, preset="") -> dict:
+    scores = dice_per_label(prediction, reference, list(task.structures))
+    return {"task": task.name, "method": method, "k": k, "seed": seed,
+            "mean_dice": round(float(np.mean(list(scores.values()))), 4),
+            "dice": json.dumps({task.structures[v]: round(d, 4) for v, d in scores.items()}),
+            "seconds": round(seconds, 1), "preset": preset}
+
+
+def run(tasks: list[str], ks: list[int], seeds: list[int], out: Path, preset: str, baselines: bool,
+        overlays: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "quality.csv"
+    for name in tasks:
+        task = TASKS[name]
+        image, reference, spacing, direction = task.load()
+        for k in ks:
+            slices = choose_annotated_slices(reference, task.axis, k)
+            sparse = sparse_annotation(reference, task.axis, slices)
+            layers = {"reference": reference}
+            for seed in seeds:
+                for method, kwargs in OUR_METHODS:
+                    start = time.perf_counter()
+                    result = api.segment(image, sparse, spacing, axis=task.axis, preset=preset, seed=seed, **kwargs)
+                    row = _row(task, method, k, seed, result.labels, reference, time.perf_counter() - start, preset)
+                    _append(csv_path, row)
+                    print(json.dumps(row), flush=True)
+                    if seed == seeds[0]:
+                        layers[method] = result.labels
+            if baselines:
+                for method in (GROW, FILL):
+                    start = time.perf_counter()
+                    try:
+                        prediction = run_baseline(method, image, sparse, task.axis, spacing)
+                    except (ImportError, RuntimeError) as error:
+                        print(f"{method} skipped on {name}: {error}", file=sys.stderr)
+                        continue
+                    row = _row(task, method, k, 0, prediction, reference, time.perf_counter() - start)
+                    _append(csv_path, row)
+                    print(json.dumps(row), flush=True)
+                    layers[method] = prediction
+            if overlays and k == 3:
+                from ContrastiveSegLib.visualize import montage_slices, overlay_montage
+
+                overlay_montage(image, layers, task.axis, montage_slices(reference, task.axis, slices), out /
+                                f"overlay-{name}-k{k}.png", spacing=spacing, direction=direction,
+                                annotated=slices, label_names=task.structures, title=f"{task.description}, k={k}")
+    summarise(out)
+
+
+def summarise(out: Path) -> None:
+    """quality.md (mean over seeds, per k, margin of ours over the best baseline) and dice_vs_k.png from the CSV."""
+    from ContrastiveSegLib.visualize import dice_vs_k_plot
+
+    with open(out / "quality.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["k"], row["mean_dice"] = int(row["k"]), float(row["mean_dice"])
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    ks = sorted({r["k"] for r in rows})
+    baselines = [m for m in methods if m in (GROW, FILL)]
+    ours = [m for m in methods if m not in baselines]
+
+    def mean(task, method, k):
+        values = [r["mean_dice"] for r in rows if r["task"] == task and r["method"] == method and r["k"] == k]
+        return (float(np.mean(values)), len(values)) if values else (None, 0)
+
+    lines = ["| task | method | " + " | ".join(f"k={k}" for k in ks) + " | seeds |",
+             "|---|---|" + "---|" * len(ks) + "---|"]
+    for task in tasks:
+        for method in methods:
+            cells, n = [], 0
+            for k in ks:
+                value, count = mean(task, method, k)
+                n = max(n, count)
+                cells.append("" if value is None else f"{value:.3f}")
+            if any(cells):
+                lines.append(f"| {task} | {method} | " + " | ".join(cells) + f" | {n} |")
+        for method in ours:
+            margins = []
+            for k in ks:
+                value, _ = mean(task, method, k)
+                best = [mean(task, b, k)[0] for b in baselines if mean(task, b, k)[0] is not None]
+                margins.append("" if value is None or not best else f"{value - max(best):+.3f}")
+            if any(margins):
+                lines.append(f"| {task} | {method} - best baseline | " + " | ".join(margins) + " | |")
+    seconds = {m: np.mean([float(r["seconds"]) for r in rows if r["method"] == m]) for m in methods}
+    text = ("# Quality: mean Dice over structures (mean over seeds)\n\n" + "\n".join(lines) +
+            "\n\nMean seconds per run (2 CPU cores unless noted): " +
+            ", ".join(f"{m} {s:.0f} s" for m, s in seconds.items()) + "\n")
+    (out / "quality.md").write_text(text)
+    dice_vs_k_plot(rows, out / "dice_vs_k.png", title="Dice vs annotated slices")
+    print(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--k", nargs="+", type=int, default=[1, 3, 5])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--preset", default="default")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--no-baselines", action="store_true")
+    parser.add_argument("--no-overlays", action="store_true")
+    parser.add_argument("--summarise-only", action="store_true", help="rebuild the tables from quality.csv")
+    args = parser.parse_args()
+    if args.summarise_only:
+        summarise(args.out)
+        return
+    run(args.tasks, args.k, args.seeds, args.out, args.preset, not args.no_baselines, not args.no_overlays)
+
+
+if __name__ == "__main__":
+    main()

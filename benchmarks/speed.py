@@ -1,0 +1,137 @@
+"""Speed and memory benchmark (shared/design/benchmark.md):
+
+- end-to-end seconds and peak resident memory of ``contrastiveseg segment`` (a fresh process, as a user runs it)
+  on the 1 mm MNI brain (197 x 233 x 189) and a CT-sized phantom (512 x 512 x 300 at 0.8 x 0.8 x 2.5 mm), with
+  the default and the fast preset;
+- the fine-tuning loop's throughput relative to a plain PyTorch loop, and whole-slice prediction relative to
+  MONAI's sliding_window_inference (benchmarks/throughput.py), side by side in one process.
+
+    python benchmarks/speed.py --out benchmarks/results [--device cpu|cuda] [--skip-ct]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _volumes(folder: Path, skip_ct: bool) -> dict[str, tuple[Path, Path]]:
+    import SimpleITK as sitk
+
+    from ContrastiveSegLib.data.phantoms import make_ct_phantom, phantom_to_sitk
+    from ContrastiveSegLib.data.sample import load_sample
+    from ContrastiveSegLib.evaluation import choose_annotated_slices, sparse_annotation
+
+    cases = {}
+    image, labels = load_sample("mni152_1mm")
+    reference = sitk.GetArrayFromImage(labels)
+    sparse = sparse_annotation(reference, 0, choose_annotated_slices(reference, 0, 3))
+    cases["mni1mm 197x233x189"] = (image, sparse, labels)
+    if not skip_ct:
+        phantom = make_ct_phantom((300, 512, 512), (0.8, 0.8, 2.5), seed=3, num_organs=4)
+        image, labels = phantom_to_sitk(phantom)
+        sparse = sparse_annotation(phantom.labels, 0, choose_annotated_slices(phantom.labels, 0, 3))
+        cases["ct 512x512x300"] = (image, sparse, labels)
+    paths = {}
+    for name, (image, sparse, labels) in cases.items():
+        stem = name.split()[0]
+        sparse_image = sitk.GetImageFromArray(sparse.astype(np.uint8))
+        sparse_image.CopyInformation(labels)
+        sitk.WriteImage(image, str(folder / f"{stem}-image.nii.gz"))
+        sitk.WriteImage(sparse_image, str(folder / f"{stem}-labels.nii.gz"))
+        paths[name] = (folder / f"{stem}-image.nii.gz", folder / f"{stem}-labels.nii.gz")
+    return paths
+
+
+def _run_cli(image: Path, labels: Path, output: Path, preset: str, device: str) -> dict:
+    """Wall seconds of one CLI run and its per-stage seconds (from the final progress event)."""
+    command = [sys.executable, "-m", "ContrastiveSegLib", "segment", str(image), str(labels), "-o", str(output),
+               "--preset", preset, "--device", device, "--progress", "json"]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = process.communicate()
+    seconds = time.perf_counter() - start
+    if process.returncode != 0:
+        raise RuntimeError(f"segment failed: {stderr.decode().strip()[-300:]}")
+    stages = {}
+    for line in stdout.decode().splitlines():
+        event = json.loads(line)
+        if event.get("stage") == "done" and "seconds" in event:
+            stages = event["seconds"]
+    return {"seconds": round(seconds, 1), "stages": {k: round(v, 1) for k, v in stages.items()}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip-ct", action="store_true")
+    parser.add_argument("--presets", nargs="+", default=["default", "fast"])
+    args = parser.parse_args()
+    import resource
+
+    import torch
+
+    from throughput import inference_throughput_ratio, loop_throughput_ratio
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+               f"{torch.get_num_threads()} threads" +
+               (f", {torch.cuda.get_device_name(0)}" if args.device.startswith("cuda") else ""))
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        for name, (image, labels) in _volumes(folder, args.skip_ct).items():
+            for preset in args.presets:
+                before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                result = _run_cli(image, labels, folder / "out.nii.gz", preset, args.device)
+                peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                # RUSAGE_CHILDREN keeps the largest child so far: report it only when this run raised it.
+                result["peak_rss_gb"] = round(peak / 1024 ** 2, 2) if peak > before else f"<= {before / 1024 ** 2:.2f}"
+                rows.append({"volume": name, "preset": preset, **result})
+                print(json.dumps(rows[-1]), flush=True)
+
+        import SimpleITK as sitk
+
+        from ContrastiveSegLib.data.sample import load_sample
+        from ContrastiveSegLib.evaluation import choose_annotated_slices, sparse_annotation
+
+        device = torch.device(args.device)
+        image, labels = load_sample("mni152_1mm")
+        array = sitk.GetArrayFromImage(image).astype(np.float32)
+        reference = sitk.GetArrayFromImage(labels)
+        sparse = sparse_annotation(reference, 0, choose_annotated_slices(reference, 0, 3))
+        loop = loop_throughput_ratio(array, sparse, device)
+        inference = inference_throughput_ratio(array, device)
+    ratios = {**loop, **inference}
+    print(json.dumps(ratios), flush=True)
+
+    lines = [f"# Speed and memory\n\nMachine: {machine}\n",
+             "| volume | preset | end-to-end s | fine-tune s | predict s | peak RSS (GB) |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['volume']} | {row['preset']} | {row['seconds']} | {row['stages'].get('finetune', '')} "
+                     f"| {row['stages'].get('predict', '')} | {row['peak_rss_gb']} |")
+    lines += ["", "| ratio | value | ours (slices/s) | reference (slices/s) |", "|---|---|---|---|",
+              f"| fine-tuning loop / plain PyTorch loop | {ratios['loop_ratio']:.2f} | "
+              f"{ratios['loop_slices_per_s']:.1f} | {ratios['plain_slices_per_s']:.1f} |",
+              f"| whole-slice prediction / sliding_window_inference | {ratios['inference_ratio']:.2f} | "
+              f"{ratios['predict_slices_per_s']:.1f} | {ratios['sliding_window_slices_per_s']:.1f} |", ""]
+    suffix = "" if args.device == "cpu" else "-" + args.device.replace(":", "")
+    (args.out / f"speed{suffix}.md").write_text("\n".join(lines))
+    (args.out / f"speed{suffix}.json").write_text(json.dumps({"machine": machine, "runs": rows, "ratios": ratios},
+                                                             indent=2))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
