@@ -28,11 +28,11 @@ from ContrastiveSegLib.progress import ProgressCallback, emit
 SAMPLE = "mni152_2mm"
 AXES = {"i": 2, "j": 1, "k": 0}  # ITK index axis -> axis of the (z, y, x) array, as in the CLI
 OURS, GROW, FILL = "ContrastiveSeg", "Grow from seeds", "Fill between slices"
-# The issue asks for the demo to finish within 3 minutes on 2 CPU cores. Measured here on the 2 mm sample: "fast"
-# (120 steps, batch 8, 96 px crops) takes about 0.85 s per step on one busy thread plus 8 s of prediction, and a
-# whole demo with both baselines used about 190 s of CPU time (1.5-2 minutes of wall time on 2 free cores).
-# "default" (300 steps of 128 px crops, about 4.5x the fine-tuning work) would take 6-7 minutes.
-DEFAULT_PRESET = "fast"
+# The issue asks for the demo to finish within 3 minutes on 2 CPU cores. Measured here on the 2 mm sample, the
+# "default" preset fine-tunes in about 60 s on one thread (channels-last, batch-norm U-Net) and predicts in 1 s;
+# with both baselines (each in its own process, ITK's load included) the demo stays inside the budget, so it shows
+# what `segment` does by default.
+DEFAULT_PRESET = "default"
 
 
 def add_demo_arguments(parser) -> None:

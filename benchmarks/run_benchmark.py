@@ -147,7 +147,12 @@ def main() -> None:
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--no-overlays", action="store_true")
     parser.add_argument("--summarise-only", action="store_true", help="rebuild the tables from quality.csv")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 lets two runs share 2 cores)")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.summarise_only:
         summarise(args.out)
         return
