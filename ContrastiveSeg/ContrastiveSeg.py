@@ -7,15 +7,19 @@ responsive and a GPU crash cannot take it down; this file is only the Slicer fro
 - ``ContrastiveSegParameterNode``: per-scene choices, bound to the .ui through ``SlicerParameterName``.
 - ``ContrastiveSegWidget``: thin; shows state and forwards clicks to the logic.
 - ``ContrastiveSegLogic``: usable with no GUI (batch scripts):
-  ``ContrastiveSegLogic().segment(volumeNode, segmentationNode, waitForCompletion=True)``.
-- The node <-> array bridge, the child-process runner and the run itself live in ``ContrastiveSegLib.slicer``.
+  ``ContrastiveSegLogic().segment(volumeNode, segmentationNode, waitForCompletion=True)``, and
+  ``ContrastiveSegLogic().pretrain(method="simclr", waitForCompletion=True)`` for self-supervised pretraining of
+  an encoder on the scans in the scene (or a folder) that the next Segment starts from.
+- The node <-> array bridge, the child-process runner and the runs themselves live in ``ContrastiveSegLib.slicer``.
 """
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
 import shutil
 import sys
+import time
 from typing import Annotated
 
 import qt
@@ -38,12 +42,15 @@ except ImportError:  # a source checkout added through "Additional module paths"
 from ContrastiveSegLib.errors import InputError  # noqa: E402
 from ContrastiveSegLib.slicer import environment  # noqa: E402
 from ContrastiveSegLib.slicer.geometry import AXIS_LETTERS, slice_center_ras  # noqa: E402
+from ContrastiveSegLib.slicer.pretraining import DEFAULT_METHOD, METHOD_NAMES  # noqa: E402
 from ContrastiveSegLib.slicer.runner import Progress, overall_fraction, python_executable  # noqa: E402
 
 DEFAULT_ENCODER = "default"
 ENCODERS = [DEFAULT_ENCODER, *environment.shipped_encoder_names(), "none"]
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 SETTINGS_DEVICE = "ContrastiveSeg/Device"
+SETTINGS_ENCODER_FILE = "ContrastiveSeg/PretrainedEncoder"  # the last encoder pretrained here, for new scenes
+FROM_SCENE, FROM_FOLDER = "Scans in the scene", "A folder"
 
 
 class ContrastiveSeg(ScriptedLoadableModule):
@@ -86,6 +93,13 @@ class ContrastiveSegParameterNode:
     batchSize: Annotated[int, WithinRange(0, 1024)] = 0
     allowResampling: bool = False
     modelFile: pathlib.Path
+    # Pretraining: an encoder from unlabelled scans; on success it becomes encoderFile (the next Segment's).
+    pretrainSource: Annotated[str, Choice([FROM_SCENE, FROM_FOLDER])] = FROM_SCENE
+    pretrainFolder: pathlib.Path
+    pretrainMethod: Annotated[str, Choice(list(METHOD_NAMES))] = DEFAULT_METHOD
+    pretrainSteps: Annotated[int, WithinRange(1, 1000000)] = 2000
+    pretrainMinutes: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0  # 0: no time limit
+    pretrainOutput: pathlib.Path  # empty: a new file in the module's encoders folder
     # Not shown: what the last run left behind (refine from it, suggest the next slice from it).
     lastModelPath: str = ""
     lastModelSegments: str = ""
@@ -128,6 +142,7 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.predictButton.connect("clicked(bool)", self.onPredictButton)
         self.ui.suggestButton.connect("clicked(bool)", self.onSuggestButton)
         self.ui.saveModelButton.connect("clicked(bool)", self.onSaveModelButton)
+        self.ui.pretrainButton.connect("clicked(bool)", self.onPretrainButton)
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
         self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
         self.initializeParameterNode()
@@ -161,6 +176,9 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             device = slicer.util.settingsValue(SETTINGS_DEVICE, "auto")
             self._parameterNode.device = device if device in DEVICES else "auto"
             self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            encoder = slicer.util.settingsValue(SETTINGS_ENCODER_FILE, "")
+            if not _path_or_none(self._parameterNode.encoderFile) and encoder and pathlib.Path(encoder).is_file():
+                self._parameterNode.encoderFile = pathlib.Path(encoder)  # the user's own pretrained encoder
         if not self._parameterNode.inputSegmentation:
             self._parameterNode.inputSegmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
 
@@ -178,9 +196,13 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def updateGui(self, caller=None, event=None) -> None:
         node = self._parameterNode
         running = self.logic.isRunning()
+        pretraining = running and self.logic.runKind == "pretrain"
         ready = bool(node and node.inputVolume and node.inputSegmentation)
-        self.ui.segmentButton.text = _("Cancel") if running else _("Segment")
-        self.ui.segmentButton.enabled = running or ready
+        self.ui.segmentButton.text = _("Cancel") if running and not pretraining else _("Segment")
+        self.ui.segmentButton.enabled = (running and not pretraining) or (not running and ready)
+        self.ui.pretrainButton.text = _("Cancel") if pretraining else _("Pretrain")
+        self.ui.pretrainButton.enabled = pretraining or not running  # no scan, no folder: one line on pressing
+        self.ui.pretrainFolderLineEdit.enabled = bool(node and node.pretrainSource == FROM_FOLDER)
         self.ui.predictButton.enabled = not running and bool(node and node.inputVolume and
                                                              _path_or_none(node.modelFile))
         self.ui.saveModelButton.enabled = not running and bool(node and node.lastModelPath)
@@ -271,7 +293,7 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGui()
 
     def onProgress(self, progress: Progress) -> None:
-        self.ui.progressBar.value = int(100 * overall_fraction(progress, self.logic.training))
+        self.ui.progressBar.value = int(100 * overall_fraction(progress, self.logic.runKind))
         if "out of GPU memory" in progress.message and progress.message not in self._notes:
             self._notes.append(progress.message)
         self.showStatus(" ".join([progress.describe(), *self._notes]))
@@ -300,6 +322,27 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.showStatus(_("Annotate {plane} slice {index} next (uncertainty {score:.2f}).").format(
             plane=plane, index=index, score=score))
 
+    def onPretrainButton(self) -> None:
+        if self.logic.isRunning():
+            self.showStatus(_("Cancelling..."))
+            self.logic.cancel()
+            return
+        if not self._ensureDependencies():
+            return
+        node = self._parameterNode
+        self._start(lambda: self.logic.pretrainFromParameterNode(node, progressCallback=self.onProgress,
+                                                                 completedCallback=self.onPretrainCompleted))
+
+    def onPretrainCompleted(self, result) -> None:
+        self.ui.progressBar.value = 100 if result.ok else 0
+        text = result.message
+        if result.ok:
+            text = _("Encoder written to {path} in {seconds:.0f} s; Segment now starts from it.").format(
+                path=result.encoder_path, seconds=result.seconds)
+            text = " ".join([text, *self._notes, *result.notes])
+        self.showStatus(text, error=not result.ok and not result.run.cancelled)
+        self.updateGui()
+
     def onSaveModelButton(self) -> None:
         path = qt.QFileDialog.getSaveFileName(None, _("Save the fine-tuned model"), "model.safetensors",
                                               "Model (*.safetensors)")
@@ -314,7 +357,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.job = None
-        self.training = True
+        self.runKind = "segment"  # of the current (or last) run: segment, predict or pretrain
         self._timer = None
         self._gpus = None
 
@@ -337,9 +380,16 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
     def stateDirectory(self) -> pathlib.Path:
         return pathlib.Path(slicer.app.temporaryPath) / "ContrastiveSeg"
 
+    def encoderDirectory(self) -> pathlib.Path:
+        """Where pretrained encoders go unless a file is given (kept across sessions, unlike stateDirectory)."""
+        return pathlib.Path(slicer.app.cachePath) / "ContrastiveSeg" / "encoders"
+
     # ------------------------------------------------------------------------------------- options
+    def deviceFromParameterNode(self, node) -> str:
+        return node.device if node.device != "cuda" else f"cuda:{node.gpuIndex}"
+
     def optionsFromParameterNode(self, node, training: bool = True) -> dict:
-        device = node.device if node.device != "cuda" else f"cuda:{node.gpuIndex}"
+        device = self.deviceFromParameterNode(node)
         options = dict(device=device, batchSize=node.batchSize or None, showUncertainty=node.showUncertainty,
                        show3D=node.show3D)
         if training:
@@ -379,8 +429,8 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         job = Job("segment", volumeNode, segmentationNode, outputSegmentationNode, options,
                   state_dir=self.stateDirectory(), python=python_executable(),
                   env=slicer.util.startupEnvironment(), uncertainty_node=self._uncertaintyNode(volumeNode))
-        self.training = True
-        return self._launch(job, waitForCompletion, progressCallback, completedCallback, timeout)
+        return self._launch(job, "segment", waitForCompletion, progressCallback, completedCallback, timeout,
+                            self._remember)
 
     def predict(self, volumeNode, modelPath, outputSegmentationNode=None, *, device="auto", batchSize=None,
                 showUncertainty=False, show3D=False, waitForCompletion=False, progressCallback=None,
@@ -393,13 +443,53 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         job = Job("predict", volumeNode, None, outputSegmentationNode, options, model_path=modelPath,
                   state_dir=self.stateDirectory(), python=python_executable(),
                   env=slicer.util.startupEnvironment(), uncertainty_node=self._uncertaintyNode(volumeNode))
-        self.training = False
-        return self._launch(job, waitForCompletion, progressCallback, completedCallback, timeout)
+        return self._launch(job, "predict", waitForCompletion, progressCallback, completedCallback, timeout,
+                            self._remember)
 
-    def _launch(self, job, wait, progressCallback, completedCallback, timeout):
+    def pretrainFromParameterNode(self, node, **kwargs):
+        """Pretrain with what the Pretraining section shows: the scans in the scene, or the chosen folder."""
+        folder = _path_or_none(node.pretrainFolder)
+        if node.pretrainSource == FROM_FOLDER and folder is None:
+            raise InputError(_("choose the folder of scans to pretrain on"))
+        return self.pretrain(folder if node.pretrainSource == FROM_FOLDER else None, node.pretrainMethod,
+                             _path_or_none(node.pretrainOutput), steps=node.pretrainSteps,
+                             minutes=node.pretrainMinutes or None, device=self.deviceFromParameterNode(node),
+                             **kwargs)
+
+    def pretrain(self, data=None, method=DEFAULT_METHOD, outputPath=None, *, steps=None, minutes=None,
+                 device="auto", batchSize=None, seed=0, waitForCompletion=False, progressCallback=None,
+                 completedCallback=None, timeout=None):
+        """Self-supervised pretraining of an encoder on unlabelled scans (``python -m ContrastiveSegLib pretrain``).
+
+        ``data``: a volume node or a list of them (None: every scan in the scene), or a folder (str or path) that
+        the CLI searches for NIfTI, NRRD, MHA and DICOM series. ``method``: one of ``METHOD_NAMES`` (see
+        docs/methods.md). ``outputPath``: the .safetensors file to write (None: a new file in
+        :meth:`encoderDirectory`). ``steps`` / ``minutes``: the budget (neither: 2000 steps; both: whichever ends
+        first). On success the encoder becomes the parameter node's ``encoderFile`` (so Segment starts from it)
+        and is remembered for new scenes. Returns the :class:`~ContrastiveSegLib.slicer.pretraining.PretrainResult`
+        when ``waitForCompletion``, else the running job. Raises InputError (one line) for unusable input before
+        anything starts; the CLI's refusals (an unknown method, too small a scan) come back as a failed result
+        with its one-line message.
+        """
+        from ContrastiveSegLib.slicer.pretraining import PretrainJob, PretrainOptions, scene_scans
+
+        if data is None:
+            data = scene_scans(slicer.mrmlScene)
+        elif not isinstance(data, (str, os.PathLike, list, tuple)):
+            data = [data]  # one volume node
+        options = PretrainOptions(method=method, steps=steps, minutes=minutes, device=device, batch_size=batchSize,
+                                  seed=seed)
+        output = outputPath or self.encoderDirectory() / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}.safetensors"
+        job = PretrainJob(data, output, options, state_dir=self.stateDirectory(), python=python_executable(),
+                          env=slicer.util.startupEnvironment())
+        return self._launch(job, "pretrain", waitForCompletion, progressCallback, completedCallback, timeout,
+                            self._rememberEncoder)
+
+    def _launch(self, job, kind, wait, progressCallback, completedCallback, timeout, remember):
         if self.isRunning():
             raise InputError(_("a run is in progress; cancel it first"))
         job.prepare()
+        self.runKind = kind
 
         def onEvent(event):
             if isinstance(event, Progress):
@@ -410,7 +500,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
 
         if wait:
             result = job.run(on_event=onEvent, timeout=timeout)
-            self._remember(job, result)
+            remember(job, result)
             if completedCallback:
                 completedCallback(result)
             return result
@@ -426,7 +516,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
                 self._timer.stop()
                 self.job = None
                 result = job.finish()
-                self._remember(job, result)
+                remember(job, result)
                 if completedCallback:
                     completedCallback(result)
 
@@ -452,6 +542,14 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
             node.lastModelSegments = "\n".join(s.name for s in result.annotation.segments)
         if result.probabilities_path is not None:
             node.lastProbabilitiesPath = str(result.probabilities_path)
+
+    def _rememberEncoder(self, job, result) -> None:
+        """Make a newly pretrained encoder the one Segment starts from, in this scene and in new ones."""
+        if not result.ok:
+            logging.warning("ContrastiveSeg: " + result.message + "\n" + "\n".join(result.run.stderr_tail[-10:]))
+            return
+        self.getParameterNode().encoderFile = result.encoder_path
+        qt.QSettings().setValue(SETTINGS_ENCODER_FILE, str(result.encoder_path))
 
     def isRunning(self) -> bool:
         return self.job is not None and self.job.running

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 
 from ContrastiveSegLib.data.augment import BatchAugmenter
-from ContrastiveSegLib.data.intensity import check_finite, normalise_intensity
+import dataclasses
+
+from ContrastiveSegLib.data.intensity import check_finite, foreground_window, normalise_intensity
 from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler
 from ContrastiveSegLib.data.slices import InputSpec, SliceStack
 from ContrastiveSegLib.device import resolve_device
@@ -69,6 +71,15 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
+def _input_spec(image: np.ndarray, annotation: SparseAnnotation, init_model: TrainedModel | None) -> InputSpec:
+    """A refinement keeps its model's input spec; a new model windows intensities around the annotated
+    structures (see :mod:`ContrastiveSegLib.data.intensity`)."""
+    if init_model is not None:
+        return init_model.spec
+    foreground = (annotation.target != 0) & (annotation.target != 255)
+    return dataclasses.replace(DEFAULT_SPEC, window=foreground_window(image, foreground))
+
+
 def _prepare(image: np.ndarray, labels: np.ndarray, axis: int | None) -> SparseAnnotation:
     check_image(image)
     if not isinstance(labels, np.ndarray) or labels.shape != image.shape:
@@ -98,8 +109,8 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
     torch_device = resolve_device(device)
     encoder_path = resolve_encoder(encoder)
     _seed_everything(seed)
-    spec = init_model.spec if init_model is not None else DEFAULT_SPEC
-    stack = _stack or SliceStack(normalise_intensity(image), annotation.axis, spec)
+    spec = _stack.spec if _stack is not None else _input_spec(image, annotation, init_model)
+    stack = _stack or SliceStack(normalise_intensity(image, spec.window), annotation.axis, spec)
     if init_model is not None:
         if tuple(init_model.label_values) != annotation.label_values:
             raise InputError(f"model classes {list(init_model.label_values)} do not match the labels' values "
@@ -140,7 +151,7 @@ def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None
     annotation = _annotation
     if annotation is None and labels is not None:
         annotation = _prepare(image, labels, model.axis)
-    stack = _stack or SliceStack(normalise_intensity(image), model.axis, model.spec)
+    stack = _stack or SliceStack(normalise_intensity(image, model.spec.window), model.axis, model.spec)
     classes, probs = predict_volume(model.network, stack, torch_device, divisor=model.network.config.divisor,
                                     flip_tta=flip_tta, keep_probabilities=probabilities,
                                     progress=progress, cancel=cancel)
@@ -175,8 +186,8 @@ def segment(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, a
         emit(progress, "done", message)
         return SegmentResult(labels=labels.copy(), axis=annotation.axis, message=message)
     resolve_device(device)  # fail on a missing GPU before normalising a large volume
-    spec = init_model.spec if init_model is not None else DEFAULT_SPEC
-    stack = SliceStack(normalise_intensity(image), annotation.axis, spec)
+    spec = _input_spec(image, annotation, init_model)
+    stack = SliceStack(normalise_intensity(image, spec.window), annotation.axis, spec)
     timings["prepare"] = time.perf_counter() - start
     start = time.perf_counter()
     model = finetune(image, labels, spacing, preset=preset, encoder=encoder, init_model=init_model, device=device,

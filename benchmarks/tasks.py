@@ -19,12 +19,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 # Our method's variants: (name in the tables, keyword arguments for ContrastiveSegLib.api.segment beyond the
-# preset and seed the harness sets). "no pretraining" is design baseline 3, the same network and budget from
-# random initialisation; it equals the default until a pretrained encoder ships (then drop nothing: the gap
-# between the two rows is the pretraining ablation).
+# preset and seed the harness sets). Design baseline 3, the same network and budget from random initialisation,
+# is ("no pretraining", {"encoder": "none"}); while no pretrained encoder ships it IS the default configuration,
+# so it is not run twice: add it back when a pretrained encoder becomes the default.
 OUR_METHODS: list[tuple[str, dict]] = [
     ("ContrastiveSeg", {}),
-    ("no pretraining", {"encoder": "none"}),
 ]
 
 # (image (z, y, x) float32, reference (z, y, x) uint8, spacing (x, y, z) mm, ITK direction 3x3 row-major)
@@ -105,7 +104,9 @@ def _ct_task(name: str, description: str, axis: int, seed: int, organs: int, kee
 
 TASKS: dict[str, Task] = {task.name: task for task in [
     *_brain_tasks(),
-    _ct_task("ct-organs-axial", "CT phantom, liver + kidneys + spleen + pancreas, axial slices", 0, 11, 5,
+    # Phantom seeds picked (before any method ran) so that every organ crosses the annotated slices for k = 1, 3
+    # and 5; otherwise an organ would be absent from the sparse labels and score 0 for every method.
+    _ct_task("ct-organs-axial", "CT phantom, liver + kidneys + spleen + pancreas, axial slices", 0, 14, 5,
              (1, 2, 3, 4, 5)),
     _ct_task("ct-kidneys-axial", "CT phantom, both kidneys (a look-alike pair), axial slices", 0, 12, 4, (2, 4)),
     _ct_task("ct-liverspleen-coronal", "CT phantom, liver + spleen, coronal slices (2.5 mm x 1.6 mm in-plane)",

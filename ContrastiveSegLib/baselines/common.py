@@ -29,7 +29,6 @@ class CompactLabels:
     compact: np.ndarray
     values: tuple[int, ...]
     slices: np.ndarray
-
     dtype: np.dtype
 
     def restore(self, classes: np.ndarray) -> np.ndarray:
@@ -41,12 +40,14 @@ class CompactLabels:
 
 
 def check_axis(axis: int) -> int:
+    """``axis`` as an int, or InputError unless it is 0, 1 or 2."""
     if axis not in (0, 1, 2):
         raise InputError(f"axis must be 0, 1 or 2 (an axis of the (z, y, x) array), got {axis}")
     return int(axis)
 
 
 def check_spacing(spacing: Sequence[float]) -> tuple[float, float, float]:
+    """``spacing`` as three floats, or InputError unless they are three finite positive sizes."""
     values = tuple(float(s) for s in spacing)
     if len(values) != 3 or not all(np.isfinite(s) and s > 0 for s in values):
         raise InputError(f"spacing must be three positive sizes (x, y, z) in mm, got {tuple(spacing)}")

@@ -21,21 +21,24 @@ class InputSpec:
     Attributes:
         context: neighbours on each side along the annotation axis (1 -> three slices as channels).
         coordinates: append the two normalised in-plane coordinate channels.
+        window: intensity window as quantiles of the scan (:mod:`ContrastiveSegLib.data.intensity`).
     """
 
     context: int = 1
     coordinates: bool = True
+    window: tuple[float, float] = (0.005, 0.995)
 
     @property
     def in_channels(self) -> int:
         return 2 * self.context + 1 + (2 if self.coordinates else 0)
 
     def to_dict(self) -> dict:
-        return {"context": self.context, "coordinates": self.coordinates}
+        return {"context": self.context, "coordinates": self.coordinates, "window": list(self.window)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "InputSpec":
-        return cls(context=int(data["context"]), coordinates=bool(data["coordinates"]))
+        window = tuple(float(v) for v in data.get("window", (0.005, 0.995)))
+        return cls(context=int(data["context"]), coordinates=bool(data["coordinates"]), window=window)
 
 
 class SliceStack:

@@ -4,18 +4,18 @@
           <--(nodes.py)-- segments, uncertainty volume, suggested next slice
 
 The module's Logic drives a :class:`Job` from a ``qt.QTimer`` (``poll`` every 200 ms) and a batch script with
-:meth:`Job.run`. Nothing in the scene changes until the child has succeeded, so a cancelled or failed run leaves
-the user's segmentation as it was. Out of GPU memory: the run is retried with half the batch size, and says so.
+:meth:`Job.run` (both from :class:`~.childrun.ChildRun`). Nothing in the scene changes until the child has
+succeeded, so a cancelled or failed run leaves the user's segmentation as it was. Out of GPU memory: the run is
+retried with half the batch size, and says so.
 """
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +24,13 @@ import numpy as np
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.volume import Volume, grid_difference, read_volume, write_volume
 from ContrastiveSegLib.slicer import nodes
+from ContrastiveSegLib.slicer.childrun import ChildRun, check_device
 from ContrastiveSegLib.slicer.geometry import AXIS_LETTERS
-from ContrastiveSegLib.slicer.runner import CliProcess, Progress, RunResult, cli_command
+from ContrastiveSegLib.slicer.runner import RunResult, cli_command
 from ContrastiveSegLib.slicer.uncertainty import normalized_entropy, read_probabilities, suggest_slice
 
-_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-_OOM_RETRIES = 2
+ROLE_ATTRIBUTE = "ContrastiveSeg.Role"
+"""Node attribute marking volumes the module made (value "uncertainty"): they are not scans to pretrain on."""
 
 
 @dataclass
@@ -51,8 +52,7 @@ class JobOptions:
     output_name: str | None = None
 
     def __post_init__(self) -> None:
-        if not _DEVICE.match(self.device):
-            raise InputError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{self.device}'")
+        check_device(self.device)
         if self.preset not in ("fast", "default"):
             raise InputError(f"preset must be 'fast' or 'default', got '{self.preset}'")
         if self.steps is not None and self.steps < 1:
@@ -113,7 +113,7 @@ def _load_segments(model_path: Path, values: list[int]) -> tuple[nodes.SegmentIn
     return tuple(infos)
 
 
-class Job:
+class Job(ChildRun):
     """A Segment or Predict run on ``volume_node``.
 
     Args:
@@ -137,21 +137,15 @@ class Job:
             raise InputError("choose a saved model to predict with")
         if volume_node is None:
             raise InputError("choose the volume to segment")
+        self.options = options or JobOptions()
+        super().__init__(self.options.device, self.options.batch_size, python, env)
         self.kind, self.volume_node, self.segmentation_node = kind, volume_node, segmentation_node
         self.output_node, self.uncertainty_node = output_node, uncertainty_node
-        self.options = options or JobOptions()
         self.model_path = Path(model_path) if model_path else None
         self.state_dir = Path(state_dir or Path(tempfile.gettempdir()) / "ContrastiveSeg")
-        self.python, self.env = python, env
         self.annotation: nodes.Annotation | None = None
         self.volume: Volume | None = None
         self._work: Path | None = None
-        self._process: CliProcess | None = None
-        self._batch_size = self.options.batch_size
-        self._retries = 0
-        self._started = 0.0
-        self._run: RunResult | None = None
-        self.paths: dict[str, Path] = {}
 
     # ------------------------------------------------------------------------------------------- start
     def prepare(self) -> nodes.Annotation | None:
@@ -187,72 +181,11 @@ class Job:
                            preset=o.preset, steps=o.steps, model_out=paths["model"],
                            init_model=o.init_model or None, batch_size=self._batch_size, **common)
 
-    def start(self) -> None:
-        """Prepare (when not done yet) and start the child process."""
-        if not self.paths:
-            self.prepare()
-        self._started = self._started or time.monotonic()
-        self._process = CliProcess(self.command(), force_cpu=self.options.device == "cpu", env=self.env)
-        self._process.start()
-
-    # ----------------------------------------------------------------------------------------- follow
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._run is None
-
-    def poll(self) -> list[Progress | str]:
-        """New events of the child; when it has ended, retries an out-of-memory failure or records the result."""
-        if self._process is None or self._run is not None:
-            return []
-        events = self._process.events()
-        result = self._process.result()
-        if result is None:
-            return events
-        events += self._process.events()
-        if self._should_retry(result):
-            self._retries += 1
-            self._batch_size = max(1, (self._batch_size or 2) // 2)
-            note = f"out of GPU memory: retrying with batch size {self._batch_size}"
-            events.append(Progress("load", message=note))
-            self._process = CliProcess(self.command(), force_cpu=self.options.device == "cpu", env=self.env)
-            self._process.start()
-        else:
-            self._run = result
-        return events
-
-    def _should_retry(self, result: RunResult) -> bool:
-        return (not result.ok and not result.cancelled and "out of memory" in result.message.lower()
-                and self.options.device != "cpu" and self._retries < _OOM_RETRIES and self._batch_size != 1)
-
-    def cancel(self) -> None:
-        """Stop the child and its children; the scene is left unchanged."""
-        if self._process is not None:
-            self._process.cancel()
-        self.poll()
-
-    def run(self, on_event: Callable[[Progress | str], None] | None = None, timeout: float | None = None,
-            poll_s: float = 0.2) -> JobResult:
-        """Start, wait (handing events to ``on_event``) and finish: the batch-script path."""
-        if self._process is None:
-            self.start()
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self._run is None:
-            for event in self.poll():
-                if on_event is not None:
-                    on_event(event)
-            if self._run is None:
-                if deadline is not None and time.monotonic() > deadline:
-                    self.cancel()
-                    break
-                time.sleep(poll_s)
-        return self.finish()
-
     # ----------------------------------------------------------------------------------------- finish
     def finish(self) -> JobResult:
         """Read the child's outputs into the scene (on success) and remove the exchange files."""
-        if self._run is None:
-            raise RuntimeError("the run has not ended; poll() until running is False")
-        outcome = JobResult(self._run, annotation=self.annotation, seconds=time.monotonic() - self._started,
+        self._ended()
+        outcome = JobResult(self._run, annotation=self.annotation, seconds=self.seconds,
                             notes=list(self._run.notes))
         try:
             if self._run.ok:
@@ -297,3 +230,4 @@ class Job:
                 outcome.uncertainty_node = nodes.array_to_volume(
                     self.volume.like(entropy), self.volume_node.GetScene(),
                     f"{self.volume_node.GetName()} uncertainty", node=self.uncertainty_node)
+                outcome.uncertainty_node.SetAttribute(ROLE_ATTRIBUTE, "uncertainty")

@@ -41,7 +41,7 @@ _MESSAGE_CHARS = 300
 
 @dataclass(frozen=True)
 class Progress:
-    """One progress line of the CLI. ``stage`` is load, finetune, predict, write, done, or error."""
+    """One progress line of the CLI. ``stage`` is load, finetune, predict, pretrain, write, done, or error."""
 
     stage: str
     step: int = 0
@@ -79,8 +79,8 @@ class Progress:
 
     def describe(self) -> str:
         """A short line for a status label, e.g. ``"Fine-tuning 120/400 · loss 0.231 · 41 s left"``."""
-        names = {"load": "Loading", "finetune": "Fine-tuning", "predict": "Segmenting", "write": "Writing",
-                 "done": "Done", "error": "Failed"}
+        names = {"load": "Loading", "finetune": "Fine-tuning", "predict": "Segmenting", "pretrain": "Pretraining",
+                 "write": "Writing", "done": "Done", "error": "Failed"}
         parts = [names.get(self.stage, self.stage.capitalize())]
         if self.of > 0:
             parts[0] += f" {self.step}/{self.of}"
@@ -139,8 +139,8 @@ def exit_message(exit_code: int, error: str = "", cancelled: bool = False) -> st
         except ValueError:
             name = f"signal {-exit_code}"
         hint = " (out of memory?)" if exit_code == -getattr(signal, "SIGKILL", 9) else ""
-        return f"The segmentation process was killed by {name}{hint}."
-    return f"The segmentation process failed with exit code {exit_code}" + (f": {error}" if error else ".")
+        return f"The worker process was killed by {name}{hint}."
+    return f"The worker process failed with exit code {exit_code}" + (f": {error}" if error else ".")
 
 
 def library_root() -> Path:
@@ -353,14 +353,19 @@ class CliProcess:
             time.sleep(poll_s)
 
 
-# Share of the whole run each stage takes, for one progress bar over the run (fine-tuning dominates).
-_STAGE_SPANS = {"load": (0.0, 0.05), "finetune": (0.05, 0.85), "predict": (0.85, 0.97), "write": (0.97, 1.0),
-                "done": (1.0, 1.0)}
-_PREDICT_SPANS = {"load": (0.0, 0.1), "predict": (0.1, 0.95), "write": (0.95, 1.0), "done": (1.0, 1.0)}
+# Share of the whole run each stage takes, per kind of run, for one progress bar over the run.
+_SPANS = {
+    "segment": {"load": (0.0, 0.05), "finetune": (0.05, 0.85), "predict": (0.85, 0.97), "write": (0.97, 1.0),
+                "done": (1.0, 1.0)},
+    "predict": {"load": (0.0, 0.1), "predict": (0.1, 0.95), "write": (0.95, 1.0), "done": (1.0, 1.0)},
+    "pretrain": {"pretrain": (0.0, 0.98), "write": (0.98, 1.0), "done": (1.0, 1.0)},
+}
 
 
-def overall_fraction(progress: Progress, training: bool = True) -> float:
-    """Where ``progress`` is in the whole run, in [0, 1]: fine-tuning takes 80 % of a Segment run's bar."""
-    spans = _STAGE_SPANS if training else _PREDICT_SPANS
-    start, end = spans.get(progress.stage, (0.0, 0.0))
+def overall_fraction(progress: Progress, kind: str = "segment") -> float:
+    """Where ``progress`` is in the whole run of ``kind`` (segment, predict, pretrain), in [0, 1]: fine-tuning
+    takes 80 % of a Segment run's bar, the training loop 98 % of a Pretrain run's."""
+    if kind not in _SPANS:
+        raise ValueError(f"kind must be one of {', '.join(_SPANS)}, got {kind!r}")
+    start, end = _SPANS[kind].get(progress.stage, (0.0, 0.0))
     return start + (end - start) * progress.fraction

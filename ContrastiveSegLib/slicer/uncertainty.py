@@ -19,8 +19,9 @@ from ContrastiveSegLib.io.volume import Volume
 def read_probabilities(path: str | os.PathLike, shape: tuple[int, int, int] | None = None) -> Volume:
     """Read the CLI's probability file as a Volume whose array is (C, k, j, i), background first.
 
-    Accepts a vector image (one component per class, what the library writes) or a 4D scalar image whose last
-    ITK axis is the class. ``shape`` (k, j, i), when given, must match the spatial shape.
+    The library writes a 4D scalar image whose fourth (last ITK) axis is the class (``write_volume`` of a
+    (C, k, j, i) array); a vector image with one component per class, as other tools write, is accepted too.
+    ``shape`` (k, j, i), when given, must match the spatial shape.
     """
     import SimpleITK as sitk
 

@@ -2,7 +2,9 @@
 
 A small fake CLI (written to a temporary file) checks parsing, exit codes and cancel in well under a second each;
 the real CLI then runs on a phantom (a bright sphere, 3 annotated slices) for cancel and a bad input. A whole real
-run (progress lines, result, Dice) is in test_slicer_bridge.py, from Slicer nodes to segments. "No process survives" is checked in /proc: every process of the child's group must be gone (or a zombie).
+run (progress lines, result, Dice) is in test_slicer_bridge.py, from Slicer nodes to segments, and a real
+pretraining run in test_slicer_pretrain.py. "No process survives" is checked in /proc: every process of the
+child's group must be gone (or a zombie).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ContrastiveSegLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED
+from ContrastiveSegLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, InputError
 from ContrastiveSegLib.slicer.runner import CliProcess, Progress, cli_command, exit_message, format_duration
 
 FAKE_CLI = textwrap.dedent('''
@@ -118,11 +120,11 @@ def test_progress_description_and_fraction():
     (-signal.SIGTERM, "", True, "Cancelled; nothing was changed."),
     (1, "ValueError: boom", False, "Internal error: ValueError: boom"),
     (1, "internal error: KeyError: 'x'", False, "Internal error: KeyError: 'x'"),
-    (-signal.SIGKILL, "", False, "The segmentation process was killed by SIGKILL (out of memory?)."),
+    (-signal.SIGKILL, "", False, "The worker process was killed by SIGKILL (out of memory?)."),
     (1, "CUDA out of memory. Tried to allocate 2 GiB", False,
      "Out of memory: CUDA out of memory. Tried to allocate 2 GiB Try the CPU, the 'fast' preset or a smaller "
      "batch size."),
-    (7, "", False, "The segmentation process failed with exit code 7."),
+    (7, "", False, "The worker process failed with exit code 7."),
 ])
 def test_exit_codes_map_to_one_line_messages(code, error, cancelled, expected):
     assert exit_message(code, error, cancelled) == expected
@@ -257,7 +259,7 @@ def test_real_cli_cancel_leaves_no_output_and_no_process(phantom, tmp_path):
 
 @needs_cli
 def test_real_cli_bad_input_exits_2_with_its_message(phantom, tmp_path):
-    # A bad option value is refused before torch is imported: this test costs a fraction of a second.
+    # A bad option value is refused by the argument parser, before any file is read or written.
     image, labels, _ = phantom
     process = _real("segment", image, labels, o=tmp_path / "out.nrrd", axis="q", device="cpu")
     result = process.wait(timeout=120)
@@ -282,13 +284,23 @@ def test_entropy_and_next_slice_suggestion(tmp_path):
     assert suggest_slice(entropy, 0) == (2, pytest.approx(1.0, abs=1e-5))
     assert suggest_slice(entropy, 0, annotated=[2]) == (4, pytest.approx((1 + h) / 2, abs=1e-5))
 
-    # The file as the library writes it: a vector image, one component per class.
-    image = sitk.GetImageFromArray(np.moveaxis(p, 0, -1), isVector=True)
-    image.SetSpacing((0.5, 0.6, 2.0))
-    sitk.WriteImage(image, str(tmp_path / "p.nrrd"))
+    # The file as the library writes it (cli.py: write_volume of a (C, k, j, i) array): a 4D scalar image whose
+    # fourth axis is the class, on the volume's (here oblique) grid.
+    from ContrastiveSegLib.io.volume import Volume, write_volume
+
+    oblique = (0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    write_volume(Volume(p, (0.5, 0.6, 2.0), (1.0, -2.0, 3.0), oblique), tmp_path / "p.nrrd")
+    assert sitk.ReadImage(str(tmp_path / "p.nrrd")).GetDimension() == 4
     read = read_probabilities(tmp_path / "p.nrrd", shape=(6, 4, 5))
     np.testing.assert_array_equal(read.array, p)
-    assert read.spacing == (0.5, 0.6, 2.0)
+    assert (read.spacing, read.origin, read.direction) == ((0.5, 0.6, 2.0), (1.0, -2.0, 3.0), oblique)
+    # A vector image (one component per class), as other tools write it, reads the same.
+    image = sitk.GetImageFromArray(np.moveaxis(p, 0, -1), isVector=True)
+    image.SetSpacing((0.5, 0.6, 2.0))
+    sitk.WriteImage(image, str(tmp_path / "v.nrrd"))
+    np.testing.assert_array_equal(read_probabilities(tmp_path / "v.nrrd", shape=(6, 4, 5)).array, p)
+    with pytest.raises(InputError, match="has shape"):
+        read_probabilities(tmp_path / "p.nrrd", shape=(6, 4, 6))
 
 
 def test_requirements_and_gpus_are_read_without_importing_torch():
@@ -312,4 +324,10 @@ def test_one_progress_bar_over_the_whole_run():
     assert overall_fraction(Progress("finetune", 50, 100)) == pytest.approx(0.45)
     assert overall_fraction(Progress("predict", 1, 2)) == pytest.approx(0.91)
     assert overall_fraction(Progress("done", 1, 1)) == 1.0
-    assert overall_fraction(Progress("predict", 1, 2), training=False) == pytest.approx(0.525)
+    assert overall_fraction(Progress("predict", 1, 2), "predict") == pytest.approx(0.525)
+    assert overall_fraction(Progress("pretrain", 1, 2), "pretrain") == pytest.approx(0.49)
+    assert overall_fraction(Progress("pretrain", message="pretraining 'simclr' on 2 volume(s)"), "pretrain") == 0.0
+    assert overall_fraction(Progress("write"), "pretrain") == pytest.approx(0.98)
+    assert Progress("pretrain", 1, 2, 3.4796, 0.2).describe() == "Pretraining 1/2 · loss 3.480 · 0 s left"
+    with pytest.raises(ValueError, match="kind must be one of"):
+        overall_fraction(Progress("load"), "train")

@@ -171,7 +171,19 @@ def _stand_ins(monkeypatch, scene, tmp_path):
     """Just enough of Slicer's Qt-side Python (qt, i18n, parameterNodeWrapper, ScriptedLoadableModule) to import
     ContrastiveSeg.py and run its Logic without a GUI, on a slicer-core scene."""
     qt = types.ModuleType("qt")
-    qt.QTimer = qt.QSettings = qt.QFileDialog = object
+    qt.QTimer = qt.QFileDialog = object
+
+    class QSettings:  # one store per test, like a fresh user profile
+        store: dict = {}
+
+        def setValue(self, key, value):
+            QSettings.store[key] = value
+
+        def value(self, key, default=None):
+            return QSettings.store.get(key, default)
+
+    QSettings.store = {}
+    qt.QSettings = QSettings
     i18n = types.ModuleType("slicer.i18n")
     i18n.tr = lambda text: text
     i18n.translate = lambda context, text: text
@@ -216,7 +228,8 @@ def _stand_ins(monkeypatch, scene, tmp_path):
         def value(self, key):
             return os.environ[key]
 
-    app = types.SimpleNamespace(temporaryPath=str(tmp_path / "slicer-tmp"), startupEnvironment=Environment)
+    app = types.SimpleNamespace(temporaryPath=str(tmp_path / "slicer-tmp"), cachePath=str(tmp_path / "slicer-cache"),
+                                startupEnvironment=Environment)
     for name, module in (("qt", qt), ("slicer.i18n", i18n), ("slicer.parameterNodeWrapper", wrapper),
                          ("slicer.ScriptedLoadableModule", scripted)):
         monkeypatch.setitem(sys.modules, name, module)

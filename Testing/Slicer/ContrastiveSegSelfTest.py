@@ -67,6 +67,26 @@ class ContrastiveSegSelfTest(unittest.TestCase):
         widget.updateSummary()
         self.assertEqual(widget.ui.summaryLabel.text, "Sphere: 3 axial slices (k = 9, 12, 15)")
 
+    def test_pretraining_section_binds_the_parameter_node(self):
+        from ContrastiveSegLib.errors import InputError
+
+        slicer.util.selectModule("ContrastiveSeg")
+        widget = slicer.modules.contrastiveseg.widgetRepresentation().self()
+        node = widget.logic.getParameterNode()
+        self.assertEqual(widget.ui.pretrainMethodComboBox.currentText, node.pretrainMethod)
+        widget.ui.pretrainStepsSpinBox.value = 50
+        self.assertEqual(node.pretrainSteps, 50)
+        self.assertEqual(widget.ui.pretrainButton.text, "Pretrain")
+        node.pretrainSource = "A folder"
+        self.assertTrue(widget.ui.pretrainFolderLineEdit.enabled)
+        with self.assertRaises(InputError):  # no folder chosen: refused before anything starts
+            widget.logic.pretrainFromParameterNode(node)
+        node.pretrainSource = "Scans in the scene"
+        self.assertFalse(widget.ui.pretrainFolderLineEdit.enabled)
+        with self.assertRaises(InputError):  # the scene is empty
+            widget.logic.pretrainFromParameterNode(node)
+        self.assertFalse(widget.logic.isRunning())
+
     def test_unpainted_segmentation_gives_one_line_in_the_panel(self):
         slicer.util.selectModule("ContrastiveSeg")
         widget = slicer.modules.contrastiveseg.widgetRepresentation().self()
@@ -114,6 +134,21 @@ class ContrastiveSegSelfTest(unittest.TestCase):
             volume, segmentation, "cpu", "fast", 10
         second = logic.segmentFromParameterNode(node, waitForCompletion=True, timeout=600)
         self.assertTrue(second.ok, second.message)
+
+    @unittest.skipUnless(HEAVY, "set CONTRASTIVESEG_HEAVY_TESTS=1 (pretrains and fine-tunes for real)")
+    def test_pretrain_on_the_scene_then_segment_from_the_new_encoder(self):
+        from ContrastiveSeg import ContrastiveSegLogic
+
+        volume, segmentation, _ = _sphere_scene()
+        logic = ContrastiveSegLogic()
+        result = logic.pretrain(None, "simclr", steps=5, device="cpu", waitForCompletion=True, timeout=600)
+        self.assertTrue(result.ok, result.message)
+        node = logic.getParameterNode()
+        self.assertEqual(str(node.encoderFile), str(result.encoder_path))
+        node.inputVolume, node.inputSegmentation, node.device, node.preset, node.steps = \
+            volume, segmentation, "cpu", "fast", 10
+        segmented = logic.segmentFromParameterNode(node, waitForCompletion=True, timeout=600)
+        self.assertTrue(segmented.ok, segmented.message)
 
     @unittest.skipUnless(HEAVY, "set CONTRASTIVESEG_HEAVY_TESTS=1 (starts a real fine-tuning)")
     def test_cancel_from_the_panel_keeps_the_scene(self):

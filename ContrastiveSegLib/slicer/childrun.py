@@ -1,0 +1,141 @@
+"""What every module run has in common: one CLI child at a time, followed by polling, cancelled as a tree, and
+retried with half the batch size when the GPU runs out of memory.
+
+:class:`~.job.Job` (Segment, Predict only) and :class:`~.pretraining.PretrainJob` (Pretrain) subclass
+:class:`ChildRun` and say only what to write before (:meth:`ChildRun.prepare`), what to run
+(:meth:`ChildRun.command`) and what to read after (:meth:`ChildRun.finish`). The module's Logic drives any of them
+the same way: from a ``qt.QTimer`` (``poll`` every 200 ms until ``running`` is False, then ``finish``) or, in a
+batch script, with :meth:`ChildRun.run`. No MRML, no Qt here.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from ContrastiveSegLib.errors import InputError
+from ContrastiveSegLib.slicer.runner import CliProcess, Progress, RunResult
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_OOM_RETRIES = 2
+
+
+def check_device(device: str) -> None:
+    """InputError (one line) unless ``device`` is auto, cpu, mps, cuda or cuda:N (what the CLI accepts)."""
+    if not DEVICE_PATTERN.match(str(device)):
+        raise InputError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{device}'")
+
+
+class ChildRun:
+    """One run of the CLI in a child process, from start to a :class:`~.runner.RunResult`.
+
+    Args:
+        device: the run's device; a failure with "out of memory" on anything but the CPU is retried (twice at
+            most) with half the batch size, and the retry is announced as a progress message.
+        batch_size: the batch size passed to the CLI (None: the CLI's own default).
+        python, env: the child's interpreter and base environment (see :class:`~.runner.CliProcess`).
+    """
+
+    default_batch_size = 2
+    """What a retry halves when ``batch_size`` is None (the CLI's default for this kind of run)."""
+
+    def __init__(self, device: str, batch_size: int | None, python: str | None,
+                 env: Mapping[str, str] | None) -> None:
+        check_device(device)
+        if batch_size is not None and batch_size < 1:
+            raise InputError(f"batch size must be at least 1, got {batch_size}")
+        self.device, self.python, self.env = device, python, env
+        self.paths: dict[str, Path] = {}  # filled by prepare(); empty means "not prepared yet"
+        self.cwd: Path | None = None  # the child's working folder (None: this process')
+        self._batch_size = batch_size
+        self._process: CliProcess | None = None
+        self._run: RunResult | None = None
+        self._retries = 0
+        self._started = 0.0
+
+    # ----------------------------------------------------------------------------- what subclasses give
+    def prepare(self) -> object:
+        """Check the input and write the exchange files into ``self.paths``. Raises InputError (one line)."""
+        raise NotImplementedError
+
+    def command(self) -> list[str]:
+        """The CLI command line (uses ``self._batch_size``, which a retry halves)."""
+        raise NotImplementedError
+
+    def finish(self) -> object:
+        """Read the child's outputs (on success), remove the exchange files, return the result."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------- start
+    def start(self) -> None:
+        """Prepare (when not done yet) and start the child process."""
+        if not self.paths:
+            self.prepare()
+        self._started = self._started or time.monotonic()
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._process = CliProcess(self.command(), force_cpu=self.device == "cpu", env=self.env, cwd=self.cwd)
+        self._process.start()
+
+    # ------------------------------------------------------------------------------------------ follow
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._run is None
+
+    @property
+    def seconds(self) -> float:
+        """Wall time since the first start (retries included)."""
+        return time.monotonic() - self._started if self._started else 0.0
+
+    def poll(self) -> list[Progress | str]:
+        """New events of the child; when it has ended, retries an out-of-memory failure or records the result."""
+        if self._process is None or self._run is not None:
+            return []
+        events = self._process.events()
+        result = self._process.result()
+        if result is None:
+            return events
+        events += self._process.events()
+        if self._should_retry(result):
+            self._retries += 1
+            self._batch_size = max(1, (self._batch_size or self.default_batch_size) // 2)
+            note = f"out of GPU memory: retrying with batch size {self._batch_size}"
+            events.append(Progress("load", message=note))
+            self._spawn()
+        else:
+            self._run = result
+        return events
+
+    def _should_retry(self, result: RunResult) -> bool:
+        return (not result.ok and not result.cancelled and "out of memory" in result.message.lower()
+                and self.device != "cpu" and self._retries < _OOM_RETRIES and self._batch_size != 1)
+
+    def cancel(self) -> None:
+        """Stop the child and its children; nothing is written."""
+        if self._process is not None:
+            self._process.cancel()
+        self.poll()
+
+    def run(self, on_event: Callable[[Progress | str], None] | None = None, timeout: float | None = None,
+            poll_s: float = 0.2):
+        """Start, wait (handing events to ``on_event``; cancel after ``timeout`` s) and finish: the batch path."""
+        if self._process is None:
+            self.start()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._run is None:
+            for event in self.poll():
+                if on_event is not None:
+                    on_event(event)
+            if self._run is None:
+                if deadline is not None and time.monotonic() > deadline:
+                    self.cancel()
+                    break
+                time.sleep(poll_s)
+        return self.finish()
+
+    def _ended(self) -> RunResult:
+        if self._run is None:
+            raise RuntimeError("the run has not ended; poll() until running is False")
+        return self._run

@@ -1,0 +1,179 @@
+"""Self-supervised pretraining from Slicer: the scans in the scene (or a folder) -> the CLI -> an encoder file.
+
+    volume nodes --(nodes.py)--> scan-NN.nrrd in a work folder --\\
+                                                                   >-- pretrain DATA... --method M -o ENC (child)
+    or a folder of scans (NIfTI, NRRD, MHA, DICOM series) --------/
+
+The child is ``python -m ContrastiveSegLib pretrain`` (``cli_pretrain.py``), so the GUI stays responsive and a
+cancel kills the whole process tree exactly as for Segment (:class:`~.childrun.ChildRun`). The encoder it writes
+(safetensors, header ``kind: "encoder"``) is what ``segment --encoder FILE`` starts from; the module's Logic makes
+it the encoder of the next Segment run. The work folder with the exported scans is removed at the end; the CLI
+writes the encoder atomically, so a cancelled or failed run leaves no file behind.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ContrastiveSegLib.errors import InputError
+from ContrastiveSegLib.io.volume import write_volume
+from ContrastiveSegLib.slicer import nodes
+from ContrastiveSegLib.slicer.childrun import ChildRun, check_device
+from ContrastiveSegLib.slicer.job import ROLE_ATTRIBUTE
+from ContrastiveSegLib.slicer.runner import RunResult, cli_command
+
+METHOD_NAMES = ("simclr", "selfpaced", "ideal", "lrc", "mixcl")
+"""The pretraining methods the module offers: ``ContrastiveSegLib.methods.METHODS`` without "none" (random
+initialisation is not worth a run). Spelled out here because importing the registry imports torch, which the
+Slicer GUI process must not do; a test keeps the two in step. What each does: docs/methods.md."""
+DEFAULT_METHOD = "simclr"
+CLI_BATCH_SIZE = 16  # cli_pretrain.py's --batch-size default: what an out-of-memory retry halves
+
+
+@dataclass
+class PretrainOptions:
+    """What the user chose. ``steps`` and ``minutes`` None: the CLI's budget (2000 steps); both: whichever ends
+    first. ``batch_size`` None: the CLI's (16 crops per step)."""
+
+    method: str = DEFAULT_METHOD
+    steps: int | None = None
+    minutes: float | None = None
+    device: str = "auto"
+    batch_size: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # The method name itself is checked by the CLI, whose message lists the known ones and the nearest.
+        if not isinstance(self.method, str) or not self.method.strip():
+            raise InputError(f"choose a pretraining method ({', '.join(METHOD_NAMES)})")
+        check_device(self.device)
+        if self.steps is not None and self.steps < 1:
+            raise InputError(f"steps must be at least 1, got {self.steps}")
+        if self.minutes is not None and not self.minutes > 0:
+            raise InputError(f"minutes must be more than 0, got {self.minutes}")
+        if self.batch_size is not None and self.batch_size < 2:
+            raise InputError(f"a contrastive batch needs at least 2 crops, got batch size {self.batch_size}")
+
+
+@dataclass
+class PretrainResult:
+    """How a pretraining run ended; ``encoder_path`` is the written encoder (None unless it succeeded)."""
+
+    run: RunResult
+    encoder_path: Path | None = None
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.run.ok
+
+    @property
+    def message(self) -> str:
+        return self.run.message
+
+
+def scene_scans(scene) -> list:
+    """The scalar volume nodes of ``scene`` that are scans: holding voxels, one component, not label maps or
+    vector volumes (other node classes) and not a volume the module made (the uncertainty map)."""
+    scans = []
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        image = node.GetImageData()
+        if (node.GetClassName() == "vtkMRMLScalarVolumeNode" and node.GetAttribute(ROLE_ATTRIBUTE) is None
+                and image is not None and min(image.GetDimensions()) >= 1
+                and image.GetNumberOfScalarComponents() == 1):
+            scans.append(node)
+    return scans
+
+
+def _file_name(index: int, node_name: str) -> str:
+    # The encoder's header records these names, so keep the node's name, made safe for any file system.
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", node_name).strip("._")[:60] or "scan"
+    return f"{index:02d}-{safe}.nrrd"
+
+
+class PretrainJob(ChildRun):
+    """Pretrain an encoder on ``sources`` and write it to ``output``.
+
+    Args:
+        sources: volume nodes (exported to NRRD in a work folder under ``state_dir``), or a folder the CLI
+            searches recursively for scans.
+        output: the encoder file to write (.safetensors); its folder is created when missing.
+        options: method, budget, device (see :class:`PretrainOptions`).
+        python, env: the child's interpreter and base environment (see :class:`~.runner.CliProcess`).
+    """
+
+    default_batch_size = CLI_BATCH_SIZE
+
+    def __init__(self, sources: Sequence | str | os.PathLike, output: str | os.PathLike,
+                 options: PretrainOptions | None = None, *, state_dir: str | os.PathLike | None = None,
+                 python: str | None = None, env: Mapping[str, str] | None = None) -> None:
+        self.options = options or PretrainOptions()
+        super().__init__(self.options.device, self.options.batch_size, python, env)
+        self.output = Path(output).absolute()
+        if not self.output.name.endswith(".safetensors"):
+            raise InputError(f"the encoder file must end in .safetensors, got '{self.output.name}'")
+        if isinstance(sources, (str, os.PathLike)):
+            self.folder: Path | None = Path(sources).absolute()
+            self.volume_nodes: list = []
+        else:
+            self.folder, self.volume_nodes = None, list(sources)
+            if not self.volume_nodes:
+                raise InputError("no scan to pretrain on: load a volume or choose a folder")
+        self.state_dir = Path(state_dir or Path(tempfile.gettempdir()) / "ContrastiveSeg")
+        self._work: Path | None = None
+
+    def prepare(self) -> list[Path]:
+        """Check the folder, or export every volume node to NRRD in a work folder (the child's ``cwd``).
+        Returns the data paths given to the CLI."""
+        if self.folder is not None:
+            if not self.folder.is_dir():
+                raise InputError(f"folder not found: {self.folder}")
+            self.paths = {"data": self.folder}
+        else:
+            volumes = [nodes.volume_to_array(node) for node in self.volume_nodes]  # InputError for an empty one
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self._work = Path(tempfile.mkdtemp(prefix="pretrain-", dir=self.state_dir))
+            # The child runs in the work folder and gets bare file names: the encoder's header records the
+            # scans by name ("00-CT.nrrd"), not by a temporary path that is gone after the run.
+            self.cwd = self._work
+            try:
+                for index, (node, volume) in enumerate(zip(self.volume_nodes, volumes)):
+                    name = _file_name(index, node.GetName())
+                    write_volume(volume, self._work / name)
+                    self.paths[f"scan{index}"] = Path(name)
+            except BaseException:
+                shutil.rmtree(self._work, ignore_errors=True)  # e.g. a full disk: leave nothing behind
+                self.paths = {}
+                raise
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        return list(self.paths.values())
+
+    def command(self) -> list[str]:
+        """``python -m ContrastiveSegLib pretrain DATA... --method M -o OUTPUT [--steps N] [--minutes M] ...``."""
+        o = self.options
+        return cli_command("pretrain", *self.paths.values(), python=self.python, method=o.method, o=self.output,
+                           steps=o.steps, minutes=o.minutes, batch_size=self._batch_size, seed=o.seed,
+                           device=o.device)
+
+    def finish(self) -> PretrainResult:
+        """The result, with the encoder path when the child succeeded; removes the exported scans."""
+        run = self._ended()
+        try:
+            outcome = PretrainResult(run, seconds=self.seconds, notes=list(run.notes))
+            if run.ok:
+                if not self.output.is_file():
+                    outcome.run = RunResult(1, f"the pretraining ended without writing {self.output}", False,
+                                            run.stderr_tail)
+                else:
+                    outcome.encoder_path = self.output
+            return outcome
+        finally:
+            if self._work is not None:
+                shutil.rmtree(self._work, ignore_errors=True)
