@@ -22,16 +22,17 @@ _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``pretrain`` subcommand (it brings its own ``--device`` and ``--progress``)."""
-    from ContrastiveSegLib.methods import METHODS
+    """Add the ``pretrain`` subcommand (it brings its own ``--device`` and ``--progress``).
 
+    The method list in the help is not imported from the registry: that would load torch for every command,
+    even a one-line refusal; an unknown --method is reported with the registry's list when the command runs."""
     p = subparsers.add_parser(
         "pretrain", help="self-supervised pretraining of an encoder on unlabelled volumes",
         description="Pretrain a 2.5D encoder on unlabelled volumes (files, folders, DICOM series) and write it as "
                     ".safetensors for 'segment --encoder'. Runs under torchrun for several GPUs or machines.")
     p.add_argument("data", nargs="+", type=Path, metavar="DATA", help="volume files or folders (searched "
                    "recursively for NIfTI, NRRD, MHA and DICOM series)")
-    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHODS)} (see 'contrastiveseg methods')")
+    p.add_argument("--method", required=True, help="a pretraining method (see 'contrastiveseg methods')")
     p.add_argument("-o", "--output", type=Path, required=True, help="encoder file to write (.safetensors)")
     p.add_argument("--steps", type=int, help="stop after this many steps (default 2000 unless --minutes is given)")
     p.add_argument("--minutes", type=float, help="stop after this much training time")
