@@ -72,3 +72,22 @@ def test_perfect_prediction_is_near_zero():
 def test_shape_mismatch_is_value_error(logits_shape, target_shape):
     with pytest.raises(ValueError, match="expected logits"):
         MaskedDiceCELoss()(torch.zeros(logits_shape), torch.zeros(target_shape, dtype=torch.long))
+
+
+def test_dice_averages_only_the_classes_present_in_the_batch():
+    """A class no annotated voxel of the batch holds must not enter the Dice term: its batch Dice is 1 for any
+    predicted voxel, which would teach the network never to predict a structure that most crops miss."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 6, 6)
+    target = torch.randint(0, 2, (2, 1, 6, 6))  # classes 0 and 1 only; class 2 absent
+    target[:, :, 0] = 255
+    known = target[:, 0] != 255
+    probs = torch.softmax(logits, 1)
+    expected_dice = []
+    for c in (0, 1):
+        p = probs[:, c][known]
+        g = (target[:, 0][known] == c).float()
+        expected_dice.append(1 - (2 * (p * g).sum() + 1e-5) / (p.sum() + g.sum() + 1e-5))
+    ce = torch.nn.functional.cross_entropy(logits, target[:, 0], ignore_index=255)
+    expected = torch.stack(expected_dice).mean() + ce
+    assert torch.allclose(MaskedDiceCELoss()(logits, target), expected, atol=1e-5)
