@@ -262,16 +262,19 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.showStatus(_("ContrastiveSeg needs PyTorch and MONAI: press 'Install dependencies'."), error=True)
         return False
 
-    def onSegmentButton(self) -> None:
+    def _startOrCancel(self, launch) -> None:
+        """The Segment and Pretrain buttons turn into Cancel while their run is going."""
         if self.logic.isRunning():
             self.showStatus(_("Cancelling..."))
             self.logic.cancel()
             return
-        if not self._ensureDependencies():
-            return
+        if self._ensureDependencies():
+            self._start(launch)
+
+    def onSegmentButton(self) -> None:
         node = self._parameterNode
-        self._start(lambda: self.logic.segmentFromParameterNode(node, progressCallback=self.onProgress,
-                                                                completedCallback=self.onCompleted))
+        self._startOrCancel(lambda: self.logic.segmentFromParameterNode(node, progressCallback=self.onProgress,
+                                                                        completedCallback=self.onCompleted))
 
     def onPredictButton(self) -> None:
         if not self._ensureDependencies():
@@ -323,15 +326,9 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             plane=plane, index=index, score=score))
 
     def onPretrainButton(self) -> None:
-        if self.logic.isRunning():
-            self.showStatus(_("Cancelling..."))
-            self.logic.cancel()
-            return
-        if not self._ensureDependencies():
-            return
         node = self._parameterNode
-        self._start(lambda: self.logic.pretrainFromParameterNode(node, progressCallback=self.onProgress,
-                                                                 completedCallback=self.onPretrainCompleted))
+        self._startOrCancel(lambda: self.logic.pretrainFromParameterNode(node, progressCallback=self.onProgress,
+                                                                         completedCallback=self.onPretrainCompleted))
 
     def onPretrainCompleted(self, result) -> None:
         self.ui.progressBar.value = 100 if result.ok else 0
