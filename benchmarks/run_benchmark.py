@@ -130,7 +130,8 @@ def summarise(out: Path) -> None:
                 lines.append(f"| {task} | {method} - best baseline | " + " | ".join(margins) + " | |")
     seconds = {m: np.mean([float(r["seconds"]) for r in rows if r["method"] == m]) for m in methods}
     text = ("# Quality: mean Dice over structures (mean over seeds)\n\n" + "\n".join(lines) +
-            "\n\nMean seconds per run (2 CPU cores unless noted): " +
+            "\n\nGrow from seeds and Fill between slices are deterministic: one run per (task, k). "
+            "Mean seconds per run (as run: one torch thread per process, two processes on the 2 CPU cores): " +
             ", ".join(f"{m} {s:.0f} s" for m, s in seconds.items()) + "\n")
     (out / "quality.md").write_text(text)
     dice_vs_k_plot(rows, out / "dice_vs_k.png", title="Dice vs annotated slices")
