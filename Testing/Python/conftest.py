@@ -107,3 +107,22 @@ def phantom_files(tmp_path: Path, phantom: Phantom) -> PhantomFiles:
     image = write_image(phantom.image, tmp_path / "image.nii.gz")
     labels = write_image(phantom.sparse, tmp_path / "labels.nii.gz")
     return PhantomFiles(image, labels, phantom, tmp_path)
+
+
+@pytest.fixture()
+def scene():
+    """A real MRML scene set up the way Slicer's application does for the Segmentations module, without Qt
+    (slicer-core wheel): colour tables for label maps, the Segmentations logic registered. Cleared afterwards."""
+    slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel")
+    mrml_scene = slicer.vtkMRMLScene()
+    application = slicer.vtkSlicerApplicationLogic()
+    application.SetMRMLScene(mrml_scene)
+    colors = slicer.vtkSlicerColorLogic()
+    colors.SetMRMLApplicationLogic(application)
+    colors.SetMRMLScene(mrml_scene)  # creates the default colour tables label maps need
+    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
+    segmentations.SetMRMLApplicationLogic(application)
+    segmentations.SetMRMLScene(mrml_scene)
+    application.SetModuleLogic("Segmentations", segmentations)
+    yield mrml_scene
+    mrml_scene.Clear(True)

@@ -33,23 +33,6 @@ OBLIQUE = tuple((_rotation(0.3, 2) @ _rotation(-0.2, 0)).reshape(-1))
 SHAPE = (9, 11, 13)  # (k, j, i)
 
 
-@pytest.fixture()
-def scene():
-    """A scene set up the way Slicer's application does for the Segmentations module (no Qt)."""
-    mrml_scene = slicer.vtkMRMLScene()
-    application = slicer.vtkSlicerApplicationLogic()
-    application.SetMRMLScene(mrml_scene)
-    colors = slicer.vtkSlicerColorLogic()
-    colors.SetMRMLApplicationLogic(application)
-    colors.SetMRMLScene(mrml_scene)  # creates the default colour tables label maps need
-    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
-    segmentations.SetMRMLApplicationLogic(application)
-    segmentations.SetMRMLScene(mrml_scene)
-    application.SetModuleLogic("Segmentations", segmentations)
-    yield mrml_scene
-    mrml_scene.Clear(True)
-
-
 def _volume(scene, direction=OBLIQUE, spacing=(0.7, 0.9, 2.5), origin=(-40.0, 25.5, 112.0)):
     rng = np.random.default_rng(0)
     volume = Volume(rng.normal(size=SHAPE).astype(np.float32), spacing, origin, direction)

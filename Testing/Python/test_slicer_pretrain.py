@@ -30,18 +30,6 @@ from ContrastiveSegLib.slicer.runner import Progress, overall_fraction  # noqa: 
 OBLIQUE = (0.8, -0.6, 0.0, 0.6, 0.8, 0.0, 0.0, 0.0, 1.0)
 
 
-@pytest.fixture()
-def scene():
-    mrml_scene = slicer.vtkMRMLScene()
-    application = slicer.vtkSlicerApplicationLogic()
-    application.SetMRMLScene(mrml_scene)
-    colors = slicer.vtkSlicerColorLogic()
-    colors.SetMRMLApplicationLogic(application)
-    colors.SetMRMLScene(mrml_scene)  # the colour tables a label map node needs
-    yield mrml_scene
-    mrml_scene.Clear(True)
-
-
 def _scans(scene) -> list:
     """Two 8x40x40 scans (an oblique anisotropic CT, an axis-aligned MR), plus volumes that are not scans."""
     rng = np.random.default_rng(0)

@@ -240,15 +240,9 @@ def _stand_ins(monkeypatch, scene, tmp_path):
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a POSIX shell stands in for PythonSlicer")
-def test_module_logic_segments_in_batch_mode(monkeypatch, tmp_path):
+def test_module_logic_segments_in_batch_mode(monkeypatch, tmp_path, scene):
     from test_slicer_bridge import FAKE_LIBRARY_CLI, _segmentation, _slab, _volume
 
-    scene = slicer.vtkMRMLScene()
-    application = slicer.vtkSlicerApplicationLogic()
-    application.SetMRMLScene(scene)
-    segmentations = slicer.vtkSlicerSegmentationsModuleLogic()
-    segmentations.SetMRMLApplicationLogic(application)
-    segmentations.SetMRMLScene(scene)
     _stand_ins(monkeypatch, scene, tmp_path)
     script = tmp_path / "fake_cli.py"
     script.write_text(FAKE_LIBRARY_CLI)
