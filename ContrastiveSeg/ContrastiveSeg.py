@@ -409,8 +409,9 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
     # ----------------------------------------------------------------------------------------- runs
     def segment(self, volumeNode, segmentationNode, outputSegmentationNode=None, *, encoder=None, device="auto",
                 preset="default", steps=None, seed=0, axis=None, batchSize=None, initModel=None,
-                probabilities=True, showUncertainty=False, show3D=False, allowResampling=False,
-                waitForCompletion=False, progressCallback=None, completedCallback=None, timeout=None):
+                probabilities=True, showUncertainty=False, show3D=False, allowResampling=False, adapt=None,
+                consistency="none", waitForCompletion=False, progressCallback=None, completedCallback=None,
+                timeout=None):
         """Fine-tune on the painted slices of ``segmentationNode`` and segment ``volumeNode``.
 
         The result goes to ``outputSegmentationNode`` (None: a new node; the input node itself: its segments
@@ -422,7 +423,8 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
 
         options = JobOptions(encoder=encoder, device=device, preset=preset, steps=steps, seed=seed, axis=axis,
                              batch_size=batchSize, init_model=initModel, probabilities=probabilities,
-                             show_uncertainty=showUncertainty, resample=allowResampling, closed_surface=show3D)
+                             show_uncertainty=showUncertainty, resample=allowResampling, closed_surface=show3D,
+                             adapt=adapt, consistency=consistency)
         job = Job("segment", volumeNode, segmentationNode, outputSegmentationNode, options,
                   state_dir=self.stateDirectory(), python=python_executable(),
                   env=slicer.util.startupEnvironment(), uncertainty_node=self._uncertaintyNode(volumeNode))

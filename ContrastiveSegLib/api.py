@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ContrastiveSegLib.data.augment import BatchAugmenter
 import dataclasses
 
+from ContrastiveSegLib.data.augment import BatchAugmenter
 from ContrastiveSegLib.data.intensity import check_finite, foreground_window, normalise_intensity
-from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler
+from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler, UnannotatedSliceSampler
 from ContrastiveSegLib.data.slices import InputSpec, SliceStack
 from ContrastiveSegLib.device import resolve_device
 from ContrastiveSegLib.errors import InputError
@@ -32,6 +32,8 @@ from ContrastiveSegLib.training.finetune import finetune as run_finetune
 from ContrastiveSegLib.zoo.registry import resolve_encoder
 
 DEFAULT_SPEC = InputSpec(context=1, coordinates=True)
+CONSISTENCY = ("none", "bidirectional")
+DEFAULT_ADAPT_STEPS = 100
 
 
 @dataclass
@@ -91,6 +93,7 @@ def _prepare(image: np.ndarray, labels: np.ndarray, axis: int | None) -> SparseA
 def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, axis: int | None = None,
              preset: str = "default", encoder: str | None = None, init_model: TrainedModel | None = None,
              device: str = "auto", seed: int = 0, steps: int | None = None, batch_size: int | None = None,
+             adapt: str | None = None, adapt_steps: int = DEFAULT_ADAPT_STEPS, consistency: str = "none",
              progress: ProgressCallback = None, cancel=None, _annotation: SparseAnnotation | None = None,
              _stack: SliceStack | None = None) -> TrainedModel:
     """Fine-tune a 2.5D U-Net on the annotated slices of ``labels``.
@@ -101,11 +104,28 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
         encoder: a shipped encoder name, a .safetensors path, or None / "none" for random initialisation.
         init_model: continue from this model (same label values) instead of starting afresh: a refinement after
             the user corrected a slice.
+        adapt: a pretraining method name: first pretrain the encoder for ``adapt_steps`` steps on this scan alone
+            (its annotated slices feed MixCL's label term), starting from ``encoder`` when one is given.
+        consistency: "bidirectional" trains two decoders that label the unannotated slices for each other (IDEAL's
+            fine-tuning stage); "none" trains one decoder on the annotated slices only.
     Returns:
         the fine-tuned :class:`TrainedModel`.
     """
     annotation = _annotation or _prepare(image, labels, axis)
     config = preset_config(preset, steps=steps, batch_size=batch_size)
+    if consistency not in CONSISTENCY:
+        raise InputError(f"unknown consistency '{consistency}' (known: {', '.join(CONSISTENCY)})")
+    if init_model is not None and (adapt or consistency != "none"):
+        raise InputError("--adapt and --consistency apply to a new model, not to a refinement (--init-model)")
+    if adapt_steps < 1:
+        raise InputError(f"adapt steps must be >= 1, got {adapt_steps}")
+    if adapt:
+        from ContrastiveSegLib.methods import method_class
+
+        try:
+            method_class(adapt)
+        except ValueError as error:
+            raise InputError(str(error)) from None
     torch_device = resolve_device(device)
     encoder_path = resolve_encoder(encoder)
     _seed_everything(seed)
@@ -121,20 +141,49 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
         network = init_model.network
         encoder_name = init_model.encoder
     else:
-        network = build_network(NetworkConfig(in_channels=spec.in_channels, num_classes=annotation.num_classes))
+        network = build_network(NetworkConfig(in_channels=spec.in_channels, num_classes=annotation.num_classes,
+                                              decoders=2 if consistency == "bidirectional" else 1))
         encoder_name = "none"
         if encoder_path is not None:
             load_encoder_into(network, encoder_path, spec)
             encoder_name = str(encoder)
+        if adapt:
+            adapt_encoder(network, image, annotation, spec, adapt, adapt_steps, config.patch, encoder_path,
+                          seed, device, progress, cancel)
+            encoder_name = f"{encoder_name}+adapt:{adapt}"
     targets = np.moveaxis(annotation.target, annotation.axis, 0)
     sampler = AnnotatedSliceSampler(stack, targets, annotation.slices, config.patch,
                                     divisor=network.config.divisor, seed=seed)
+    unannotated = None
+    if network.config.decoders == 2:
+        try:
+            unannotated = UnannotatedSliceSampler(stack, annotation.slices, config.patch,
+                                                  divisor=network.config.divisor, seed=seed, centres=sampler.centre)
+        except ValueError as error:
+            raise InputError(str(error)) from None
     augmenter = BatchAugmenter(image_channels=2 * spec.context + 1, seed=seed)
     emit(progress, "finetune", f"fine-tuning on {len(annotation.slices)} annotated slices along axis "
                                f"{annotation.axis} ({torch_device.type})")
-    run_finetune(network, sampler, config, torch_device, augmenter, progress, cancel)
+    run_finetune(network, sampler, config, torch_device, augmenter, progress, cancel, unannotated)
     return TrainedModel(network.cpu(), annotation.label_values, annotation.axis, spec,
                         tuple(float(v) for v in spacing), encoder_name)
+
+
+def adapt_encoder(network, image: np.ndarray, annotation: SparseAnnotation, spec: InputSpec, method: str,
+                  steps: int, patch: int, encoder_path, seed: int, device: str, progress: ProgressCallback = None,
+                  cancel=None) -> None:
+    """Pretrain ``network.encoder`` in place with ``method`` for ``steps`` steps on this scan alone (slices along
+    the annotation axis, the fine-tuning input spec; the annotated slices feed MixCL's label term), starting from
+    ``encoder_path`` when given, else from random weights."""
+    from ContrastiveSegLib.data.unlabelled import ArrayVolume
+    from ContrastiveSegLib.training.pretrain import PretrainConfig, pretrain_encoder
+
+    volume = ArrayVolume(image, labels=annotation.target, name="this scan")
+    job = pretrain_encoder([volume], method, None, PretrainConfig(steps=steps, batch_size=8, seed=seed),
+                           axis=annotation.axis, spec=spec, features=network.config.features,
+                           norm=network.config.norm, patch=patch, init_encoder=encoder_path, device=device,
+                           progress=progress, cancel=cancel)
+    network.encoder.load_state_dict(job.method.encoder_state_dict())
 
 
 def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None = None, device: str = "auto",
@@ -171,6 +220,7 @@ def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None
 def segment(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, axis: int | None = None,
             preset: str = "default", encoder: str | None = None, init_model: TrainedModel | None = None,
             device: str = "auto", seed: int = 0, steps: int | None = None, batch_size: int | None = None,
+            adapt: str | None = None, adapt_steps: int = DEFAULT_ADAPT_STEPS, consistency: str = "none",
             probabilities: bool = False, flip_tta: bool = False, postprocess: bool = True,
             progress: ProgressCallback = None, cancel=None) -> SegmentResult:
     """Fine-tune on the annotated slices of ``labels`` and segment the whole ``image``.
@@ -191,8 +241,8 @@ def segment(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, a
     timings["prepare"] = time.perf_counter() - start
     start = time.perf_counter()
     model = finetune(image, labels, spacing, preset=preset, encoder=encoder, init_model=init_model, device=device,
-                     seed=seed, steps=steps, batch_size=batch_size, progress=progress, cancel=cancel,
-                     _annotation=annotation, _stack=stack)
+                     seed=seed, steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
+                     consistency=consistency, progress=progress, cancel=cancel, _annotation=annotation, _stack=stack)
     timings["finetune"] = time.perf_counter() - start
     start = time.perf_counter()
     result = predict(model, image, device=device, probabilities=probabilities, flip_tta=flip_tta,

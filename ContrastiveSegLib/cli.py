@@ -76,6 +76,19 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, help="fine-tuning steps (overrides the preset)")
     parser.add_argument("--batch-size", type=int, help="fine-tuning batch size (overrides the preset)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--adapt", metavar="METHOD", help="first pretrain the encoder on this scan alone with a "
+                        "pretraining method (see 'contrastiveseg methods'), starting from --encoder if given")
+    parser.add_argument("--adapt-steps", type=int, default=100, help="steps of --adapt (default 100)")
+    parser.add_argument("--consistency", choices=("none", "bidirectional"), default="none",
+                        help="bidirectional: two decoders label the unannotated slices for each other (IDEAL)")
+
+
+def _training_options(args) -> dict:
+    """The keyword arguments of api.finetune / api.segment that come from _add_training_options."""
+    return {"axis": _axis(args), "preset": args.preset, "encoder": args.encoder,
+            "init_model": _load_init_model(args), "seed": args.seed, "steps": args.steps,
+            "batch_size": args.batch_size, "adapt": args.adapt, "adapt_steps": args.adapt_steps,
+            "consistency": args.consistency}
 
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -200,9 +213,7 @@ def cmd_segment(args, progress, cancel) -> int:
     emit(progress, "load", f"reading {args.image}")
     image, labels = _read_inputs(args.image, args.labels)
     from ContrastiveSegLib import api  # torch loads here, after the cheap checks above
-    result = api.segment(image.array, labels.array, image.spacing, axis=_axis(args), preset=args.preset,
-                         encoder=args.encoder, init_model=_load_init_model(args), device=args.device,
-                         seed=args.seed, steps=args.steps, batch_size=args.batch_size,
+    result = api.segment(image.array, labels.array, image.spacing, device=args.device, **_training_options(args),
                          probabilities=args.probabilities is not None, flip_tta=args.tta,
                          postprocess=not args.no_postprocess, progress=progress, cancel=cancel)
     if result.message:
@@ -219,10 +230,8 @@ def cmd_finetune(args, progress, cancel) -> int:
     _check_outputs(args.output, models=(args.output,))
     image, labels = _read_inputs(args.image, args.labels)
     from ContrastiveSegLib import api
-    model = api.finetune(image.array, labels.array, image.spacing, axis=_axis(args), preset=args.preset,
-                         encoder=args.encoder, init_model=_load_init_model(args), device=args.device,
-                         seed=args.seed, steps=args.steps, batch_size=args.batch_size, progress=progress,
-                         cancel=cancel)
+    model = api.finetune(image.array, labels.array, image.spacing, device=args.device, **_training_options(args),
+                         progress=progress, cancel=cancel)
     model.save(args.output)
     emit(progress, "done", f"wrote {args.output}")
     return 0
@@ -262,8 +271,11 @@ def cmd_encoders(args, progress, cancel) -> int:
     elif not entries:
         print("no pretrained encoders are shipped yet; 'none' (random initialisation) is always available")
     else:
+        print(f"{'name':<12} {'method':<10} {'steps':>6}  description")
         for entry in entries:
-            print(f"{entry['name']:<24} {entry.get('method', ''):<10} {entry.get('data', '')}")
+            print(f"{entry['name']:<12} {entry.get('method', ''):<10} {entry.get('steps') or '':>6}  "
+                  f"{entry.get('description', '')}")
+        print(f"trained on: {entries[0].get('data', '')}; use one with 'segment --encoder NAME'")
     return 0
 
 

@@ -36,7 +36,7 @@ class TrainedModel:
             "kind": "model",
             "network": {"in_channels": config.in_channels, "num_classes": config.num_classes,
                         "features": list(config.features), "decoder_features": config.decoder_features,
-                        "norm": config.norm},
+                        "norm": config.norm, "decoders": config.decoders},
             "input": self.spec.to_dict(),
             "label_values": list(self.label_values),
             "axis": self.axis,
@@ -56,7 +56,7 @@ class TrainedModel:
             net = header["network"]
             config = NetworkConfig(in_channels=int(net["in_channels"]), num_classes=int(net["num_classes"]),
                                    features=tuple(net["features"]), decoder_features=int(net["decoder_features"]),
-                                   norm=str(net.get("norm", "batch")))
+                                   norm=str(net.get("norm", "batch")), decoders=int(net.get("decoders", 1)))
             spec = InputSpec.from_dict(header["input"])
             network = build_network(config)
             network.load_state_dict(tensors, strict=True)
@@ -70,18 +70,24 @@ class TrainedModel:
 def load_encoder_into(network: SegmentationNet, path: str | os.PathLike, spec: InputSpec) -> None:
     """Copy a pretrained encoder's weights into ``network.encoder``; InputError when its architecture or input
     channels do not match."""
+    load_encoder_weights(network.encoder, path, spec)
+
+
+def load_encoder_weights(encoder, path: str | os.PathLike, spec: InputSpec) -> None:
+    """Copy the encoder file ``path`` into ``encoder`` (an :class:`~ContrastiveSegLib.networks.unet.Encoder`, of a
+    segmentation network or of a pretraining method); InputError when its input channels, widths or weights do
+    not match."""
     tensors, header = load_weights(path, kind="encoder", what="encoder")
-    expected_channels = network.config.in_channels
+    expected_channels = encoder.in_channels
     channels = header.get("input_channels") or header.get("network", {}).get("in_channels")
     if channels is not None and int(channels) != expected_channels:
         raise InputError(f"encoder {path} takes {channels} input channels, this image gives {expected_channels} "
                          f"({spec.to_dict()})")
     features = header.get("features") or header.get("network", {}).get("features")
-    if features is not None and tuple(features) != tuple(network.config.features):
+    if features is not None and tuple(features) != tuple(encoder.features):
         raise InputError(f"encoder {path} has widths {tuple(features)}, the network expects "
-                         f"{tuple(network.config.features)}")
+                         f"{tuple(encoder.features)}")
     try:
-        network.encoder.load_state_dict(tensors, strict=True)
+        encoder.load_state_dict(tensors, strict=True)
     except RuntimeError as error:
         raise InputError(f"encoder {path} is of another architecture ({str(error).splitlines()[0][:120]})") from None
-

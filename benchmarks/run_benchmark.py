@@ -3,6 +3,7 @@ sparse annotations (shared/design/benchmark.md).
 
     python benchmarks/run_benchmark.py --out benchmarks/results                 # everything
     python benchmarks/run_benchmark.py --tasks mni2mm-gmwm-axial --k 3 --seeds 0  # a subset
+    python benchmarks/run_benchmark.py --ablation --no-baselines                 # pretraining ablation
 
 Per task, k and seed: k slices evenly spaced over 10-90 % of the structures' extent are kept, the rest hidden;
 every method segments the volume; Dice per structure is scored over the whole volume. Rows are appended to
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tasks import OUR_METHODS, TASKS  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's library, not an installed one
+from tasks import ABLATION, OUR_METHODS, TASKS  # noqa: E402
 
 from ContrastiveSegLib import api  # noqa: E402
 from ContrastiveSegLib.demo import FILL, GROW, run_baseline  # noqa: E402
@@ -51,9 +53,9 @@ def _row(task, method, k, seed, prediction, reference, seconds, preset="") -> di
 
 
 def run(tasks: list[str], ks: list[int], seeds: list[int], out: Path, preset: str, baselines: bool,
-        overlays: bool) -> None:
+        overlays: bool, methods: list[tuple[str, dict]] = OUR_METHODS, csv_name: str = "quality.csv") -> None:
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / "quality.csv"
+    csv_path = out / csv_name
     for name in tasks:
         task = TASKS[name]
         image, reference, spacing, direction = task.load()
@@ -62,7 +64,7 @@ def run(tasks: list[str], ks: list[int], seeds: list[int], out: Path, preset: st
             sparse = sparse_annotation(reference, task.axis, slices)
             layers = {"reference": reference}
             for seed in seeds:
-                for method, kwargs in OUR_METHODS:
+                for method, kwargs in methods:
                     start = time.perf_counter()
                     result = api.segment(image, sparse, spacing, axis=task.axis, preset=preset, seed=seed, **kwargs)
                     row = _row(task, method, k, seed, result.labels, reference, time.perf_counter() - start, preset)
@@ -88,7 +90,8 @@ def run(tasks: list[str], ks: list[int], seeds: list[int], out: Path, preset: st
                 overlay_montage(image, layers, task.axis, montage_slices(reference, task.axis, slices), out /
                                 f"overlay-{name}-k{k}.png", spacing=spacing, direction=direction,
                                 annotated=slices, label_names=task.structures, title=f"{task.description}, k={k}")
-    summarise(out)
+    if csv_name == "quality.csv":
+        summarise(out)
 
 
 def summarise(out: Path) -> None:
@@ -149,6 +152,9 @@ def main() -> None:
     parser.add_argument("--no-overlays", action="store_true")
     parser.add_argument("--summarise-only", action="store_true", help="rebuild the tables from quality.csv")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 lets two runs share 2 cores)")
+    parser.add_argument("--ablation", action="store_true", help="run the pretraining ablation variants into "
+                        "ablation.csv instead of quality.csv (summarise with benchmarks/ablation.py)")
+    parser.add_argument("--variants", nargs="+", help="only these variants (names in tasks.py)")
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -157,7 +163,13 @@ def main() -> None:
     if args.summarise_only:
         summarise(args.out)
         return
-    run(args.tasks, args.k, args.seeds, args.out, args.preset, not args.no_baselines, not args.no_overlays)
+    methods = ABLATION if args.ablation else OUR_METHODS
+    if args.variants:
+        methods = [(name, kwargs) for name, kwargs in methods if name in args.variants]
+        if not methods:
+            parser.error(f"no variant named {args.variants}")
+    run(args.tasks, args.k, args.seeds, args.out, args.preset, not args.no_baselines,
+        not args.no_overlays and not args.ablation, methods, "ablation.csv" if args.ablation else "quality.csv")
 
 
 if __name__ == "__main__":

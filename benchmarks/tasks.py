@@ -26,6 +26,16 @@ OUR_METHODS: list[tuple[str, dict]] = [
     ("ContrastiveSeg", {}),
 ]
 
+# The pretraining ablation (issue 3): the same fine-tuning from each shipped encoder, from random initialisation,
+# adapted on the scan at hand, and with IDEAL's bidirectional consistency. Names are the rows of ablation.md.
+ABLATION: list[tuple[str, dict]] = [
+    ("none", {"encoder": "none"}),
+    *[(method, {"encoder": method}) for method in ("simclr", "selfpaced", "ideal", "lrc", "mixcl")],
+    ("adapt-simclr", {"adapt": "simclr"}),
+    ("adapt-mixcl", {"adapt": "mixcl"}),
+    ("bidirectional", {"consistency": "bidirectional"}),
+]
+
 # (image (z, y, x) float32, reference (z, y, x) uint8, spacing (x, y, z) mm, ITK direction 3x3 row-major)
 Loaded = tuple[np.ndarray, np.ndarray, tuple[float, float, float], tuple[float, ...]]
 

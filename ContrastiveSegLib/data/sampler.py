@@ -45,7 +45,9 @@ class AnnotatedSliceSampler:
             if c != 0:
                 self.positions[int(c)] = annotated[classes == c]
 
-    def _centre(self) -> tuple[int, int, int]:
+    def centre(self) -> tuple[int, int, int]:
+        """A crop centre (annotated slice, y, x): an annotated voxel of a random foreground class with probability
+        ``FOREGROUND_FRACTION``, else any annotated voxel."""
         if self.positions and self.rng.random() < FOREGROUND_FRACTION:
             cls = self.rng.choice(list(self.positions))
             pool = self.positions[cls]
@@ -73,8 +75,56 @@ class AnnotatedSliceSampler:
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, C, ph, pw) float32 inputs and (B, 1, ph, pw) int64 targets (IGNORE where unknown), not augmented
         (augmentation runs batched on the training device: :class:`~ContrastiveSegLib.data.augment.BatchAugmenter`)."""
-        crops = [self._crop(*self._centre()) for _ in range(batch_size)]
+        crops = [self._crop(*self.centre()) for _ in range(batch_size)]
         return torch.stack([c[0] for c in crops]), torch.stack([c[1] for c in crops])[:, None]
+
+
+class UnannotatedSliceSampler:
+    """Crops of the slices nobody annotated, for IDEAL's bidirectional consistency (the two decoders label them
+    for each other).
+
+    Args:
+        stack: the volume as 2.5D slices along the annotation axis.
+        annotated: the annotated slices (excluded).
+        patch: crop height and width (clipped to the slice, rounded up to ``divisor``).
+        centres: optional ``() -> (slice, y, x)`` giving in-plane crop centres (the annotated sampler's
+            class-balanced ones); without, centres are uniform over the slice.
+
+    Why centres from the annotation (a choice, not measured: on the test phantom the crops are whole slices):
+    uniform crops of a large slice are mostly background, and the structures, which move little between
+    neighbouring slices, would rarely enter the consistency term; the annotated sampler's centres keep them in view.
+    """
+
+    def __init__(self, stack: SliceStack, annotated, patch: int, divisor: int = 16, seed: int = 0,
+                 centres=None):
+        self.stack = stack
+        self.slice_indices = np.setdiff1d(np.arange(stack.num_slices), np.asarray(annotated, dtype=int))
+        if len(self.slice_indices) == 0:
+            raise ValueError("every slice is annotated: there is nothing for the consistency term")
+        self.rng = np.random.default_rng(seed + 1)
+        self.patch = (_round_up(min(patch, stack.height), divisor), _round_up(min(patch, stack.width), divisor))
+        self.centres = centres
+
+    def batch(self, batch_size: int) -> torch.Tensor:
+        """(B, C, ph, pw) float32 crops at uniformly random unannotated slices (padded with the slice's minimum
+        when it is smaller than the patch)."""
+        ph, pw = self.patch
+        slices = self.rng.choice(self.slice_indices, size=batch_size)
+        images = self.stack.inputs(slices)
+        pad_h, pad_w = max(0, ph - images.shape[-2]), max(0, pw - images.shape[-1])
+        if pad_h or pad_w:
+            images = torch.nn.functional.pad(images, (0, pad_w, 0, pad_h), value=float(images.min()))
+        height, width = images.shape[-2:]
+        crops = []
+        for image in images:
+            if self.centres is None:
+                top, left = int(self.rng.integers(height - ph + 1)), int(self.rng.integers(width - pw + 1))
+            else:
+                _, y, x = self.centres()
+                top = int(np.clip(y - ph // 2 + self.rng.integers(-ph // 4, ph // 4 + 1), 0, height - ph))
+                left = int(np.clip(x - pw // 2 + self.rng.integers(-pw // 4, pw // 4 + 1), 0, width - pw))
+            crops.append(image[:, top:top + ph, left:left + pw])
+        return torch.stack(crops)
 
 
 def _round_up(value: int, divisor: int) -> int:

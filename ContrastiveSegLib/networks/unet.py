@@ -29,6 +29,9 @@ class NetworkConfig:
         num_classes: output classes, background included.
         features: encoder widths, one per resolution level; level ``i`` has stride ``2**i``.
         decoder_features: width of the last decoder level (full resolution).
+        norm: "batch" or "instance".
+        decoders: 1, or 2 for IDEAL's bidirectional consistency (two decoders on the shared encoder that supervise
+            each other on unannotated slices; prediction averages their logits).
     """
 
     in_channels: int
@@ -37,6 +40,7 @@ class NetworkConfig:
     decoder_features: int = 8
     norm: str = "batch"
     spatial_dims: int = field(default=2)
+    decoders: int = 1
 
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.num_classes < 2:
@@ -45,6 +49,8 @@ class NetworkConfig:
             raise ValueError(f"features must list 5 widths (4 down-sampling steps), got {self.features}")
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {sorted(NORMS)}, got {self.norm!r}")
+        if self.decoders not in (1, 2):
+            raise ValueError(f"decoders must be 1 or 2, got {self.decoders}")
 
     @property
     def divisor(self) -> int:
@@ -107,7 +113,8 @@ class Decoder(nn.Module):
 
 
 class SegmentationNet(nn.Module):
-    """Encoder + decoder. ``forward`` maps (B, in_channels, H, W) to logits (B, num_classes, H, W)."""
+    """Encoder + decoder(s). ``forward`` maps (B, in_channels, H, W) to logits (B, num_classes, H, W); with two
+    decoders it returns the mean of their logits."""
 
     def __init__(self, config: NetworkConfig):
         super().__init__()
@@ -115,9 +122,19 @@ class SegmentationNet(nn.Module):
         self.encoder = Encoder(config.in_channels, config.features, config.spatial_dims, config.norm)
         self.decoder = Decoder(config.features, config.num_classes, config.decoder_features, config.spatial_dims,
                                config.norm)
+        self.decoder2 = Decoder(config.features, config.num_classes, config.decoder_features, config.spatial_dims,
+                                config.norm) if config.decoders == 2 else None
+
+    def forward_decoders(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One logits tensor (B, num_classes, H, W) per decoder, from one pass of the shared encoder."""
+        maps = self.encoder(x)
+        return [self.decoder(maps)] + ([self.decoder2(maps)] if self.decoder2 is not None else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x))
+        if self.decoder2 is None:
+            return self.decoder(self.encoder(x))
+        first, second = self.forward_decoders(x)
+        return 0.5 * (first + second)
 
 
 def build_network(config: NetworkConfig) -> SegmentationNet:

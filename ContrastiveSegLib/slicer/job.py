@@ -50,6 +50,8 @@ class JobOptions:
     resample: bool = False
     closed_surface: bool = False
     output_name: str | None = None
+    adapt: str | None = None  # pretraining method run on this scan before fine-tuning (segment --adapt)
+    consistency: str = "none"  # "bidirectional": IDEAL's two decoders (segment --consistency)
 
     def __post_init__(self) -> None:
         check_device(self.device)
@@ -59,6 +61,8 @@ class JobOptions:
             raise InputError(f"steps must be at least 1, got {self.steps}")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.consistency not in ("none", "bidirectional"):
+            raise InputError(f"consistency must be 'none' or 'bidirectional', got '{self.consistency}'")
 
 
 @dataclass
@@ -179,7 +183,10 @@ class Job(ChildRun):
         return cli_command("segment", paths["image"], paths["labels"], python=self.python,
                            axis=AXIS_LETTERS[self.annotation.axis], seed=o.seed, encoder=o.encoder or None,
                            preset=o.preset, steps=o.steps, model_out=paths["model"],
-                           init_model=o.init_model or None, batch_size=self._batch_size, **common)
+                           init_model=o.init_model or None, batch_size=self._batch_size,
+                           # a refinement continues its model: adaptation and a second decoder apply to new ones
+                           adapt=None if o.init_model else o.adapt,
+                           consistency=None if o.init_model or o.consistency == "none" else o.consistency, **common)
 
     # ----------------------------------------------------------------------------------------- finish
     def finish(self) -> JobResult:

@@ -226,7 +226,8 @@ def pretrain_encoder(sources: Sequence[VolumeSource], method: str, output: str |
                      axis: int = 0, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES,
                      norm: str = DEFAULT_NORM, patch: int = 128, stream: StreamConfig = StreamConfig(),
                      view_config: ViewConfig = ViewConfig(),
-                     tag_key: str | None = None, tags: Mapping[str, str] | None = None, device: str = "auto",
+                     tag_key: str | None = None, tags: Mapping[str, str] | None = None,
+                     init_encoder: str | os.PathLike | None = None, device: str = "auto",
                      progress: ProgressCallback = None, cancel=None) -> PretrainJob:
     """Pretrain an encoder with ``method`` on unlabelled ``sources`` and write it to ``output`` (rank 0 only).
 
@@ -238,6 +239,8 @@ def pretrain_encoder(sources: Sequence[VolumeSource], method: str, output: str |
         axis, spec, features, norm: slicing axis, input spec, encoder widths and normalisation (must match
             fine-tuning's network).
         patch: crop size, shrunk to the largest slice (rounded up to 16) when the volumes are smaller.
+        init_encoder: start from this encoder file (e.g. a shipped encoder adapted to one scan) instead of random
+            weights; the method's heads still start random.
 
     Every user error (unknown method or parameter, unreadable or too small volume, a checkpoint of another method)
     raises InputError with one line before any training.
@@ -253,6 +256,10 @@ def pretrain_encoder(sources: Sequence[VolumeSource], method: str, output: str |
             pretrain_method = get_method(method, spec, features, norm, **dict(params or {}))
         except (TypeError, ValueError) as error:
             raise InputError(str(error)) from None
+        if init_encoder is not None:
+            from ContrastiveSegLib.model import load_encoder_weights
+
+            load_encoder_weights(pretrain_method.encoder, init_encoder, spec)
         largest = max(max(s for a, s in enumerate(shape) if a != axis) for shape in info.shapes)
         patch = min(patch, -(-largest // MIN_IN_PLANE) * MIN_IN_PLANE)
         keys = pretrain_method.required_keys

@@ -390,6 +390,25 @@ def test_out_of_memory_is_retried_with_a_smaller_batch(scene, fake_python, tmp_p
     assert result.segmentation_node is segmentation  # written into the user's segmentation, as asked
 
 
+@pytest.mark.skipif(__import__("os").name == "nt", reason="a POSIX shell stands in for PythonSlicer")
+def test_adapt_and_consistency_reach_the_cli_for_new_models_only(scene, fake_python, tmp_path):
+    from ContrastiveSegLib.slicer.job import Job, JobOptions
+
+    python, env, log = fake_python
+    _, volume_node = _volume(scene)
+    segmentation, _ = _segmentation(scene, volume_node, {"Liver": ((1, 0, 0), _slab([3]))})
+    for init_model in (None, str(tmp_path / "previous.safetensors")):
+        options = JobOptions(device="cpu", probabilities=False, adapt="mixcl", consistency="bidirectional",
+                             init_model=init_model)
+        job = Job("segment", volume_node, segmentation, None, options, state_dir=tmp_path, python=python, env=env)
+        job.prepare()
+        command = " ".join(job.command())
+        if init_model is None:
+            assert "--adapt mixcl" in command and "--consistency bidirectional" in command
+        else:  # a refinement continues its model: the CLI would refuse both
+            assert "--adapt" not in command and "--consistency" not in command and "--init-model" in command
+
+
 def test_bad_options_and_inputs_are_one_line_errors(scene):
     from ContrastiveSegLib.slicer.job import Job, JobOptions
 
@@ -397,6 +416,8 @@ def test_bad_options_and_inputs_are_one_line_errors(scene):
         JobOptions(device="gpu")
     with pytest.raises(InputError, match="preset must be"):
         JobOptions(preset="slow")
+    with pytest.raises(InputError, match="consistency must be"):
+        JobOptions(consistency="mutual")
     _, volume_node = _volume(scene)
     with pytest.raises(InputError, match="choose the segmentation"):
         Job("segment", volume_node)

@@ -1,0 +1,88 @@
+"""The encoders in Resources/Models: models.json is complete and true (files exist, sha256 match, the recorded
+method and input spec), each loads into the network fine-tuning builds, ``contrastiveseg encoders`` lists them,
+``segment --encoder NAME`` uses one, and a damaged copy fails with one line."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from ContrastiveSegLib.cli import main
+from ContrastiveSegLib.data.slices import InputSpec
+from ContrastiveSegLib.errors import InputError
+from ContrastiveSegLib.methods import METHODS
+from ContrastiveSegLib.model import TrainedModel, load_encoder_into
+from ContrastiveSegLib.networks import NetworkConfig, build_network
+from ContrastiveSegLib.paths import models_dir
+from ContrastiveSegLib.zoo.registry import resolve_encoder, shipped_encoders
+from ContrastiveSegLib.zoo.weights import load_weights, sha256
+from test_cli_errors import assert_bad_input
+
+ENTRIES = shipped_encoders()
+FIELDS = {"name", "file", "method", "description", "data", "command", "steps", "seconds", "input", "features",
+          "sha256"}
+
+
+def test_every_pretraining_method_ships_an_encoder():
+    assert sorted(e["method"] for e in ENTRIES) == sorted(set(METHODS) - {"none"})
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
+def test_manifest_entry_is_true_to_its_file(entry):
+    assert FIELDS <= set(entry)
+    path = models_dir() / entry["file"]
+    assert path.stat().st_size < 5 * 2**20  # "a few MB"
+    assert sha256(path) == entry["sha256"]
+    tensors, header = load_weights(path, kind="encoder")
+    assert header["method"] == entry["method"] and header["steps"] == entry["steps"] > 0
+    assert header["input"] == entry["input"] == InputSpec().to_dict()
+    assert "contrastiveseg pretrain" in entry["command"] and f"--method {entry['method']}" in entry["command"]
+    # It loads into the network that fine-tuning builds, and its weights are not the random initialisation.
+    network = build_network(NetworkConfig(in_channels=5, num_classes=3))
+    initial = network.encoder.stem.conv_0.conv.weight.clone()
+    load_encoder_into(network, resolve_encoder(entry["name"]), InputSpec())
+    torch.testing.assert_close(network.encoder.stem.conv_0.conv.weight, tensors["stem.conv_0.conv.weight"])
+    assert not torch.allclose(network.encoder.stem.conv_0.conv.weight, initial)
+
+
+def test_encoders_command_lists_them(capsys):
+    assert main(["encoders"]) == 0
+    out = capsys.readouterr().out
+    for entry in ENTRIES:
+        assert entry["name"] in out
+    assert main(["encoders", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == ENTRIES
+
+
+def test_a_damaged_copy_fails_its_checksum(tmp_path):
+    entry = ENTRIES[0]
+    copy = tmp_path / "Models"
+    shutil.copytree(models_dir(), copy, ignore=shutil.ignore_patterns("*.py"))
+    assert resolve_encoder(entry["name"], copy) == copy / entry["file"]
+    data = bytearray((copy / entry["file"]).read_bytes())
+    data[-1] ^= 0xFF
+    (copy / entry["file"]).write_bytes(bytes(data))
+    with pytest.raises(InputError, match=f"encoder '{entry['name']}' fails its checksum"):
+        resolve_encoder(entry["name"], copy)
+    (copy / entry["file"]).unlink()
+    with pytest.raises(InputError, match="is missing its file"):
+        resolve_encoder(entry["name"], copy)
+
+
+def test_segment_with_a_shipped_encoder_records_it(phantom_files, tmp_path):
+    f = phantom_files
+    name = ENTRIES[0]["name"]
+    assert main([str(a) for a in ["segment", f.image, f.labels, "-o", tmp_path / "seg.nii.gz", "--encoder", name,
+                                  "--model-out", tmp_path / "model.safetensors", "--steps", "2", "--preset", "fast",
+                                  "--device", "cpu", "--progress", "none"]]) == 0
+    assert TrainedModel.load(tmp_path / "model.safetensors").encoder == name
+
+
+def test_truncated_encoder_file_is_one_line(phantom_files, capsys, tmp_path):
+    f = phantom_files
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes((models_dir() / ENTRIES[0]["file"]).read_bytes()[:5000])
+    assert_bad_input(["segment", f.image, f.labels, "-o", f.folder / "out.nii.gz", "--encoder", truncated,
+                      "--steps", "2", "--device", "cpu"], capsys, "is not a readable safetensors file", f.folder)
