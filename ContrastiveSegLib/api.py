@@ -29,7 +29,7 @@ from ContrastiveSegLib.networks import NetworkConfig, build_network
 from ContrastiveSegLib.presets import preset_config
 from ContrastiveSegLib.progress import ProgressCallback, emit
 from ContrastiveSegLib.training.finetune import finetune as run_finetune
-from ContrastiveSegLib.zoo.registry import resolve_encoder
+from ContrastiveSegLib.zoo.registry import default_encoder, resolve_encoder
 
 DEFAULT_SPEC = InputSpec(context=1, coordinates=True)
 CONSISTENCY = ("none", "bidirectional")
@@ -101,7 +101,8 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
     Args:
         image: (z, y, x) intensities (any units: CT HU or MR).
         labels: (z, y, x) sparse label map (see :mod:`ContrastiveSegLib.io.annotations`).
-        encoder: a shipped encoder name, a .safetensors path, or None / "none" for random initialisation.
+        encoder: a shipped encoder name, a .safetensors path, "none" for random initialisation, or None for the
+            shipped default (:func:`~ContrastiveSegLib.zoo.registry.default_encoder`).
         init_model: continue from this model (same label values) instead of starting afresh: a refinement after
             the user corrected a slice.
         adapt: a pretraining method name: first pretrain the encoder for ``adapt_steps`` steps on this scan alone
@@ -146,7 +147,7 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
         encoder_name = "none"
         if encoder_path is not None:
             load_encoder_into(network, encoder_path, spec)
-            encoder_name = str(encoder)
+            encoder_name = str(encoder) if encoder is not None else default_encoder()
         if adapt:
             adapt_encoder(network, image, annotation, spec, adapt, adapt_steps, config.patch, encoder_path,
                           seed, device, progress, cancel)

@@ -71,7 +71,7 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
                         "(k = slices of the third index, axial for most scans); found automatically if omitted")
     parser.add_argument("--preset", default="default", help="fast | default (default: default)")
     parser.add_argument("--encoder", default=None, help="shipped encoder name, a .safetensors file, or 'none' "
-                        "for random initialisation")
+                        "for random initialisation (default: the shipped default, see 'contrastiveseg encoders')")
     parser.add_argument("--init-model", type=Path, help="continue fine-tuning from this model (refinement)")
     parser.add_argument("--steps", type=int, help="fine-tuning steps (overrides the preset)")
     parser.add_argument("--batch-size", type=int, help="fine-tuning batch size (overrides the preset)")
@@ -273,8 +273,9 @@ def cmd_encoders(args, progress, cancel) -> int:
     else:
         print(f"{'name':<12} {'method':<10} {'steps':>6}  description")
         for entry in entries:
+            mark = " (default)" if entry.get("default") else ""
             print(f"{entry['name']:<12} {entry.get('method', ''):<10} {entry.get('steps') or '':>6}  "
-                  f"{entry.get('description', '')}")
+                  f"{entry.get('description', '')}{mark}")
         print(f"trained on: {entries[0].get('data', '')}; use one with 'segment --encoder NAME'")
     return 0
 

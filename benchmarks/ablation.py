@@ -15,7 +15,12 @@ import csv
 import json
 from pathlib import Path
 
+import sys
+
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tasks import ABLATION  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GOAL = 0.03
@@ -33,7 +38,9 @@ def load_rows(path: Path) -> list[dict]:
 def summarise(rows: list[dict], encoders: list[dict]) -> str:
     """The Markdown of ablation.md."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    variants = list(dict.fromkeys(r["method"] for r in rows))
+    order = [name for name, _ in ABLATION]
+    variants = sorted(dict.fromkeys(r["method"] for r in rows),
+                      key=lambda v: order.index(v) if v in order else len(order))
     ks = sorted({r["k"] for r in rows})
     pretrain_seconds = {e["name"]: e.get("seconds") for e in encoders}
 
@@ -50,19 +57,25 @@ def summarise(rows: list[dict], encoders: list[dict]) -> str:
         per_task = [values(variant, task, max_k=max_k) for task in tasks]
         return float(np.mean([np.mean(v) for v in per_task])) if all(per_task) else None
 
-    header = ["variant", *[f"{t} k={k}" for t in tasks for k in ks], "mean k<=3", "vs none",
-              "pretraining (one-off)", "s per segment"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    # One column per variant, one row per (task, k): the variants are what the eye compares.
     baseline = task_mean("none", 3)
+    lines = ["| task | k | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]
+    for task in tasks:
+        for k in ks:
+            lines.append(f"| {task} | {k} | " + " | ".join(cell(v, task, k) for v in variants) + " |")
+    means = [task_mean(v, 3) for v in variants]
+    lines.append("| **mean over tasks, k <= 3** | | " +
+                 " | ".join("" if m is None else f"**{m:.3f}**" for m in means) + " |")
+    lines.append("| difference to none | | " + " | ".join(
+        "" if m is None or baseline is None or v == "none" else f"{m - baseline:+.3f}"
+        for v, m in zip(variants, means)) + " |")
+    costs = []
     for variant in variants:
-        mean = task_mean(variant, 3)
-        delta = "" if mean is None or baseline is None or variant == "none" else f"{mean - baseline:+.3f}"
         cost = pretrain_seconds.get(variant)
-        cost_text = f"{cost / 60:.0f} min CPU" if cost else ("on the scan" if variant.startswith("adapt") else "")
-        seconds = np.mean([r["seconds"] for r in rows if r["method"] == variant])
-        cells = [cell(variant, t, k) for t in tasks for k in ks]
-        lines.append("| " + " | ".join([variant, *cells, "" if mean is None else f"{mean:.3f}", delta, cost_text,
-                                        f"{seconds:.0f}"]) + " |")
+        costs.append(f"{cost / 60:.0f} min, once" if cost else ("per scan" if variant.startswith("adapt") else "-"))
+    lines.append("| pretraining (1 CPU thread) | | " + " | ".join(costs) + " |")
+    lines.append("| seconds per segment run | | " + " | ".join(
+        f"{np.mean([r['seconds'] for r in rows if r['method'] == v]):.0f}" for v in variants) + " |")
     seeds = sorted({r["seed"] for r in rows})
     spread = []
     for variant in variants:

@@ -1,7 +1,9 @@
 """Encoders by name: the shipped ones listed in Resources/Models/models.json, or a path to a .safetensors file.
 
 models.json is a list of entries ``{"name", "file", "method", "data", "command", "input", "sha256"}``; the file
-lives beside it. A checksum mismatch is an error, so a corrupted or swapped file is never used silently.
+lives beside it. A checksum mismatch is an error, so a corrupted or swapped file is never used silently. The entry
+with ``"default": true`` (at most one; chosen by the pretraining ablation, benchmarks/results/ablation.md) is what
+fine-tuning starts from when no encoder is named.
 """
 from __future__ import annotations
 
@@ -24,12 +26,21 @@ def shipped_encoders(directory: Path | None = None) -> list[dict]:
     return json.loads(manifest.read_text())
 
 
+def default_encoder(directory: Path | None = None) -> str:
+    """The name of the shipped default encoder, or "none" (random initialisation) when none is marked default."""
+    defaults = [e["name"] for e in shipped_encoders(directory) if e.get("default")]
+    return defaults[0] if defaults else "none"
+
+
 def resolve_encoder(name_or_path: str | None, directory: Path | None = None) -> Path | None:
-    """The encoder file for ``name_or_path``; None for random initialisation (None, "none", "random").
+    """The encoder file for ``name_or_path``; None for random initialisation ("none", "random"). ``None`` means
+    the shipped default (:func:`default_encoder`).
 
     A shipped name is checked against its sha256; a path must exist. Unknown names list the known ones.
     """
-    if name_or_path is None or name_or_path.lower() in RANDOM_INIT:
+    if name_or_path is None:
+        name_or_path = default_encoder(directory)
+    if name_or_path.lower() in RANDOM_INIT:
         return None
     directory = directory or models_dir()
     entries = {entry["name"]: entry for entry in shipped_encoders(directory)}

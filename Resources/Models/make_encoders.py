@@ -96,6 +96,7 @@ def main() -> None:
         with ThreadPoolExecutor(args.jobs) as pool:
             for method in pool.map(run, args.methods):
                 _, header = load_weights(HERE / f"{method}.safetensors", kind="encoder")
+                previous = entries.get(method, {})
                 entries[method] = {
                     "name": method, "file": f"{method}.safetensors", "method": method,
                     "description": DESCRIPTIONS[method],
@@ -104,7 +105,9 @@ def main() -> None:
                     "steps": header.get("steps"), "seconds": header.get("seconds"),
                     "input": header.get("input"),
                     "features": header.get("features"),
-                    "sha256": sha256(HERE / f"{method}.safetensors")}
+                    "sha256": sha256(HERE / f"{method}.safetensors"),
+                    # the default is chosen by the ablation (benchmarks/results/ablation.md), by hand, and kept here
+                    **({"default": True} if previous.get("default") else {})}
                 print(f"{method}: {entries[method]['steps']} steps, sha256 {entries[method]['sha256'][:12]}",
                       flush=True)
     ordered = [entries[m] for m in METHODS if m in entries]

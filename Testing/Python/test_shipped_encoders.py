@@ -16,7 +16,7 @@ from ContrastiveSegLib.methods import METHODS
 from ContrastiveSegLib.model import TrainedModel, load_encoder_into
 from ContrastiveSegLib.networks import NetworkConfig, build_network
 from ContrastiveSegLib.paths import models_dir
-from ContrastiveSegLib.zoo.registry import resolve_encoder, shipped_encoders
+from ContrastiveSegLib.zoo.registry import default_encoder, resolve_encoder, shipped_encoders
 from ContrastiveSegLib.zoo.weights import load_weights, sha256
 from test_cli_errors import assert_bad_input
 
@@ -69,6 +69,20 @@ def test_a_damaged_copy_fails_its_checksum(tmp_path):
     (copy / entry["file"]).unlink()
     with pytest.raises(InputError, match="is missing its file"):
         resolve_encoder(entry["name"], copy)
+
+
+def test_the_default_encoder_is_the_marked_entry(tmp_path):
+    copy = tmp_path / "Models"
+    shutil.copytree(models_dir(), copy, ignore=shutil.ignore_patterns("*.py"))
+    entries = [{k: v for k, v in e.items() if k != "default"} for e in ENTRIES]
+    (copy / "models.json").write_text(json.dumps(entries))
+    assert default_encoder(copy) == "none" and resolve_encoder(None, copy) is None
+    entries[1]["default"] = True
+    (copy / "models.json").write_text(json.dumps(entries))
+    assert default_encoder(copy) == entries[1]["name"]
+    assert resolve_encoder(None, copy) == copy / entries[1]["file"]
+    assert resolve_encoder("none", copy) is None  # random initialisation stays one word away
+    assert sum(bool(e.get("default")) for e in ENTRIES) <= 1  # the shipped manifest marks at most one
 
 
 def test_segment_with_a_shipped_encoder_records_it(phantom_files, tmp_path):
