@@ -63,6 +63,10 @@ def summarise(rows: list[dict], encoders: list[dict]) -> str:
     for task in tasks:
         for k in ks:
             lines.append(f"| {task} | {k} | " + " | ".join(cell(v, task, k) for v in variants) + " |")
+    for k in ks:
+        per_k = [[values(v, task, k) for task in tasks] for v in variants]
+        lines.append(f"| mean over tasks | {k} | " + " | ".join(
+            f"{np.mean([np.mean(x) for x in found]):.3f}" if all(found) else "" for found in per_k) + " |")
     means = [task_mean(v, 3) for v in variants]
     lines.append("| **mean over tasks, k <= 3** | | " +
                  " | ".join("" if m is None else f"**{m:.3f}**" for m in means) + " |")

@@ -103,7 +103,9 @@ def summarise(out: Path) -> None:
     for row in rows:
         row["k"], row["mean_dice"] = int(row["k"]), float(row["mean_dice"])
     tasks = list(dict.fromkeys(r["task"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    order = [name for name, _ in OUR_METHODS] + [GROW, FILL]
+    methods = sorted(dict.fromkeys(r["method"] for r in rows),
+                     key=lambda m: order.index(m) if m in order else len(order))
     ks = sorted({r["k"] for r in rows})
     baselines = [m for m in methods if m in (GROW, FILL)]
     ours = [m for m in methods if m not in baselines]
