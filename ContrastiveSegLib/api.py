@@ -7,13 +7,12 @@ and Slicer return them; ``spacing`` is (x, y, z) in mm. ``progress`` receives ev
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-
-import dataclasses
 
 from ContrastiveSegLib.data.augment import BatchAugmenter
 from ContrastiveSegLib.data.intensity import check_finite, foreground_window, normalise_intensity
@@ -128,6 +127,7 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
         except ValueError as error:
             raise InputError(str(error)) from None
     torch_device = resolve_device(device)
+    encoder = default_encoder() if encoder is None else encoder
     encoder_path = resolve_encoder(encoder)
     _seed_everything(seed)
     spec = _stack.spec if _stack is not None else _input_spec(image, annotation, init_model)
@@ -147,7 +147,7 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
         encoder_name = "none"
         if encoder_path is not None:
             load_encoder_into(network, encoder_path, spec)
-            encoder_name = str(encoder) if encoder is not None else default_encoder()
+            encoder_name = str(encoder)
         if adapt:
             adapt_encoder(network, image, annotation, spec, adapt, adapt_steps, config.patch, encoder_path,
                           seed, device, progress, cancel)

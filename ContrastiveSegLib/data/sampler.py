@@ -68,8 +68,7 @@ class AnnotatedSliceSampler:
             image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), value=float(image.min()))
             target = torch.nn.functional.pad(target, (0, pad_w, 0, pad_h), value=IGNORE)
             height, width = target.shape
-        top = int(np.clip(y - ph // 2 + self.rng.integers(-ph // 4, ph // 4 + 1), 0, height - ph))
-        left = int(np.clip(x - pw // 2 + self.rng.integers(-pw // 4, pw // 4 + 1), 0, width - pw))
+        top, left = _jittered_start(self.rng, y, ph, height), _jittered_start(self.rng, x, pw, width)
         return image[:, top:top + ph, left:left + pw], target[top:top + ph, left:left + pw]
 
     def batch(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,10 +120,15 @@ class UnannotatedSliceSampler:
                 top, left = int(self.rng.integers(height - ph + 1)), int(self.rng.integers(width - pw + 1))
             else:
                 _, y, x = self.centres()
-                top = int(np.clip(y - ph // 2 + self.rng.integers(-ph // 4, ph // 4 + 1), 0, height - ph))
-                left = int(np.clip(x - pw // 2 + self.rng.integers(-pw // 4, pw // 4 + 1), 0, width - pw))
+                top, left = _jittered_start(self.rng, y, ph, height), _jittered_start(self.rng, x, pw, width)
             crops.append(image[:, top:top + ph, left:left + pw])
         return torch.stack(crops)
+
+
+def _jittered_start(rng: np.random.Generator, centre: int, patch: int, size: int) -> int:
+    """First index of a ``patch``-long window around ``centre``, shifted by up to a quarter patch either way and
+    kept inside ``size``."""
+    return int(np.clip(centre - patch // 2 + rng.integers(-patch // 4, patch // 4 + 1), 0, size - patch))
 
 
 def _round_up(value: int, divisor: int) -> int:

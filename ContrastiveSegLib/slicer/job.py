@@ -26,7 +26,7 @@ from ContrastiveSegLib.io.volume import Volume, grid_difference, read_volume, wr
 from ContrastiveSegLib.slicer import nodes
 from ContrastiveSegLib.slicer.childrun import ChildRun, check_device
 from ContrastiveSegLib.slicer.geometry import AXIS_LETTERS
-from ContrastiveSegLib.slicer.runner import RunResult, cli_command
+from ContrastiveSegLib.slicer.runner import ChildOutcome, RunResult, cli_command
 from ContrastiveSegLib.slicer.uncertainty import normalized_entropy, read_probabilities, suggest_slice
 
 ROLE_ATTRIBUTE = "ContrastiveSeg.Role"
@@ -66,10 +66,9 @@ class JobOptions:
 
 
 @dataclass
-class JobResult:
+class JobResult(ChildOutcome):
     """How a run ended and what it put in the scene."""
 
-    run: RunResult
     segmentation_node: object | None = None
     uncertainty_node: object | None = None
     model_path: Path | None = None
@@ -78,14 +77,6 @@ class JobResult:
     annotation: nodes.Annotation | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.run.ok
-
-    @property
-    def message(self) -> str:
-        return self.run.message
 
 
 def segments_file(model_path: Path) -> Path:

@@ -25,7 +25,7 @@ from ContrastiveSegLib.io.volume import write_volume
 from ContrastiveSegLib.slicer import nodes
 from ContrastiveSegLib.slicer.childrun import ChildRun, check_device
 from ContrastiveSegLib.slicer.job import ROLE_ATTRIBUTE
-from ContrastiveSegLib.slicer.runner import RunResult, cli_command
+from ContrastiveSegLib.slicer.runner import ChildOutcome, RunResult, cli_command
 
 METHOD_NAMES = ("simclr", "selfpaced", "ideal", "lrc", "mixcl")
 """The pretraining methods the module offers: ``ContrastiveSegLib.methods.METHODS`` without "none" (random
@@ -61,21 +61,12 @@ class PretrainOptions:
 
 
 @dataclass
-class PretrainResult:
+class PretrainResult(ChildOutcome):
     """How a pretraining run ended; ``encoder_path`` is the written encoder (None unless it succeeded)."""
 
-    run: RunResult
     encoder_path: Path | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.run.ok
-
-    @property
-    def message(self) -> str:
-        return self.run.message
 
 
 def scene_scans(scene) -> list:

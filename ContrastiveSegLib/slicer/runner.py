@@ -118,6 +118,21 @@ class RunResult:
         return self.exit_code == EXIT_OK and not self.cancelled
 
 
+@dataclass
+class ChildOutcome:
+    """Base of what a Slicer-side run returns: the child's :class:`RunResult` and, from it, ``ok`` and ``message``."""
+
+    run: RunResult
+
+    @property
+    def ok(self) -> bool:
+        return self.run.ok
+
+    @property
+    def message(self) -> str:
+        return self.run.message
+
+
 def exit_message(exit_code: int, error: str = "", cancelled: bool = False) -> str:
     """The one-line message for a child's exit code (negative: killed by that signal, as subprocess reports)."""
     error = " ".join(error.split())[:_MESSAGE_CHARS]
