@@ -169,8 +169,19 @@ def _read_inputs(image_path: Path, labels_path: Path | None):
 
 
 def _check_outputs(*paths: Path | None, volumes=(), models=()) -> None:
+    """Refuse, before any work, outputs that cannot be written (missing or read-only folder, a folder or FIFO in
+    the way), of an unknown type, or one file named for two outputs (the second would replace the first)."""
     from ContrastiveSegLib.io.volume import check_volume_suffix, check_writable
 
+    seen: dict[str, Path] = {}
+    for path in paths:
+        if path is None:
+            continue
+        key = os.path.normcase(os.path.realpath(path))
+        if key in seen:
+            also = "" if str(seen[key]) == str(path) else f" (also as {path})"
+            raise InputError(f"{seen[key]} is given for two outputs{also}; give each output its own file")
+        seen[key] = path
     for path in paths:
         if path is not None:
             check_writable(path)
@@ -195,14 +206,23 @@ def _load_init_model(args):
 
 
 def _write_result(result, image, args) -> None:
-    from ContrastiveSegLib.io.volume import write_volume
+    from ContrastiveSegLib.io.volume import stage, stage_volume
 
-    # Probabilities and model first, the label map last: the label map appearing means the run is complete.
-    if getattr(args, "probabilities", None) is not None and result.probabilities is not None:
-        write_volume(image.like(result.probabilities), args.probabilities)
-    if getattr(args, "model_out", None) is not None and result.model is not None:
-        result.model.save(args.model_out)
-    write_volume(image.like(result.labels), args.output)
+    # Every output is written and read back beside its destination first; only when all of them are complete do
+    # they move into place (probabilities and model first, the label map last: the label map appearing means the
+    # run is complete). A full disk or Ctrl-C while writing any of them leaves none.
+    staged = []
+    try:
+        if getattr(args, "probabilities", None) is not None and result.probabilities is not None:
+            staged.append(stage_volume(image.like(result.probabilities), args.probabilities))
+        if getattr(args, "model_out", None) is not None and result.model is not None:
+            staged.append(stage(args.model_out, result.model.save))
+        staged.append(stage_volume(image.like(result.labels), args.output))
+        for item in staged:
+            item.commit()
+    finally:
+        for item in staged:
+            item.discard()
 
 
 def cmd_segment(args, progress, cancel) -> int:

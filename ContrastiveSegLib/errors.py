@@ -13,6 +13,12 @@ class InputError(ValueError):
     exit_code = EXIT_BAD_INPUT
 
 
+class OutputError(InputError, OSError):
+    """An output cannot be written (a read-only folder, a full disk, a write that fell short). One line for the user
+    and exit code 2, like the other problems the user can fix; also an OSError for code that handles file-system
+    failures."""
+
+
 class Cancelled(RuntimeError):
     """The user (or a signal) asked the run to stop; nothing was written. Exit code 130."""
 

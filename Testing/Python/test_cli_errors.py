@@ -266,12 +266,12 @@ def test_json_progress_reports_the_error_as_json(phantom_files, capsys):
 
 
 # ----------------------------------------------------------------------------------------------- a real process
-def _subprocess(args: list) -> subprocess.CompletedProcess:
+def _subprocess(args: list, timeout: float = 120) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     env.pop("CONTRASTIVESEG_DEBUG", None)
     return subprocess.run([sys.executable, "-m", "ContrastiveSegLib", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=120)
+                          text=True, env=env, timeout=timeout)
 
 
 @pytest.mark.parametrize("case", ["corrupt image", "labels not integers"])
@@ -291,3 +291,102 @@ def test_no_traceback_reaches_stderr_of_a_real_process(phantom_files, case):
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("contrastiveseg: error: ") and phrase in result.stderr
     assert set(os.listdir(f.folder)) == before
+
+
+# ----------------------------------------------------------------------------------------------- issue 10: data loss
+def test_short_write_leaves_no_output_at_all(phantom_files, capsys, monkeypatch):
+    """A writer that stops short without saying so (ITK's NIfTI writer on a full disk): exit 2, one line, and
+    neither the label map nor the probabilities written before it are left."""
+    from test_io import _truncating_writer
+
+    f = phantom_files
+    model = _model(f.folder / "model.safetensors", label_values=(0, 1, 2))
+    _truncating_writer(monkeypatch)
+    line = assert_bad_input(["predict", f.image, "--model", model, "-o", f.folder / "out.nii.gz", "--probabilities",
+                             f.folder / "p.nii.gz", "--device", "cpu"], capsys, "cannot write", f.folder)
+    assert "incomplete" in line
+
+
+@pytest.mark.parametrize("what", ["image", "labels"])
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_truncated_input_is_refused(phantom_files, capsys, what, suffix):
+    f = phantom_files
+    source = f.image if what == "image" else f.labels
+    cut = write_image(sitk.GetArrayFromImage(sitk.ReadImage(str(source))), f.folder / f"cut_{what}{suffix}")
+    cut.write_bytes(cut.read_bytes()[:int(cut.stat().st_size * 0.6)])  # an interrupted copy
+    image, labels = (cut, f.labels) if what == "image" else (f.image, cut)
+    assert_bad_input(["segment", image, labels, "-o", f.folder / "out.nii.gz", *FAST], capsys,
+                     f"{what} {cut} is damaged", f.folder)
+
+
+def test_fifo_image_is_refused_without_hanging(phantom_files):
+    """open() on a FIFO without a writer blocks forever, deaf to Ctrl-C: it must be refused before opening."""
+    f = phantom_files
+    fifo = f.folder / "image.nii.gz.fifo"
+    os.mkfifo(fifo)
+    before = set(os.listdir(f.folder))
+    try:
+        result = _subprocess(["segment", fifo, f.labels, "-o", f.folder / "out.nii.gz", "--device", "cpu"],
+                             timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading a FIFO hung")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and f"image {fifo} is a FIFO" in result.stderr
+    assert set(os.listdir(f.folder)) == before
+
+
+def test_fifo_model_is_refused(phantom_files, capsys):
+    f = phantom_files
+    fifo = f.folder / "model.safetensors"
+    os.mkfifo(fifo)
+    assert_bad_input(["predict", f.image, "--model", fifo, "-o", f.folder / "out.nii.gz", "--device", "cpu"], capsys,
+                     f"model {fifo} is not a regular file", f.folder)
+
+
+# ----------------------------------------------------------------------------------------------- issue 10: refused late
+def _no_training(monkeypatch) -> None:
+    """Fail loudly if a command gets as far as training: the refusals below must come first."""
+    from ContrastiveSegLib import api
+
+    def trained(*args, **kwargs):
+        raise AssertionError("training started before the outputs were checked")
+
+    monkeypatch.setattr(api, "segment", trained)
+    monkeypatch.setattr(api, "finetune", trained)
+
+
+@pytest.mark.parametrize("command, output_option, name", [
+    ("segment", "-o", "out.nii.gz"),
+    ("segment", "--model-out", "model.safetensors"),
+    ("segment", "--probabilities", "p.nii.gz"),
+    ("finetune", "-o", "model.safetensors"),
+    ("predict", "-o", "out.nii.gz"),
+    ("predict", "--probabilities", "p.nii.gz"),
+])
+def test_read_only_output_folder_is_refused_before_any_work(phantom_files, capsys, monkeypatch, command,
+                                                            output_option, name):
+    from test_io import deny_writes
+
+    f = phantom_files
+    read_only = f.folder / "read_only"
+    read_only.mkdir()
+    model = _model(f.folder / "given.safetensors", label_values=(0, 1, 2))
+    _no_training(monkeypatch)
+    deny_writes(read_only, monkeypatch)
+    inputs = [f.image, "--model", model] if command == "predict" else [f.image, f.labels]
+    outputs = ["-o", read_only / name] if output_option == "-o" else \
+        ["-o", f.folder / "out.nii.gz", output_option, read_only / name]
+    assert_bad_input([command, *inputs, *outputs, "--device", "cpu"], capsys,
+                     f"output folder {read_only} is not writable", f.folder)
+    assert os.listdir(read_only) == []
+
+
+@pytest.mark.parametrize("command", ["segment", "predict"])
+def test_same_file_for_two_outputs_is_refused(phantom_files, capsys, monkeypatch, command):
+    f = phantom_files
+    model = _model(f.folder / "given.safetensors", label_values=(0, 1, 2))
+    _no_training(monkeypatch)
+    inputs = [f.image, "--model", model] if command == "predict" else [f.image, f.labels]
+    out = f.folder / "out.nii.gz"
+    assert_bad_input([command, *inputs, "-o", out, "--probabilities", f"{f.folder}/../{f.folder.name}/out.nii.gz",
+                      "--device", "cpu"], capsys, f"{out} is given for two outputs", f.folder)

@@ -88,11 +88,12 @@ def test_dicom_series_folder_round_trip(tmp_path):
     _assert_same_geometry(read, volume, 1e-5)
 
 
-def test_dicom_folder_without_series_is_input_error(tmp_path):
+def test_dicom_folder_without_series_is_input_error(tmp_path, capfd):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("not a DICOM file")
     with pytest.raises(InputError, match="folder holds no DICOM series"):
         read_volume(tmp_path / "empty")
+    assert capfd.readouterr().err == ""  # GDCM's "No Series were found" warning does not leak past the one line
 
 
 def test_dicom_folder_with_two_series_is_input_error(tmp_path):
@@ -133,7 +134,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         Path(tmp).write_bytes(b"partial")
         raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(InputError, match=r"cannot write .*out\.nii\.gz: disk full$"):
         atomic_write(target, half_write)
     assert os.listdir(tmp_path) == []
 
@@ -168,3 +169,210 @@ def test_unusable_files_give_one_line_input_error(tmp_path, make, phrase):
     message = str(info.value)
     assert phrase in message and str(path) in message
     assert "\n" not in message
+
+
+# ----------------------------------------------------------------------------------------------- writes that fall short
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def _truncating_writer(monkeypatch, keep: float = 2 / 3) -> None:
+    """SimpleITK.WriteImage that, like ITK's NIfTI writer on a full disk, returns without error after writing only
+    part of the data: the largest file it wrote (the data file of a detached header) is cut to ``keep``."""
+    real = sitk.WriteImage
+
+    def short_write(image, name, *args, **kwargs):
+        real(image, name, *args, **kwargs)
+        written = max(Path(name).parent.iterdir(), key=lambda f: f.stat().st_size)
+        data = written.read_bytes()
+        written.write_bytes(data[:int(len(data) * keep)])
+
+    monkeypatch.setattr(sitk, "WriteImage", short_write)
+
+
+@pytest.mark.parametrize("channels", [None, 3], ids=["3D", "4D probabilities"])
+@pytest.mark.parametrize("suffix", VOLUME_SUFFIXES)
+def test_short_write_is_refused_and_leaves_nothing(tmp_path, monkeypatch, suffix, channels):
+    shape = (5, 7, 9) if channels is None else (channels, 5, 7, 9)
+    volume = Volume(np.random.default_rng(1).random(shape, dtype=np.float32), SPACING, ORIGIN, OBLIQUE)
+    out = tmp_path / f"out{suffix}"
+    _truncating_writer(monkeypatch)
+    with pytest.raises(InputError) as info:
+        write_volume(volume, out)
+    message = str(info.value)
+    assert message.startswith(f"cannot write {out}: ") and "\n" not in message
+    assert os.listdir(tmp_path) == []  # nothing at OUT, no temporary file or folder
+
+
+def test_short_write_keeps_the_previous_output(tmp_path, monkeypatch):
+    out = tmp_path / "out.nii.gz"
+    write_volume(_volume(), out)
+    before = out.read_bytes()
+    _truncating_writer(monkeypatch, keep=0.99)  # only the gzip trailer is lost
+    with pytest.raises(InputError, match="incomplete"):
+        write_volume(_volume(np.int16, shape=(6, 7, 9)), out)
+    assert os.listdir(tmp_path) == ["out.nii.gz"] and out.read_bytes() == before
+
+
+def test_short_write_of_a_weights_file_is_refused(tmp_path, monkeypatch):
+    import safetensors.torch
+    import torch
+
+    from ContrastiveSegLib.zoo.weights import save_weights
+
+    real = safetensors.torch.save_file
+
+    def short_write(tensors, name, metadata=None):
+        real(tensors, name, metadata=metadata)
+        Path(name).write_bytes(Path(name).read_bytes()[:-100])
+
+    monkeypatch.setattr(safetensors.torch, "save_file", short_write)
+    out = tmp_path / "model.safetensors"
+    with pytest.raises(InputError, match=r"cannot write .*model\.safetensors: the file written does not read back"):
+        save_weights(out, {"w": torch.arange(1000, dtype=torch.float32)}, {"kind": "model"})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 KiB tmpfs (root only; skipped where mounting is not allowed): what a real full disk does to ITK."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    import subprocess
+
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    try:
+        yield folder
+    finally:
+        # Lazily: ITK's NRRD writer leaks the descriptor of a detached data file it failed to write.
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_real_full_disk_is_refused_for_every_format(full_disk, capfd):
+    volume = Volume(np.random.default_rng(2).random((16, 48, 48), dtype=np.float32), SPACING, ORIGIN, OBLIQUE)
+    for suffix in VOLUME_SUFFIXES:  # 147 KiB of incompressible voxels: none fits
+        out = full_disk / f"out{suffix}"
+        with pytest.raises(InputError, match=f"cannot write {out}: ") as info:
+            write_volume(volume, out)
+        assert "\n" not in str(info.value)
+        assert os.listdir(full_disk) == [], suffix
+    assert capfd.readouterr().err == ""  # niftilib's "** ERROR: NWAD: wrote only ..." does not leak
+
+
+# ----------------------------------------------------------------------------------------------- detached headers
+@pytest.mark.parametrize("suffix, data_name, field", [(".mhd", "out.zraw", "ElementDataFile = out.zraw"),
+                                                      (".nhdr", "out.raw.gz", "data file: out.raw.gz")])
+def test_detached_header_names_its_final_data_file(tmp_path, suffix, data_name, field):
+    volume = _volume()
+    out = tmp_path / f"out{suffix}"
+    for _ in range(2):  # a rerun replaces both files, orphans nothing
+        write_volume(volume, out)
+    assert sorted(os.listdir(tmp_path)) == sorted([out.name, data_name])
+    assert field in out.read_text(errors="replace")
+    np.testing.assert_array_equal(read_volume(out).array, volume.array)
+
+
+# ----------------------------------------------------------------------------------------------- damaged inputs
+def _cut(path: Path, keep: float) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("what", ["image", "labels"])
+@pytest.mark.parametrize("suffix, keep, phrase", [
+    (".nii", 0.6, "of the 630 bytes of voxel data its header declares"),
+    (".nii.gz", 0.6, "compressed data ends early"),
+    (".nii.gz", 0.995, "compressed data ends early"),  # only the gzip trailer (CRC, size) is missing
+])
+def test_truncated_nifti_is_refused(tmp_path, what, suffix, keep, phrase):
+    dtype = np.int16 if what == "image" else np.uint8
+    volume = _volume(dtype)
+    volume.array = np.abs(volume.array) % 7 if what == "labels" else volume.array
+    path = tmp_path / f"{what}{suffix}"
+    write_volume(volume, path)
+    _cut(path, keep)
+    with pytest.raises(InputError) as info:
+        read_volume(path, what=what)
+    message = str(info.value)
+    assert message.startswith(f"{what} {path} is damaged: ") and phrase.replace("630", str(volume.array.nbytes)) \
+        in message and "\n" not in message
+
+
+def test_truncated_metaimage_gives_the_real_reason(tmp_path, capfd):
+    path = tmp_path / "image.mha"
+    write_volume(_volume(), path)
+    _cut(path, 0.6)
+    with pytest.raises(InputError, match="data not read completely") as info:
+        read_volume(path)
+    assert "\n" not in str(info.value) and "No such file" not in str(info.value)
+    assert capfd.readouterr().err == ""  # MetaIO's own lines do not reach the terminal
+
+
+# ----------------------------------------------------------------------------------------------- non-regular files
+def test_device_is_refused_before_opening(tmp_path):
+    with pytest.raises(InputError, match=r"image /dev/null is a device; give a regular file"):
+        read_volume("/dev/null")
+
+
+def test_fifo_as_detached_data_file_is_refused(tmp_path):
+    header = tmp_path / "image.mhd"
+    write_volume(_volume(), header)
+    (tmp_path / "image.zraw").unlink()
+    os.mkfifo(tmp_path / "image.zraw")  # reading would block forever without a writer
+    with pytest.raises(InputError, match="image data file .*image.zraw is a FIFO"):
+        read_volume(header)
+
+
+# ----------------------------------------------------------------------------------------------- DICOM slice spacing
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path, capfd):
+    volume = _volume(np.int16, shape=(6, 8, 10))
+    folder = tmp_path / "series"
+    _write_dicom_series(volume, folder)
+    (folder / "slice003.dcm").unlink()
+    with pytest.raises(InputError) as info:
+        read_volume(folder)
+    message = str(info.value)
+    assert "DICOM slices are unevenly spaced: 6 mm between slice002.dcm and slice004.dcm, 3 mm between the " \
+        "others" in message and "\n" not in message
+    assert capfd.readouterr().err == ""  # ITK's "Non uniform sampling" warning does not leak
+
+
+# ----------------------------------------------------------------------------------------------- output checks
+def test_read_only_folder_is_refused_before_any_work(tmp_path, monkeypatch):
+    from ContrastiveSegLib.io.volume import check_writable
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    deny_writes(folder, monkeypatch)
+    with pytest.raises(InputError, match=f"output folder {folder} is not writable"):
+        check_writable(folder / "out.nii.gz")
+    assert os.listdir(folder) == []
+
+
+def deny_writes(folder: Path, monkeypatch) -> None:
+    """Make ``folder`` refuse new entries: chmod 0555, and, for root (whom permission bits do not stop), an
+    os.mkdir / os.open that raise EACCES there, as a read-only folder would."""
+    import errno
+
+    folder.chmod(0o555)
+    if os.geteuid() != 0:
+        return
+    real_mkdir, real_open = os.mkdir, os.open
+
+    def denied(path):
+        return Path(os.path.abspath(path)).parent == Path(os.path.abspath(folder))
+
+    def mkdir(path, *args, **kwargs):
+        if denied(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    def open_(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and denied(path):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(os, "open", open_)
