@@ -42,7 +42,8 @@ except ImportError:  # a source checkout added through "Additional module paths"
 from ContrastiveSegLib.errors import InputError  # noqa: E402
 from ContrastiveSegLib.slicer import environment  # noqa: E402
 from ContrastiveSegLib.slicer.geometry import AXIS_LETTERS, slice_center_ras  # noqa: E402
-from ContrastiveSegLib.slicer.pretraining import DEFAULT_METHOD, METHOD_NAMES  # noqa: E402
+from ContrastiveSegLib.slicer.childrun import private_state_dir  # noqa: E402
+from ContrastiveSegLib.slicer.pretraining import DEFAULT_METHOD, METHOD_NAMES, scene_scans  # noqa: E402
 from ContrastiveSegLib.slicer.runner import Progress, overall_fraction, python_executable  # noqa: E402
 
 DEFAULT_ENCODER = "default"
@@ -111,6 +112,11 @@ def _path_or_none(path) -> str | None:
     return None if text in ("", ".") else text
 
 
+def valid_device(value) -> str:
+    """``value`` when it is one of DEVICES, else "auto": what a saved or chosen device setting may be."""
+    return value if value in DEVICES else "auto"
+
+
 class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     """The panel: binds the .ui to the parameter node and forwards clicks to the logic. No computation here."""
 
@@ -144,7 +150,9 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveModelButton.connect("clicked(bool)", self.onSaveModelButton)
         self.ui.pretrainButton.connect("clicked(bool)", self.onPretrainButton)
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        # "activated", not "currentIndexChanged": only the user's own choice is saved. Binding the parameter node
+        # (connectGui) clears and refills this combo box, which changes its index before the setting is read.
+        self.ui.deviceComboBox.connect("activated(int)", self.onDeviceChosen)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -171,16 +179,12 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:  # a fresh scene: start from the user's preferred device
-            device = slicer.util.settingsValue(SETTINGS_DEVICE, "auto")
-            self._parameterNode.device = device if device in DEVICES else "auto"
-            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            encoder = slicer.util.settingsValue(SETTINGS_ENCODER_FILE, "")
-            if not _path_or_none(self._parameterNode.encoderFile) and encoder and pathlib.Path(encoder).is_file():
-                self._parameterNode.encoderFile = pathlib.Path(encoder)  # the user's own pretrained encoder
-        if not self._parameterNode.inputSegmentation:
-            self._parameterNode.inputSegmentation = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+        # The user's settings are read and the defaults filled in before the node is bound to the panel, so
+        # nothing the binding does to the widgets can overwrite a setting before it is read.
+        node = self.logic.getParameterNode()
+        self.logic.setDefaults(node, slicer.mrmlScene, device=slicer.util.settingsValue(SETTINGS_DEVICE, "auto"),
+                               encoderFile=slicer.util.settingsValue(SETTINGS_ENCODER_FILE, ""))
+        self.setParameterNode(node)
 
     def setParameterNode(self, parameterNode) -> None:
         if self._parameterNode:
@@ -245,8 +249,9 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             logging.error(f"ContrastiveSeg: {text}")
 
     # ------------------------------------------------------------------------------------------ actions
-    def onDeviceChanged(self, index: int) -> None:
-        qt.QSettings().setValue(SETTINGS_DEVICE, DEVICES[index] if 0 <= index < len(DEVICES) else "auto")
+    def onDeviceChosen(self, index: int) -> None:
+        """The user picked a device: new scenes start from it."""
+        qt.QSettings().setValue(SETTINGS_DEVICE, valid_device(self.ui.deviceComboBox.itemText(index)))
 
     def onInstallButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Installing the dependencies failed."), waitCursor=True):
@@ -375,24 +380,44 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         return environment.install(lambda text: slicer.util.confirmOkCancelDisplay(text, _("ContrastiveSeg")))
 
     def stateDirectory(self) -> pathlib.Path:
-        return pathlib.Path(slicer.app.temporaryPath) / "ContrastiveSeg"
+        """Where the last model and probabilities are kept between runs: this session's own folder in Slicer's
+        temporary folder, which only this user can read (a patient's data; Slicer's folder may be shared)."""
+        return private_state_dir(slicer.app.temporaryPath)
 
     def encoderDirectory(self) -> pathlib.Path:
         """Where pretrained encoders go unless a file is given (kept across sessions, unlike stateDirectory)."""
         return pathlib.Path(slicer.app.cachePath) / "ContrastiveSeg" / "encoders"
 
     # ------------------------------------------------------------------------------------- options
+    def setDefaults(self, node, scene, device: str = "auto", encoderFile: str = "") -> None:
+        """Fill in what ``node`` has not chosen yet. For a new scene (no input volume): the saved ``device``, the
+        first scan of ``scene`` (never a label map or a volume this module made) and the last pretrained encoder
+        ``encoderFile`` when it still exists. In any scene: the first segmentation when none is chosen."""
+        if not node.inputVolume:
+            node.device = valid_device(device)
+            node.inputVolume = self.firstScan(scene)
+            if not _path_or_none(node.encoderFile) and encoderFile and pathlib.Path(encoderFile).is_file():
+                node.encoderFile = pathlib.Path(encoderFile)  # the user's own pretrained encoder
+        if not node.inputSegmentation:
+            node.inputSegmentation = scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
+
+    def firstScan(self, scene):
+        """The first volume of ``scene`` that is a scan to segment (see ``scene_scans``), or None."""
+        scans = scene_scans(scene)
+        return scans[0] if scans else None
+
     def deviceFromParameterNode(self, node) -> str:
         return node.device if node.device != "cuda" else f"cuda:{node.gpuIndex}"
 
     def optionsFromParameterNode(self, node, training: bool = True) -> dict:
+        """Keyword arguments of :meth:`segment` (``training``) or :meth:`predict` from the panel's choices."""
         device = self.deviceFromParameterNode(node)
-        options = dict(device=device, batchSize=node.batchSize or None, showUncertainty=node.showUncertainty,
-                       show3D=node.show3D)
-        if training:
+        options = dict(device=device, showUncertainty=node.showUncertainty, show3D=node.show3D)
+        if training:  # the batch size is a fine-tuning option: predict has none
             encoder = _path_or_none(node.encoderFile) or node.encoder
             options.update(encoder=None if encoder == DEFAULT_ENCODER else encoder, preset=node.preset,
-                           steps=node.steps or None, seed=node.seed, allowResampling=node.allowResampling,
+                           steps=node.steps or None, seed=node.seed, batchSize=node.batchSize or None,
+                           allowResampling=node.allowResampling,
                            axis=None if node.axis == "auto" else AXIS_LETTERS.index(node.axis))
         return options
 
@@ -431,13 +456,14 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         return self._launch(job, "segment", waitForCompletion, progressCallback, completedCallback, timeout,
                             self._remember)
 
-    def predict(self, volumeNode, modelPath, outputSegmentationNode=None, *, device="auto", batchSize=None,
-                showUncertainty=False, show3D=False, waitForCompletion=False, progressCallback=None,
-                completedCallback=None, timeout=None):
-        """Segment ``volumeNode`` with a saved model (no fine-tuning): the next patient's scan."""
+    def predict(self, volumeNode, modelPath, outputSegmentationNode=None, *, device="auto", showUncertainty=False,
+                show3D=False, waitForCompletion=False, progressCallback=None, completedCallback=None, timeout=None):
+        """Segment ``volumeNode`` with a saved model (no fine-tuning): the next patient's scan. There is no batch
+        size here: ``contrastiveseg predict`` has none, and it halves its batch of slices itself when memory runs
+        out."""
         from ContrastiveSegLib.slicer.job import Job, JobOptions
 
-        options = JobOptions(device=device, batch_size=batchSize, probabilities=showUncertainty,
+        options = JobOptions(device=device, probabilities=showUncertainty,
                              show_uncertainty=showUncertainty, closed_surface=show3D)
         job = Job("predict", volumeNode, None, outputSegmentationNode, options, model_path=modelPath,
                   state_dir=self.stateDirectory(), python=python_executable(),

@@ -8,6 +8,7 @@
 - :mod:`.pretraining`  one Pretrain run: the scene's scans (or a folder) -> runner -> an encoder file.
 - :mod:`.uncertainty`  "Suggest next slice" from the probability file.
 - :mod:`.environment`  which packages are missing, GPUs seen by the driver (no torch import).
+- :mod:`.requirements` the Python packages the module needs, stated once (imports nothing).
 
 Importing this package imports nothing heavy; :mod:`.nodes`, :mod:`.job` and :mod:`.pretraining` need Slicer or
 the slicer-core wheel.

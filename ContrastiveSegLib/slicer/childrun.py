@@ -5,11 +5,14 @@ retried with half the batch size when the GPU runs out of memory.
 :class:`ChildRun` and say only what to write before (:meth:`ChildRun.prepare`), what to run
 (:meth:`ChildRun.command`) and what to read after (:meth:`ChildRun.finish`). The module's Logic drives any of them
 the same way: from a ``qt.QTimer`` (``poll`` every 200 ms until ``running`` is False, then ``finish``) or, in a
-batch script, with :meth:`ChildRun.run`. No MRML, no Qt here.
+batch script, with :meth:`ChildRun.run`. No MRML, no Qt here. :func:`private_state_dir` is where runs keep what
+outlives them (models, probabilities).
 """
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +22,32 @@ from ContrastiveSegLib.slicer.runner import CliProcess, Progress, RunResult
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _OOM_RETRIES = 2
+_STATE_DIRS: dict[str, Path] = {}  # parent folder -> this process' private folder in it
+
+
+def private_state_dir(parent: str | os.PathLike | None = None) -> Path:
+    """This process' folder for what runs keep between them (fine-tuned models, probabilities), inside ``parent``
+    (None: the system's temporary folder).
+
+    The folder is made by :func:`tempfile.mkdtemp`, with mode 0700 and a unique name. Only its owner can list or
+    read it, and every later call of this process gets the same one, so "refine from the last model" still finds
+    the files. A fixed shared folder (``/tmp/ContrastiveSeg``) would let other users read a patient's model and
+    probabilities, and would fail for the second user. When ``parent`` cannot be written (Slicer's temporary
+    folder made by another user), the system's temporary folder is used.
+    """
+    key = os.fspath(parent) if parent is not None else ""
+    folder = _STATE_DIRS.get(key)
+    if folder is None or not folder.is_dir():
+        try:
+            if parent is not None:
+                Path(parent).mkdir(parents=True, exist_ok=True)
+            folder = Path(tempfile.mkdtemp(prefix="ContrastiveSeg-", dir=parent))
+        except OSError:
+            if parent is None:
+                raise
+            folder = Path(tempfile.mkdtemp(prefix="ContrastiveSeg-"))
+        _STATE_DIRS[key] = folder
+    return folder
 
 
 def check_device(device: str) -> None:
@@ -39,6 +68,10 @@ class ChildRun:
 
     default_batch_size = 2
     """What a retry halves when ``batch_size`` is None (the CLI's default for this kind of run)."""
+
+    retries_with_smaller_batch = True
+    """False for a command without ``--batch-size`` (``predict``): it gets no retry. The CLI would refuse the
+    option, and prediction already halves its own batch of slices when memory runs out."""
 
     def __init__(self, device: str, batch_size: int | None, python: str | None,
                  env: Mapping[str, str] | None) -> None:
@@ -109,8 +142,9 @@ class ChildRun:
         return events
 
     def _should_retry(self, result: RunResult) -> bool:
-        return (not result.ok and not result.cancelled and "out of memory" in result.message.lower()
-                and self.device != "cpu" and self._retries < _OOM_RETRIES and self._batch_size != 1)
+        return (self.retries_with_smaller_batch and not result.ok and not result.cancelled
+                and "out of memory" in result.message.lower() and self.device != "cpu"
+                and self._retries < _OOM_RETRIES and self._batch_size != 1)
 
     def cancel(self) -> None:
         """Stop the child and its children; nothing is written."""

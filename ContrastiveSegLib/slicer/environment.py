@@ -1,27 +1,31 @@
 """What the child process will need (packages, a GPU), checked from Slicer's GUI process without importing torch.
 
 - :func:`missing_requirements` reads installed versions from package metadata (no import, so it is instant
-  and never loads torch into Slicer).
-- :func:`install` installs what is missing after ONE confirmation: torch through the PyTorch extension's
-  PyTorchUtils (it picks the wheel that matches the NVIDIA driver), the rest with Slicer's ``pip_ensure``
-  (Slicer >= 5.11; ``slicer.packaging`` or ``slicer.pydeps``) or, on older Slicer, ``slicer.util.pip_install``.
-  SimpleITK is never installed (Slicer ships its own build). Only ever called from a button, never at import.
+  and never loads torch into Slicer). What is required is stated once, in :mod:`.requirements`.
+- :func:`install` installs what is missing after ONE confirmation. torch comes from the PyTorch extension's
+  PyTorchUtils, which picks the wheel that matches the NVIDIA driver, and its version is checked before anything
+  is installed. The other packages come from pip: through ``slicer.packaging.pip_ensure`` (Slicer 5.12 and later)
+  or ``slicer.util.pip_install`` (Slicer 5.6 to 5.11). Either way, only the missing packages are named, and the
+  installed torch, SimpleITK and numpy are pinned in a constraints file, so pip never replaces them. Only ever
+  called from a button, never at import.
 - :func:`detect_gpus` asks ``nvidia-smi`` for the GPUs and their memory, so the module can show them and warn
   before a run rather than fail in it.
 """
 from __future__ import annotations
 
+import importlib
 import platform
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 
-TORCH_REQUIREMENT = "torch>=2.1"
-REQUIREMENTS = ("monai>=1.3", "scikit-image>=0.21", "safetensors>=0.4", "scipy>=1.9")
-SKIP_PACKAGES = ("SimpleITK", "torch", "requests")
+from ContrastiveSegLib.slicer.requirements import PINNED, PIP, TORCH
+
 SMALL_GPU_MIB = 6000  # below this, the default preset's batch may not fit: the module warns
 
 
@@ -43,21 +47,43 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:3])
 
 
-def _satisfied(requirement: str) -> bool:
+def _split(requirement: str) -> tuple[str, str]:
     name, _, minimum = requirement.partition(">=")
+    return name, minimum
+
+
+def installed_version(name: str) -> str | None:
+    """The installed version of distribution ``name`` from its metadata (no import), or None when absent."""
     try:
-        installed = metadata.version(name)
+        return metadata.version(name)
     except metadata.PackageNotFoundError:
+        return None
+
+
+def _satisfied(requirement: str) -> bool:
+    name, minimum = _split(requirement)
+    installed = installed_version(name)
+    if installed is None:
         return False
     return not minimum or _version_tuple(installed) >= _version_tuple(minimum)
 
 
-def missing_requirements(requirements: tuple[str, ...] = (TORCH_REQUIREMENT, *REQUIREMENTS)) -> list[str]:
+def missing_requirements(requirements: tuple[str, ...] = (TORCH, *PIP)) -> list[str]:
     """The requirements (``name>=version`` strings) that are not installed at a high enough version."""
     for requirement in requirements:
         if not re.fullmatch(r"[A-Za-z0-9_.\-]+(>=[0-9][0-9A-Za-z.]*)?", requirement):
             raise ValueError(f"requirements must be 'name' or 'name>=version', got {requirement!r}")
     return [r for r in requirements if not _satisfied(r)]
+
+
+def pinned_constraints() -> list[str]:
+    """``name==version`` for each installed package of :data:`~.requirements.PINNED`: what pip must leave alone."""
+    pins = []
+    for name in PINNED:
+        version = installed_version(name)
+        if version is not None:
+            pins.append(f"{name}=={version}")
+    return pins
 
 
 @dataclass(frozen=True)
@@ -119,49 +145,63 @@ def device_summary(gpus: list[Gpu]) -> str:
 def install(confirm, requester: str = "ContrastiveSeg") -> bool:
     """Install what :func:`missing_requirements` lists, inside Slicer, after one ``confirm(text) -> bool``.
 
-    Returns True when everything is installed now. Must run on Slicer's main thread (pip shows Qt dialogs).
+    First the installed torch is checked against :data:`~.requirements.TORCH`. A torch that is too old raises
+    RuntimeError (one line: how to update it) before anything is asked or installed; pip is never allowed to
+    replace it. Returns True when everything is installed now. Must run on Slicer's main thread (pip shows Qt
+    dialogs).
     """
     missing = missing_requirements()
     if not missing:
         return True
+    torch_name, torch_minimum = _split(TORCH)
+    torch_version = installed_version(torch_name)
+    if torch_version is not None and TORCH in missing:
+        raise RuntimeError(f"PyTorch {torch_version} is installed but ContrastiveSeg needs {TORCH}: update it in "
+                           "the PyTorch Utils module (uninstall it, restart Slicer, install it again), then install "
+                           "the dependencies")
     text = ("ContrastiveSeg needs these Python packages, which will be downloaded and installed now "
             "(this can take several minutes):\n\n  " + "\n  ".join(missing)
             + "\n\nPyTorch is installed by the PyTorch extension, matched to your GPU driver.")
     if not confirm(text):
         return False
-    if any(r.startswith("torch") for r in missing):
+    if torch_version is None:
         try:
             import PyTorchUtils  # the PyTorch extension (EXTENSION_DEPENDS), present in a real install
         except ImportError as error:
             raise RuntimeError("the PyTorch extension is missing: install it from the Extensions Manager") from error
-        torch_logic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torch_logic.torchInstalled():
-            if torch_logic.installTorch(askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT[5:]) is None:
-                return False
-    others = [r for r in missing if not r.startswith("torch")]
+        PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                      torchVersionRequirement=f">={torch_minimum}")
+        if missing_requirements((TORCH,)):
+            return False  # declined or failed in PyTorchUtils: pip must not run without the torch it pins
+    others = [r for r in missing if r != TORCH]
     if others:
         _pip_install(others, requester)
     return not missing_requirements()
 
 
+def _pip_ensure():
+    """``slicer.packaging.pip_ensure`` (Slicer 5.12 and later), or None on an older Slicer."""
+    try:
+        module = importlib.import_module("slicer.packaging")
+    except ImportError:
+        return None
+    return getattr(module, "pip_ensure", None)
+
+
 def _pip_install(requirements: list[str], requester: str) -> None:
+    """pip-install ``requirements`` (only the missing ones) with :func:`pinned_constraints` as a constraints file."""
     import slicer
 
-    ensure = None
-    for module_name in ("slicer.packaging", "slicer.pydeps"):  # renamed during 5.11 development
-        try:
-            module = __import__(module_name, fromlist=["pip_ensure"])
-            ensure = getattr(module, "pip_ensure", None)
-        except ImportError:
-            continue
+    with tempfile.TemporaryDirectory(prefix="ContrastiveSeg-pip-") as folder:
+        constraints = Path(folder) / "constraints.txt"
+        constraints.write_text("".join(pin + "\n" for pin in pinned_constraints()))
+        ensure = _pip_ensure()
         if ensure is not None:
-            break
-    if ensure is not None:
-        from packaging.requirements import Requirement
+            from packaging.requirements import Requirement
 
-        ensure([Requirement(r) for r in requirements], skip_packages=list(SKIP_PACKAGES), prompt_install=False,
-               requester=requester)
-    else:
-        # Older Slicer: plain pip. SimpleITK is not in our list and monai does not require it, so nothing
-        # replaces Slicer's own build.
-        slicer.util.pip_install(requirements)
+            ensure([Requirement(r) for r in requirements], constraints=str(constraints), prompt_install=False,
+                   requester=requester)
+        else:
+            # Slicer 5.6 to 5.11: plain pip, which has no skip list. The constraints file alone keeps it from
+            # replacing torch (the PyTorch extension's build), SimpleITK or numpy (Slicer's own builds).
+            slicer.util.pip_install(["--constraint", str(constraints), *requirements])

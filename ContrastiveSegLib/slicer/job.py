@@ -5,8 +5,9 @@
 
 The module's Logic drives a :class:`Job` from a ``qt.QTimer`` (``poll`` every 200 ms) and a batch script with
 :meth:`Job.run` (both from :class:`~.childrun.ChildRun`). Nothing in the scene changes until the child has
-succeeded, so a cancelled or failed run leaves the user's segmentation as it was. Out of GPU memory: the run is
-retried with half the batch size, and says so.
+succeeded, so a cancelled or failed run leaves the user's segmentation as it was. Out of GPU memory: a Segment
+run is retried with half the batch size, and says so. Predict only has no batch size to halve (``predict`` takes
+no ``--batch-size``), and its prediction already shrinks its own batch of slices when memory runs out.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import numpy as np
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.volume import Volume, grid_difference, read_volume, write_volume
 from ContrastiveSegLib.slicer import nodes
-from ContrastiveSegLib.slicer.childrun import ChildRun, check_device
+from ContrastiveSegLib.slicer.childrun import ChildRun, check_device, private_state_dir
 from ContrastiveSegLib.slicer.geometry import AXIS_LETTERS
 from ContrastiveSegLib.slicer.runner import ChildOutcome, RunResult, cli_command
 from ContrastiveSegLib.slicer.uncertainty import normalized_entropy, read_probabilities, suggest_slice
@@ -35,7 +36,8 @@ ROLE_ATTRIBUTE = "ContrastiveSeg.Role"
 
 @dataclass
 class JobOptions:
-    """What the user chose. ``steps`` / ``batch_size`` None: the preset's; ``axis`` None: found from the paint."""
+    """What the user chose. ``steps`` / ``batch_size`` None: the preset's; ``axis`` None: found from the paint.
+    ``batch_size`` is a fine-tuning option: a Predict only run refuses it."""
 
     encoder: str | None = None
     device: str = "auto"
@@ -116,7 +118,8 @@ class Job(ChildRun):
         segmentation_node: the user's annotations (segment only).
         output_node: where the result goes: None for a new segmentation node, or any segmentation node
             (``segmentation_node`` itself to replace the paint by the result).
-        state_dir: where models and probability files are kept between runs (refine, suggest next slice).
+        state_dir: where models and probability files are kept between runs (refine, suggest next slice). None:
+            this process' private folder (:func:`~.childrun.private_state_dir`, readable only by its owner).
         python, env: the child's interpreter and base environment (see :class:`~.runner.CliProcess`).
     """
 
@@ -132,12 +135,17 @@ class Job(ChildRun):
             raise InputError("choose a saved model to predict with")
         if volume_node is None:
             raise InputError("choose the volume to segment")
+        if volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+            raise InputError(f"'{volume_node.GetName()}' is a label map, not a scan: choose the volume to segment")
         self.options = options or JobOptions()
+        if kind == "predict" and self.options.batch_size is not None:
+            raise InputError("Predict only has no batch size: the batch size is a fine-tuning option")
         super().__init__(self.options.device, self.options.batch_size, python, env)
+        self.retries_with_smaller_batch = kind == "segment"
         self.kind, self.volume_node, self.segmentation_node = kind, volume_node, segmentation_node
         self.output_node, self.uncertainty_node = output_node, uncertainty_node
         self.model_path = Path(model_path) if model_path else None
-        self.state_dir = Path(state_dir or Path(tempfile.gettempdir()) / "ContrastiveSeg")
+        self.state_dir = Path(state_dir) if state_dir else private_state_dir()
         self.annotation: nodes.Annotation | None = None
         self.volume: Volume | None = None
         self._work: Path | None = None
@@ -169,8 +177,7 @@ class Job(ChildRun):
         o, paths = self.options, self.paths
         common = dict(o=paths["result"], device=o.device, probabilities=paths.get("probabilities"))
         if self.kind == "predict":
-            return cli_command("predict", paths["image"], python=self.python, model=self.model_path,
-                               batch_size=self._batch_size, **common)
+            return cli_command("predict", paths["image"], python=self.python, model=self.model_path, **common)
         return cli_command("segment", paths["image"], paths["labels"], python=self.python,
                            axis=AXIS_LETTERS[self.annotation.axis], seed=o.seed, encoder=o.encoder or None,
                            preset=o.preset, steps=o.steps, model_out=paths["model"],

@@ -23,7 +23,7 @@ from pathlib import Path
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.volume import write_volume
 from ContrastiveSegLib.slicer import nodes
-from ContrastiveSegLib.slicer.childrun import ChildRun, check_device
+from ContrastiveSegLib.slicer.childrun import ChildRun, check_device, private_state_dir
 from ContrastiveSegLib.slicer.job import ROLE_ATTRIBUTE
 from ContrastiveSegLib.slicer.runner import ChildOutcome, RunResult, cli_command
 
@@ -117,7 +117,7 @@ class PretrainJob(ChildRun):
             self.folder, self.volume_nodes = None, list(sources)
             if not self.volume_nodes:
                 raise InputError("no scan to pretrain on: load a volume or choose a folder")
-        self.state_dir = Path(state_dir or Path(tempfile.gettempdir()) / "ContrastiveSeg")
+        self.state_dir = Path(state_dir) if state_dir else private_state_dir()
         self._work: Path | None = None
 
     def prepare(self) -> list[Path]:

@@ -278,25 +278,24 @@ def test_correcting_a_slice_of_the_result_in_the_same_node(scene):
 
 # ------------------------------------------------------------------------------------ a whole run (no GUI)
 FAKE_LIBRARY_CLI = '''
-import argparse, os, sys
+import json, os, sys
 import numpy as np
 import SimpleITK as sitk
-parser = argparse.ArgumentParser()
-parser.add_argument("command")
-parser.add_argument("files", nargs="+")
-parser.add_argument("-o")
-for flag in ("--axis", "--device", "--seed", "--encoder", "--preset", "--steps", "--probabilities", "--progress",
-             "--model-out", "--init-model", "--batch-size", "--model"):
-    parser.add_argument(flag)
-args = parser.parse_args(sys.argv[3:])  # after "-m ContrastiveSegLib"
+from ContrastiveSegLib.cli import build_parser
+from ContrastiveSegLib.errors import InputError
 with open(os.environ["FAKE_LOG"], "a") as log:
     log.write(" ".join(sys.argv[3:]) + "\\n")
-if os.environ.get("FAKE_MODE") == "oom" and args.batch_size is None:
+try:  # only command lines the real CLI accepts (after "-m ContrastiveSegLib")
+    args = build_parser().parse_args(sys.argv[3:])
+except InputError as error:
+    print(json.dumps({"stage": "error", "message": f"the real CLI refuses this: {error}", "exit_code": 2}))
+    sys.exit(2)
+if os.environ.get("FAKE_MODE") == "oom" and getattr(args, "batch_size", None) is None:
     print('{"stage": "error", "message": "CUDA out of memory. Tried to allocate 9 GiB", "exit_code": 1}', flush=True)
     sys.exit(1)
-image = sitk.ReadImage(args.files[0])
+image = sitk.ReadImage(str(args.image))
 if args.command == "segment":
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(args.files[1]))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(args.labels)))
     # "Propagate": every slice gets the union of the annotated slices (axis k).
     result = np.broadcast_to(labels.max(axis=0), labels.shape).astype(np.uint8)
     open(args.model_out, "wb").write(b"weights")
@@ -305,7 +304,7 @@ else:
     result[2:5, 3:7, 4:9] = 1
 out = sitk.GetImageFromArray(result)
 out.CopyInformation(image)
-sitk.WriteImage(out, args.o)
+sitk.WriteImage(out, str(args.output))
 if args.probabilities:
     p = np.zeros((*result.shape, 2), np.float32)
     p[..., 0] = 0.95
@@ -313,7 +312,7 @@ if args.probabilities:
     p[..., 1] = 1 - p[..., 0]
     prob = sitk.GetImageFromArray(p, isVector=True)
     prob.CopyInformation(image)
-    sitk.WriteImage(prob, args.probabilities)
+    sitk.WriteImage(prob, str(args.probabilities))
 print('{"stage": "done", "step": 1, "of": 1, "loss": null, "eta_s": 0}', flush=True)
 '''
 
@@ -388,6 +387,50 @@ def test_out_of_memory_is_retried_with_a_smaller_batch(scene, fake_python, tmp_p
     calls = log.read_text().splitlines()
     assert len(calls) == 2 and "--batch-size" not in calls[0] and "--batch-size 1" in calls[1]
     assert result.segmentation_node is segmentation  # written into the user's segmentation, as asked
+
+
+@pytest.mark.skipif(__import__("os").name == "nt", reason="a POSIX shell stands in for PythonSlicer")
+def test_predict_only_out_of_memory_is_not_retried_with_a_batch_size(scene, fake_python, tmp_path):
+    from ContrastiveSegLib.slicer.job import Job, JobOptions
+
+    python, env, log = fake_python
+    _, volume_node = _volume(scene)
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"weights")
+    job = Job("predict", volume_node, None, None, JobOptions(device="cuda", probabilities=False), model_path=model,
+              state_dir=tmp_path / "state", python=python, env={**env, "FAKE_MODE": "oom"})
+    result = job.run(timeout=60)
+    assert not result.ok and result.message.startswith("Out of memory: CUDA out of memory")
+    calls = log.read_text().splitlines()
+    assert len(calls) == 1 and "--batch-size" not in calls[0]  # predict has no --batch-size to halve
+
+
+@pytest.mark.skipif(__import__("os").name == "nt", reason="POSIX file modes")
+def test_models_and_probabilities_go_to_a_folder_only_this_user_can_read(scene, fake_python, tmp_path,
+                                                                          monkeypatch):
+    import os
+    import stat
+    import tempfile
+
+    from ContrastiveSegLib.slicer import childrun
+    from ContrastiveSegLib.slicer.job import Job, JobOptions
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the system's temporary folder, for this test
+    monkeypatch.setattr(childrun, "_STATE_DIRS", {}, raising=False)  # a new session
+    python, env, _ = fake_python
+    _, volume_node = _volume(scene, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    segmentation, _ = _segmentation(scene, volume_node, {"Liver": ((1, 0, 0), _slab([2, 6]))})
+    first = Job("segment", volume_node, segmentation, None, JobOptions(device="cpu"), python=python, env=env)
+    result = first.run(timeout=60)
+    assert result.ok, result.message
+    folder = first.state_dir
+    assert folder != tmp_path / "ContrastiveSeg" and folder.parent == tmp_path  # not a fixed, shared name
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.stat().st_uid == os.getuid()
+    assert result.model_path.parent == folder and result.probabilities_path.parent == folder
+    # The next run of this session keeps its files in the same folder (refine from the last model finds it).
+    second = Job("segment", volume_node, segmentation, None, JobOptions(device="cpu", init_model=str(
+        result.model_path)), python=python, env=env)
+    assert second.state_dir == folder
 
 
 @pytest.mark.skipif(__import__("os").name == "nt", reason="a POSIX shell stands in for PythonSlicer")

@@ -112,7 +112,8 @@ def test_pretrain_on_the_scene_with_the_real_cli(scene, module, tmp_path):
     assert node.encoderFile == result.encoder_path
     assert logic.optionsFromParameterNode(node)["encoder"] == str(result.encoder_path)
     assert settings.store[ContrastiveSeg.SETTINGS_ENCODER_FILE] == str(result.encoder_path)
-    state = tmp_path / "slicer-tmp" / "ContrastiveSeg"
+    state = logic.stateDirectory()
+    assert state.parent == tmp_path / "slicer-tmp" and state.stat().st_mode & 0o777 == 0o700
     assert not [p for p in state.iterdir() if p.name.startswith("pretrain-")]  # exported scans removed
 
 
@@ -160,9 +161,11 @@ def test_a_folder_is_passed_to_the_cli_as_it_is(tmp_path):
 
 FAKE_OOM_CLI = '''
 import json, sys
+from ContrastiveSegLib.cli import build_parser
 arguments = sys.argv[1:]
 with open(sys.argv[0] + ".log", "a") as log:
     log.write(" ".join(arguments) + "\\n")
+build_parser().parse_args(arguments[2:])  # only command lines the real CLI accepts (after -m ContrastiveSegLib)
 if "--batch-size" not in arguments:
     print(json.dumps({"stage": "error", "message": "CUDA out of memory. Tried to allocate 3 GiB", "exit_code": 1}))
     sys.exit(1)

@@ -14,6 +14,7 @@ import types
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -104,7 +105,7 @@ def test_icons_are_128_pixel_pngs():
 FAKE_SLICER_CONFIG = """
 set(Slicer_USE_FILE ${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake)
 set(Slicer_EXTENSION_GENERATE_CONFIG ${CMAKE_CURRENT_LIST_DIR}/Empty.cmake)
-set(Slicer_EXTENSION_CPACK ${CMAKE_CURRENT_LIST_DIR}/Empty.cmake)
+set(Slicer_EXTENSION_CPACK ${CMAKE_CURRENT_LIST_DIR}/RecordPackage.cmake)
 set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.8/qt-scripted-modules)
 set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.8/qt-scripted-modules)
 set(BUILD_TESTING ON)
@@ -113,6 +114,9 @@ FAKE_USE_SLICER = """
 # Stand-ins for Slicer's macros that record what they were given.
 macro(slicerMacroBuildScriptedModule)
   cmake_parse_arguments(MY "WITH_GENERIC_TESTS" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  # As CTK's ctkMacroCompilePythonScript does: the whole scripted-modules folder of the build tree is installed.
+  install(DIRECTORY ${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/
+    DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR} COMPONENT RuntimeLibraries USE_SOURCE_PERMISSIONS)
   foreach(_f IN LISTS MY_SCRIPTS MY_RESOURCES)
     if(NOT IS_ABSOLUTE ${_f})
       set(_f ${CMAKE_CURRENT_SOURCE_DIR}/${_f})
@@ -137,19 +141,30 @@ macro(slicer_add_python_unittest)
   file(APPEND ${CMAKE_BINARY_DIR}/record.txt "UNITTEST ${CMAKE_CURRENT_SOURCE_DIR}/${MY_SCRIPT}\\n")
 endmacro()
 """
+# Slicer_EXTENSION_CPACK stand-in: what the package would show as its category and licence.
+FAKE_CPACK = """
+file(APPEND ${CMAKE_BINARY_DIR}/record.txt "CATEGORY ${EXTENSION_CATEGORY}\\n")
+file(APPEND ${CMAKE_BINARY_DIR}/record.txt "LICENSE ${EXTENSION_LICENSE_FILE}\\n")
+"""
 
 
-@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
-def test_cmake_ships_every_library_file_beside_the_module(tmp_path):
+def _configure_with_fake_slicer(tmp_path) -> Path:
     fake = tmp_path / "fake-slicer"
     fake.mkdir()
     (fake / "SlicerConfig.cmake").write_text(FAKE_SLICER_CONFIG)
     (fake / "UseSlicer.cmake").write_text(FAKE_USE_SLICER)
     (fake / "Empty.cmake").write_text("")
+    (fake / "RecordPackage.cmake").write_text(FAKE_CPACK)
     build = tmp_path / "build"
     completed = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), f"-DSlicer_DIR={fake}"],
                                capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stdout + completed.stderr
+    return build
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_cmake_ships_every_library_file_beside_the_module(tmp_path):
+    build = _configure_with_fake_slicer(tmp_path)
     record = (build / "record.txt").read_text().splitlines()
     scripts = {line.split(" ", 1)[1] for line in record if line.startswith("SCRIPT ")}
     library = {p.relative_to(ROOT).as_posix() for p in (ROOT / "ContrastiveSegLib").rglob("*.py")
@@ -161,6 +176,50 @@ def test_cmake_ships_every_library_file_beside_the_module(tmp_path):
     assert unittests == {MODULE.resolve(), (ROOT / "Testing/Slicer/ContrastiveSegSelfTest.py").resolve()}
     top = (ROOT / "CMakeLists.txt").read_text()
     assert 'set(EXTENSION_DEPENDS "PyTorch")' in top and "add_subdirectory(ContrastiveSeg)" in top
+
+
+@pytest.mark.skipif(shutil.which("cmake") is None, reason="needs cmake")
+def test_the_package_has_its_category_its_licence_and_the_encoders_once(tmp_path):
+    build = _configure_with_fake_slicer(tmp_path)
+    record = (build / "record.txt").read_text().splitlines()
+    assert "CATEGORY Segmentation" in record
+    assert f"LICENSE {ROOT / 'LICENSE'}" in record  # unset, Slicer's own licence would be shown and shipped
+    completed = subprocess.run(["cmake", "--install", str(build), "--prefix", str(tmp_path / "installed")],
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    installed = (build / "install_manifest.txt").read_text().splitlines()
+    assert len(installed) == len(set(installed)), "a file installed twice"
+    models = tmp_path / "installed/lib/Slicer-5.8/qt-scripted-modules/Resources/Models"
+    shipped = sorted(p.name for p in (ROOT / "Resources/Models").iterdir() if p.is_file())
+    assert shipped and sorted(p.name for p in models.iterdir()) == shipped  # ContrastiveSegLib.paths looks here
+
+
+APACHE_2_0_MD5 = "3b83ef96387f14655fc854ddc3c6bd57"  # https://www.apache.org/licenses/LICENSE-2.0.txt
+
+
+def test_the_licence_is_the_full_apache_2_0_text():
+    import hashlib
+
+    text = (ROOT / "LICENSE").read_bytes()
+    assert hashlib.md5(text).hexdigest() == APACHE_2_0_MD5
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert 'license = { text = "Apache-2.0" }' in pyproject  # the same licence the Python package declares
+
+
+def _selector_offers(selector: ElementTree.Element, node) -> bool:
+    """Whether a qMRMLNodeComboBox with the .ui properties of ``selector`` lists ``node``: the filter of Slicer's
+    qMRMLSortFilterProxyModel::filterAcceptsRow for nodeTypes, showChildNodeTypes and hideChildNodeTypes."""
+    properties = {p.get("name"): p for p in selector.findall("property")}
+    types_ = [s.text for s in properties["nodeTypes"].iter("string")]
+    show_child = properties["showChildNodeTypes"].find("bool").text != "false" if "showChildNodeTypes" in \
+        properties else True
+    hidden = [s.text for s in properties["hideChildNodeTypes"].iter("string")] if "hideChildNodeTypes" in \
+        properties else []
+    for node_type in types_:
+        if not node.IsA(node_type) or (not show_child and node_type != node.GetClassName()):
+            continue
+        return not (show_child and any(node.IsA(h) for h in hidden))
+    return False
 
 
 # --------------------------------------------------------------------------- the Logic in batch mode
@@ -181,6 +240,9 @@ def _stand_ins(monkeypatch, scene, tmp_path):
 
         def value(self, key, default=None):
             return QSettings.store.get(key, default)
+
+        def contains(self, key):
+            return key in QSettings.store
 
     QSettings.store = {}
     qt.QSettings = QSettings
@@ -281,3 +343,196 @@ def test_module_logic_segments_in_batch_mode(monkeypatch, tmp_path, scene):
     logic.saveModel(node, saved)
     assert saved.read_bytes() == b"weights" and Path(str(saved) + ".segments.json").is_file()
     assert result.segmentation_node.GetSegmentation().GetNumberOfSegments() == 1
+
+
+# ------------------------------------------------------------------- start-up, defaults, state folder
+def test_the_input_volume_selector_never_offers_a_label_map(scene):
+    selector = next(w for w in ElementTree.parse(UI).getroot().iter("widget")
+                    if w.get("name") == "inputVolumeSelector")
+    offered = {cls: _selector_offers(selector, scene.AddNewNodeByClass(cls))
+               for cls in ("vtkMRMLScalarVolumeNode", "vtkMRMLLabelMapVolumeNode", "vtkMRMLVectorVolumeNode")}
+    assert offered == {"vtkMRMLScalarVolumeNode": True, "vtkMRMLLabelMapVolumeNode": False,
+                       "vtkMRMLVectorVolumeNode": False}
+
+
+def _label_map_then_scan(scene):
+    """A label map added before the scan (as when a segmentation is exported, then a scan is loaded)."""
+    from ContrastiveSegLib.io.volume import Volume
+    from ContrastiveSegLib.slicer import nodes
+
+    identity = (1, 0, 0, 0, 1, 0, 0, 0, 1)
+    labels = nodes.array_to_volume(Volume(np.zeros((4, 5, 6), np.uint8), (1, 1, 1), (0, 0, 0), identity), scene,
+                                   "labels", labelmap=True)
+    scan = nodes.array_to_volume(Volume(np.ones((4, 5, 6), np.float32), (1, 1, 1), (0, 0, 0), identity), scene,
+                                 "CT")
+    return labels, scan
+
+
+def test_a_new_scene_starts_from_the_first_scan_never_a_label_map(monkeypatch, tmp_path, scene):
+    _stand_ins(monkeypatch, scene, tmp_path)
+    import ContrastiveSeg
+
+    logic = ContrastiveSeg.ContrastiveSegLogic()
+    node = ContrastiveSeg.ContrastiveSegParameterNode()
+    assert logic.firstScan(scene) is None
+    logic.setDefaults(node, scene)
+    assert node.inputVolume is None and node.device == "auto"
+    labels, scan = _label_map_then_scan(scene)
+    assert scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is labels  # what used to be chosen
+    encoder = tmp_path / "mine.safetensors"
+    encoder.write_bytes(b"encoder")
+    logic.setDefaults(node, scene, device="cuda", encoderFile=str(encoder))
+    assert node.inputVolume is scan and node.device == "cuda" and node.encoderFile == encoder
+    # A scene that has its volume keeps its own choices; an unknown saved device falls back to auto.
+    node.device = "cpu"
+    logic.setDefaults(node, scene, device="mps")
+    assert node.device == "cpu"
+    fresh = ContrastiveSeg.ContrastiveSegParameterNode()
+    logic.setDefaults(fresh, scene, device="tpu", encoderFile=str(tmp_path / "gone.safetensors"))
+    assert fresh.device == "auto" and fresh.encoderFile is None and fresh.inputVolume is scan
+
+
+def test_a_label_map_is_refused_as_the_volume_to_segment(scene):
+    from ContrastiveSegLib.errors import InputError
+    from ContrastiveSegLib.slicer.job import Job
+
+    labels, _ = _label_map_then_scan(scene)
+    with pytest.raises(InputError, match="'labels' is a label map, not a scan"):
+        Job("predict", labels, model_path="model.safetensors")
+
+
+class _FakeWidget:
+    """A Qt widget stand-in: any property can be set; ``connect(signal, slot)`` records the slot."""
+
+    def __init__(self) -> None:
+        self.slots: dict[str, list] = {}
+
+    def connect(self, signal, slot) -> None:
+        self.slots.setdefault(signal, []).append(slot)
+
+    def emit(self, signal, *args) -> None:
+        for slot in self.slots.get(signal, []):
+            slot(*args)
+
+    def setStyleSheet(self, text) -> None:
+        pass
+
+
+class _FakeComboBox(_FakeWidget):
+    """QComboBox as Slicer's parameter-node binding uses it. As in Qt, clear() and adding the first item change
+    the current index and emit currentIndexChanged; only the user's own choice also emits activated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[str] = []
+        self.currentIndex = -1
+
+    def _move(self, index: int) -> None:
+        if index != self.currentIndex:
+            self.currentIndex = index
+            self.emit("currentIndexChanged(int)", index)
+
+    def clear(self) -> None:
+        self.items = []
+        self._move(-1)
+
+    def addItem(self, text: str) -> None:
+        self.items.append(text)
+        if self.currentIndex == -1:
+            self._move(0)
+
+    def setCurrentIndex(self, index: int) -> None:
+        self._move(index)
+
+    def itemText(self, index: int) -> str:
+        return self.items[index] if 0 <= index < len(self.items) else ""
+
+    @property
+    def currentText(self) -> str:
+        return self.itemText(self.currentIndex)
+
+    def choose(self, text: str) -> None:
+        """What the user does: pick an entry from the list."""
+        self._move(self.items.index(text))
+        self.emit("activated(int)", self.currentIndex)
+
+
+class _FakeUi:
+    def __init__(self) -> None:
+        self.deviceComboBox = _FakeComboBox()
+
+    def __getattr__(self, name):
+        widget = _FakeWidget()
+        setattr(self, name, widget)
+        return widget
+
+
+def _start_module(monkeypatch, request, ContrastiveSeg, node):
+    """Open the module's panel as Slicer does at start-up (setup), with ``node`` as the scene's parameter node.
+    Binding the node refills the device combo box the way Slicer's QComboBox connector does."""
+    import qt
+
+    def connectGui(self, ui):
+        combo = ui.deviceComboBox
+        combo.clear()
+        for choice in ContrastiveSeg.DEVICES:
+            combo.addItem(choice)
+        combo.setCurrentIndex(combo.items.index(self.device))
+        combo.connect("currentIndexChanged(int)", lambda index: setattr(self, "device", combo.itemText(index)))
+        return "tag"
+
+    node_class = type(node)
+    for name, value in (("connectGui", connectGui), ("disconnectGui", lambda self, tag: None),
+                        ("AddObserver", lambda self, event, method, priority=0.0: 1),
+                        ("RemoveObserver", lambda self, tag: None)):
+        monkeypatch.setattr(node_class, name, value, raising=False)
+    timer = type("QTimer", (), {"setSingleShot": lambda self, on: None, "setInterval": lambda self, ms: None,
+                                "start": lambda self: None, "stop": lambda self: None,
+                                "timeout": types.SimpleNamespace(connect=lambda slot: None)})
+    monkeypatch.setattr(qt, "QTimer", timer)
+    ui = _FakeUi()
+    monkeypatch.setattr(slicer.util, "loadUI", lambda path: types.SimpleNamespace(setMRMLScene=lambda scene: None))
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda widget: ui)
+    monkeypatch.setattr(ContrastiveSeg.ContrastiveSegLogic, "getParameterNode", lambda self: node)
+    base = sys.modules["slicer.ScriptedLoadableModule"].ScriptedLoadableModuleWidget
+    monkeypatch.setattr(base, "setup", lambda self: None, raising=False)
+    monkeypatch.setattr(base, "resourcePath", lambda self, path: path, raising=False)
+    widget = ContrastiveSeg.ContrastiveSegWidget()
+    widget.layout = types.SimpleNamespace(addWidget=lambda w: None)
+    widget.setup()
+    request.addfinalizer(widget.removeObservers)  # before the scene is cleared: the panel observes it
+    return widget, ui
+
+
+def test_the_saved_device_survives_start_up_and_the_users_choice_is_saved(monkeypatch, request, tmp_path,
+                                                                          scene):
+    _stand_ins(monkeypatch, scene, tmp_path)
+    import ContrastiveSeg
+    import qt
+
+    _, scan = _label_map_then_scan(scene)
+    qt.QSettings.store[ContrastiveSeg.SETTINGS_DEVICE] = "cuda"  # chosen in an earlier session
+    node = ContrastiveSeg.ContrastiveSegParameterNode()
+    _, ui = _start_module(monkeypatch, request, ContrastiveSeg, node)
+    assert qt.QSettings.store[ContrastiveSeg.SETTINGS_DEVICE] == "cuda"
+    assert node.device == "cuda" and ui.deviceComboBox.currentText == "cuda"
+    assert node.inputVolume is scan  # not the label map added before it
+
+    ui.deviceComboBox.choose("cpu")  # the user's choice is kept for the next session
+    assert node.device == "cpu" and qt.QSettings.store[ContrastiveSeg.SETTINGS_DEVICE] == "cpu"
+
+    restarted = ContrastiveSeg.ContrastiveSegParameterNode()  # next session: a new scene, a new panel
+    _, ui = _start_module(monkeypatch, request, ContrastiveSeg, restarted)
+    assert restarted.device == "cpu" and ui.deviceComboBox.currentText == "cpu"
+    assert qt.QSettings.store[ContrastiveSeg.SETTINGS_DEVICE] == "cpu"
+
+
+def test_the_state_folder_is_this_users_own(monkeypatch, tmp_path, scene):
+    _stand_ins(monkeypatch, scene, tmp_path)
+    import ContrastiveSeg
+
+    logic = ContrastiveSeg.ContrastiveSegLogic()
+    folder = logic.stateDirectory()
+    assert folder.parent == tmp_path / "slicer-tmp" and folder.name.startswith("ContrastiveSeg-")
+    assert folder.stat().st_mode & 0o777 == 0o700 and folder.stat().st_uid == os.getuid()
+    assert ContrastiveSeg.ContrastiveSegLogic().stateDirectory() == folder  # refine finds the last model

@@ -1,0 +1,268 @@
+"""The contract between the Slicer side and the command line: every command line the module builds is one the
+REAL parser (``ContrastiveSegLib.cli.build_parser``, which holds ``pretrain`` too) accepts.
+
+The stand-in CLIs of the other Slicer tests accept any flag, which hid ``predict --batch-size`` (bug 2 of issue 9).
+Here no child process runs: ``CliProcess`` is replaced by a recorder whose child "runs out of GPU memory"
+whenever asked to, so the out-of-memory retries are built by the real retry code. Each command line is then
+parsed by the real parser. The runs cover every option the jobs can emit, built directly and through the
+module's Logic from the panel's parameter node.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the installed 'slicer' package is not slicer-core", allow_module_level=True)
+
+from ContrastiveSegLib.cli import build_parser  # noqa: E402
+from ContrastiveSegLib.errors import InputError  # noqa: E402
+from ContrastiveSegLib.slicer import childrun  # noqa: E402
+from ContrastiveSegLib.slicer.job import Job, JobOptions  # noqa: E402
+from ContrastiveSegLib.slicer.pretraining import METHOD_NAMES, PretrainJob, PretrainOptions  # noqa: E402
+from ContrastiveSegLib.slicer.runner import RunResult, exit_message  # noqa: E402
+from test_slicer_bridge import _segmentation, _slab, _volume  # noqa: E402
+
+OOM = "CUDA out of memory. Tried to allocate 9 GiB"
+
+
+class RecordingProcess:
+    """Stands in for :class:`~ContrastiveSegLib.slicer.runner.CliProcess`: records each command line; the "child"
+    fails at once, out of GPU memory when ``out_of_memory`` is set (so the run is retried), else for another
+    reason (so the run ends there and no output is read)."""
+
+    commands: list[list[str]] = []
+    out_of_memory = False
+
+    def __init__(self, command, *, force_cpu=False, env=None, cwd=None) -> None:
+        RecordingProcess.commands.append([str(c) for c in command])
+
+    def start(self) -> None:
+        pass
+
+    def events(self) -> list:
+        return []
+
+    def result(self) -> RunResult:
+        return RunResult(1, exit_message(1, OOM if RecordingProcess.out_of_memory else "stand-in child"))
+
+    def cancel(self) -> None:
+        pass
+
+
+@pytest.fixture()
+def recorder(monkeypatch):
+    monkeypatch.setattr(childrun, "CliProcess", RecordingProcess)
+    # The stand-in child ends at once: no need for the runs' 0.2 s polling pause.
+    monkeypatch.setattr(childrun, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=lambda s: None))
+    monkeypatch.setattr(RecordingProcess, "commands", [])
+    monkeypatch.setattr(RecordingProcess, "out_of_memory", False)
+    return RecordingProcess
+
+
+def _parse(command: list[str]):
+    """The real parser's reading of ``[python, -m, ContrastiveSegLib, ...]``; fails the test on a refusal."""
+    assert command[1:3] == ["-m", "ContrastiveSegLib"], command
+    try:
+        return build_parser().parse_args(command[3:])
+    except InputError as error:  # the CLI's parser raises this (exit code 2) instead of exiting
+        pytest.fail(f"the CLI refuses {' '.join(command[3:])!r}: {error}")
+
+
+def _commands(job, recorder, out_of_memory: bool) -> list[list[str]]:
+    """Every command line ``job`` starts: the first and each out-of-memory retry."""
+    recorder.commands.clear()
+    recorder.out_of_memory = out_of_memory
+    assert not job.run(timeout=30, poll_s=0.0).ok
+    return list(recorder.commands)
+
+
+def _check_batch_sizes(sizes: list, given, retried: bool) -> None:
+    """The first run uses the batch size given (None: the CLI's default); each retry a smaller one."""
+    assert sizes[0] == given
+    if retried:
+        assert len(sizes) > 1 and all(b is not None for b in sizes[1:])
+        assert sizes[1:] == sorted(sizes[1:], reverse=True) and len(set(sizes[1:])) == len(sizes) - 1
+    else:
+        assert len(sizes) == 1
+
+
+@pytest.fixture()
+def inputs(scene, tmp_path):
+    """(volume node, painted segmentation node, a saved model file) on ``scene``."""
+    _, volume = _volume(scene, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    painted, _ = _segmentation(scene, volume, {"Liver": ((0.8, 0.3, 0.2), _slab([2, 6]))})
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"weights")
+    return volume, painted, model
+
+
+SEGMENT_OPTIONS = {
+    "encoder": [None, "simclr", "none", "/encoders/mine.safetensors"],
+    "device": ["auto", "cpu", "cuda", "cuda:1", "mps"],
+    "preset": ["default", "fast"],
+    "steps": [None, 1, 500],
+    "seed": [0, 7],
+    "axis": [None, 0, 1, 2],
+    "batch_size": [None, 1, 16],
+    "init_model": [None, "/models/last.safetensors"],
+    "probabilities": [True, False],
+    "adapt": [None, *METHOD_NAMES],
+    "consistency": ["none", "bidirectional"],
+}
+
+
+def _segment_cases():
+    """Each value of each option once (the others at their defaults), then every option at once, twice."""
+    for name, values in SEGMENT_OPTIONS.items():
+        for value in values:
+            yield {name: value}
+    yield {name: values[-1] for name, values in SEGMENT_OPTIONS.items()}
+    yield {name: values[1] for name, values in SEGMENT_OPTIONS.items()}
+
+
+@pytest.mark.parametrize("options", list(_segment_cases()), ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_every_segment_command_line_is_accepted_by_the_cli(scene, inputs, recorder, tmp_path, options):
+    volume, painted, _ = inputs
+    job = Job("segment", volume, painted, None, JobOptions(**options), state_dir=tmp_path / "state", python="py")
+    commands = _commands(job, recorder, out_of_memory=True)
+    parsed = [_parse(command) for command in commands]
+    given = options.get("batch_size")
+    _check_batch_sizes([args.batch_size for args in parsed], given,
+                       retried=options.get("device", "auto") != "cpu" and given != 1)
+    for args in parsed:
+        assert args.command == "segment" and args.device == options.get("device", "auto")
+        assert args.progress == "json" and (args.probabilities is not None) == options.get("probabilities", True)
+        assert args.adapt == (None if options.get("init_model") else options.get("adapt"))
+
+
+@pytest.mark.parametrize("device, probabilities", itertools.product(["auto", "cpu", "cuda:0", "mps"], [True, False]))
+def test_predict_only_command_lines_are_accepted_and_never_retried_with_a_batch_size(scene, inputs, recorder,
+                                                                                    tmp_path, device, probabilities):
+    volume, _, model = inputs
+    options = JobOptions(device=device, probabilities=probabilities)
+    for out_of_memory in (False, True):
+        job = Job("predict", volume, None, None, options, model_path=model, state_dir=tmp_path / "state",
+                  python="py")
+        commands = _commands(job, recorder, out_of_memory=out_of_memory)
+        assert len(commands) == 1  # predict halves its own batch of slices; the CLI has no --batch-size
+        args = _parse(commands[0])
+        assert args.command == "predict" and args.model == model and args.device == device
+        assert "--batch-size" not in commands[0]
+
+
+def test_predict_only_refuses_a_batch_size_before_anything_runs(scene, inputs, recorder, tmp_path):
+    volume, _, model = inputs
+    with pytest.raises(InputError, match="Predict only has no batch size"):
+        Job("predict", volume, None, None, JobOptions(batch_size=4), model_path=model, state_dir=tmp_path)
+    assert recorder.commands == []
+
+
+@pytest.mark.parametrize("options", [
+    dict(),
+    dict(method="lrc", steps=3, minutes=1.5, device="cuda:1", batch_size=4, seed=5),
+    *[dict(method=method, device="cuda") for method in METHOD_NAMES],
+    dict(device="mps", minutes=0.5),
+    dict(device="cpu", batch_size=2),
+])
+@pytest.mark.parametrize("from_folder", [False, True])
+def test_every_pretrain_command_line_is_accepted_by_the_cli(scene, inputs, recorder, tmp_path, options,
+                                                            from_folder):
+    volume, _, _ = inputs
+    sources = tmp_path if from_folder else [volume]
+    job = PretrainJob(sources, tmp_path / "out" / "encoder.safetensors", PretrainOptions(**options),
+                      state_dir=tmp_path / "state", python="py")
+    commands = _commands(job, recorder, out_of_memory=True)
+    parsed = [_parse(command) for command in commands]
+    given = options.get("batch_size")
+    # pretrain's --batch-size has a default (16), so the first run reads 16 when the module passes none
+    sizes = [None if "--batch-size" not in commands[0] else parsed[0].batch_size] + [a.batch_size for a in parsed[1:]]
+    _check_batch_sizes(sizes, given, retried=options.get("device", "auto") != "cpu")
+    for args in parsed:
+        assert args.command == "pretrain" and args.method == options.get("method", "simclr")
+        assert args.output == tmp_path / "out" / "encoder.safetensors" and args.device == options.get("device",
+                                                                                                       "auto")
+
+
+# ----------------------------------------------------------------------- through the module's Logic
+@pytest.fixture()
+def module(scene, monkeypatch, tmp_path, recorder):
+    """(ContrastiveSeg module, its Logic, a parameter node) with Slicer's Qt side replaced (test_slicer_ui)."""
+    from test_slicer_ui import _stand_ins
+
+    _stand_ins(monkeypatch, scene, tmp_path)
+    import ContrastiveSeg
+
+    logic = ContrastiveSeg.ContrastiveSegLogic()
+    node = ContrastiveSeg.ContrastiveSegParameterNode()
+    monkeypatch.setattr(logic, "getParameterNode", lambda: node)
+    return ContrastiveSeg, logic, node
+
+
+def _panel_cases(ContrastiveSeg):
+    """Each value of each panel choice once, on top of a panel that has a batch size set."""
+    choices = {
+        "encoder": ContrastiveSeg.ENCODERS,
+        "device": ContrastiveSeg.DEVICES,
+        "gpuIndex": [0, 3],
+        "preset": ["default", "fast"],
+        "axis": ["auto", "k", "j", "i"],
+        "steps": [0, 40],
+        "seed": [0, 11],
+        "batchSize": [0, 8],
+        "showUncertainty": [False, True],
+        "refineFromLastModel": [False, True],
+    }
+    for name, values in choices.items():
+        for value in values:
+            yield name, value
+
+
+def test_the_panel_builds_command_lines_the_cli_accepts(scene, inputs, module, recorder, tmp_path):
+    ContrastiveSeg, logic, node = module
+    volume, painted, model = inputs
+    node.inputVolume, node.inputSegmentation, node.modelFile = volume, painted, Path(model)
+    node.lastModelPath, node.lastModelSegments = str(model), "Liver"  # what "refine from the last model" uses
+    defaults = ContrastiveSeg.ContrastiveSegParameterNode()
+    checked = 0
+    for name, value in _panel_cases(ContrastiveSeg):
+        node.batchSize = 8  # set in the panel: it must reach Segment and never Predict only
+        setattr(node, name, value)
+        for out_of_memory in (False, True):
+            recorder.commands.clear()
+            recorder.out_of_memory = out_of_memory
+            assert not logic.segmentFromParameterNode(node, waitForCompletion=True, timeout=30).ok
+            assert not logic.predict(node.inputVolume, str(node.modelFile), node.outputSegmentation,
+                                     **logic.optionsFromParameterNode(node, training=False),
+                                     waitForCompletion=True, timeout=30).ok
+            for command in recorder.commands:
+                args = _parse(command)
+                assert args.device == logic.deviceFromParameterNode(node)
+                checked += 1
+            segment_calls = [c for c in recorder.commands if c[3] == "segment"]
+            predict_calls = [c for c in recorder.commands if c[3] == "predict"]
+            assert _parse(segment_calls[0]).batch_size == (node.batchSize or None)  # 0: the preset's
+            assert (_parse(segment_calls[0]).init_model is not None) == node.refineFromLastModel
+            assert len(predict_calls) == 1 and "--batch-size" not in predict_calls[0]
+        setattr(node, name, getattr(defaults, name))
+    assert checked > 50
+
+
+def test_pretraining_from_the_panel_builds_command_lines_the_cli_accepts(scene, inputs, module, recorder,
+                                                                          tmp_path):
+    _, logic, node = module
+    for method, device, minutes in itertools.product(METHOD_NAMES, ["auto", "cuda"], [0.0, 2.5]):
+        node.pretrainMethod, node.device, node.pretrainMinutes, node.pretrainSteps = method, device, minutes, 3
+        node.pretrainOutput = tmp_path / f"{method}.safetensors"
+        recorder.commands.clear()
+        recorder.out_of_memory = True
+        assert not logic.pretrainFromParameterNode(node, waitForCompletion=True, timeout=30).ok
+        assert len(recorder.commands) == 3  # a first run and two retries with smaller batches
+        for command in recorder.commands:
+            args = _parse(command)
+            assert args.method == method and args.steps == 3 and args.minutes == (minutes or None)
