@@ -22,7 +22,8 @@ from ContrastiveSegLib.device import resolve_device
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
 from ContrastiveSegLib.inference.predict import predict_volume
-from ContrastiveSegLib.io.annotations import SparseAnnotation, decode_annotation
+from ContrastiveSegLib.inference.shape_prior import build_shape_prior
+from ContrastiveSegLib.io.annotations import IGNORE, SparseAnnotation, decode_annotation
 from ContrastiveSegLib.model import TrainedModel, load_encoder_into
 from ContrastiveSegLib.networks import NetworkConfig, build_network
 from ContrastiveSegLib.presets import preset_config
@@ -33,6 +34,9 @@ from ContrastiveSegLib.zoo.registry import default_encoder, resolve_encoder
 DEFAULT_SPEC = InputSpec(context=1, coordinates=True)
 CONSISTENCY = ("none", "bidirectional")
 DEFAULT_ADAPT_STEPS = 100
+PSEUDO_CONFIDENCE = 0.9  # fused probability a voxel needs to become a self-training target
+PSEUDO_SLICES = 24  # unpainted slices labelled for self-training (evenly spread; bounds memory on a large CT)
+SELF_TRAIN_LR = 0.3  # self-training learning rate as a fraction of the preset's
 
 
 @dataclass
@@ -81,12 +85,13 @@ def _input_spec(image: np.ndarray, annotation: SparseAnnotation, init_model: Tra
     return dataclasses.replace(DEFAULT_SPEC, window=foreground_window(image, foreground))
 
 
-def _prepare(image: np.ndarray, labels: np.ndarray, axis: int | None) -> SparseAnnotation:
+def _prepare(image: np.ndarray, labels: np.ndarray, axis: int | None,
+             label_values: tuple[int, ...] | None = None) -> SparseAnnotation:
     check_image(image)
     if not isinstance(labels, np.ndarray) or labels.shape != image.shape:
         shape = getattr(labels, "shape", None)
         raise InputError(f"labels of shape {shape} do not match the image's shape {image.shape}")
-    return decode_annotation(labels, axis)
+    return decode_annotation(labels, axis, label_values)
 
 
 def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, axis: int | None = None,
@@ -112,7 +117,7 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
         the fine-tuned :class:`TrainedModel`.
     """
     annotation = _annotation or _prepare(image, labels, axis)
-    config = preset_config(preset, steps=steps, batch_size=batch_size)
+    config = preset_config(preset, refine=init_model is not None, steps=steps, batch_size=batch_size)
     if consistency not in CONSISTENCY:
         raise InputError(f"unknown consistency '{consistency}' (known: {', '.join(CONSISTENCY)})")
     if init_model is not None and (adapt or consistency != "none"):
@@ -158,13 +163,12 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
     unannotated = None
     if network.config.decoders == 2:
         try:
-            unannotated = UnannotatedSliceSampler(stack, annotation.slices, config.patch,
+            unannotated = UnannotatedSliceSampler(stack, annotation.painted, config.patch,
                                                   divisor=network.config.divisor, seed=seed, centres=sampler.centre)
         except ValueError as error:
             raise InputError(str(error)) from None
     augmenter = BatchAugmenter(image_channels=2 * spec.context + 1, seed=seed)
-    emit(progress, "finetune", f"fine-tuning on {len(annotation.slices)} annotated slices along axis "
-                               f"{annotation.axis} ({torch_device.type})")
+    emit(progress, "finetune", f"fine-tuning on {describe_planes(annotation)} ({torch_device.type})")
     run_finetune(network, sampler, config, torch_device, augmenter, progress, cancel, unannotated)
     return TrainedModel(network.cpu(), annotation.label_values, annotation.axis, spec,
                         tuple(float(v) for v in spacing), encoder_name)
@@ -187,43 +191,103 @@ def adapt_encoder(network, image: np.ndarray, annotation: SparseAnnotation, spec
     network.encoder.load_state_dict(job.method.encoder_state_dict())
 
 
-def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None = None, device: str = "auto",
-            probabilities: bool = False, flip_tta: bool = False, postprocess: bool = True,
-            progress: ProgressCallback = None, cancel=None, _stack: SliceStack | None = None,
-            _annotation: SparseAnnotation | None = None) -> SegmentResult:
+def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None = None,
+            spacing=None, device: str = "auto", probabilities: bool = False, flip_tta: bool = False,
+            postprocess: bool = True, shape_prior: bool = True, progress: ProgressCallback = None, cancel=None,
+            _stack: SliceStack | None = None, _annotation: SparseAnnotation | None = None) -> SegmentResult:
     """Segment ``image`` with ``model``.
 
-    With ``labels`` (the sparse annotation of this scan) the prediction keeps only components that touch an
-    annotated voxel of their class and the annotated voxels are copied in; without, the raw prediction is returned.
+    With ``labels`` (the sparse annotation of this scan, decoded against the model's label values) the painted
+    outlines, interpolated between the painted slices, weigh in as a shape prior
+    (:mod:`ContrastiveSegLib.inference.shape_prior`; ``shape_prior=False`` turns it off), the prediction keeps
+    only components that touch an annotated voxel of their class and the annotated voxels are copied in; without,
+    the raw prediction is returned. ``spacing`` (x, y, z) mm is this scan's (default: the training scan's).
     """
     check_image(image)
     torch_device = resolve_device(device)
     annotation = _annotation
     if annotation is None and labels is not None:
-        annotation = _prepare(image, labels, model.axis)
+        annotation = _prepare(image, labels, model.axis, model.label_values)
     stack = _stack or SliceStack(normalise_intensity(image, model.spec.window), model.axis, model.spec)
+    targets = None if annotation is None else np.moveaxis(annotation.target, annotation.axis, 0)
+    prior = _shape_prior(model, targets, spacing) if targets is not None and shape_prior else None
     classes, probs = predict_volume(model.network, stack, torch_device, divisor=model.network.config.divisor,
-                                    flip_tta=flip_tta, keep_probabilities=probabilities,
+                                    flip_tta=flip_tta, keep_probabilities=probabilities, prior=prior,
                                     progress=progress, cancel=cancel)
-    if annotation is not None:
-        targets = np.moveaxis(annotation.target, annotation.axis, 0)
+    if targets is not None:
         if postprocess:
             classes = keep_annotated_components(classes, targets, len(model.label_values))
         paste_annotations(classes, targets)
     classes = np.moveaxis(classes, 0, model.axis)
-    lookup = np.asarray(model.label_values, dtype=np.uint16 if max(model.label_values) > 255 else np.uint8)
-    result_labels = lookup[classes]
+    result_labels = label_lookup(model.label_values)[classes]
     if probs is not None:
         probs = np.moveaxis(probs, 1, model.axis + 1)
     return SegmentResult(labels=result_labels, probabilities=probs, model=model, axis=model.axis)
+
+
+def _shape_prior(model: TrainedModel, targets: np.ndarray, spacing):
+    """The shape prior of ``targets`` (stack order) on a scan of ``spacing`` (x, y, z) mm."""
+    spacing_zyx = tuple(float(v) for v in (model.spacing if spacing is None else spacing))[::-1]
+    inplane = tuple(v for a, v in enumerate(spacing_zyx) if a != model.axis)
+    return build_shape_prior(targets, len(model.label_values), inplane, spacing_zyx[model.axis])
+
+
+def self_train_round(model: TrainedModel, stack: SliceStack, annotation: SparseAnnotation, spacing, *,
+                     device: str = "auto", preset: str = "default", steps: int = 100, seed: int = 0,
+                     progress: ProgressCallback = None, cancel=None) -> None:
+    """Propagate the painting into the unpainted slices and train on it (in place).
+
+    The network, fused with the shape prior, labels every slice; its confident voxels (fused probability of at
+    least :data:`PSEUDO_CONFIDENCE`, in components that touch the painting) on up to :data:`PSEUDO_SLICES` evenly
+    spread unpainted slices become extra targets, and training goes on for ``steps`` steps on them and on the
+    painted slices, at a lower learning rate (incremental self-labelling, Anderson et al., BMC Medical Imaging
+    2025; the confidence threshold plays the role of the self-paced weighting).
+    """
+    torch_device = resolve_device(device)
+    targets = np.moveaxis(annotation.target, annotation.axis, 0)
+    prior = _shape_prior(model, targets, spacing)
+    emit(progress, "self-train", "labelling the unpainted slices for self-training")
+    classes, confidence = predict_volume(model.network, stack, torch_device, divisor=model.network.config.divisor,
+                                         prior=prior, keep_confidence=True, progress=progress, cancel=cancel)
+    classes = keep_annotated_components(classes, targets, len(model.label_values))
+    unpainted = np.setdiff1d(np.arange(stack.num_slices), annotation.painted)
+    chosen = unpainted[np.unique(np.linspace(0, len(unpainted) - 1, min(PSEUDO_SLICES, len(unpainted))).round()
+                                 .astype(int))] if len(unpainted) else unpainted
+    pseudo = targets.copy()
+    for s in chosen:
+        known = targets[s] != IGNORE
+        label = np.where(confidence[s] >= round(PSEUDO_CONFIDENCE * 255), classes[s], IGNORE).astype(np.uint8)
+        pseudo[s] = np.where(known, targets[s], label)
+    slices = np.union1d(annotation.slices, chosen)
+    base = preset_config(preset)
+    config = dataclasses.replace(base, steps=steps, learning_rate=base.learning_rate * SELF_TRAIN_LR)
+    sampler = AnnotatedSliceSampler(stack, pseudo, slices, config.patch, divisor=model.network.config.divisor,
+                                    seed=seed + 1)
+    augmenter = BatchAugmenter(image_channels=2 * model.spec.context + 1, seed=seed + 1)
+    run_finetune(model.network, sampler, config, torch_device, augmenter, progress, cancel)
+    model.network.cpu()
+
+
+def label_lookup(label_values) -> np.ndarray:
+    """Class index -> label value table in the narrowest unsigned type that holds every value."""
+    top = max(label_values)
+    dtype = np.uint8 if top <= 255 else np.uint16 if top <= 65535 else np.uint32 if top < 2**32 else np.uint64
+    return np.asarray(label_values, dtype=dtype)
+
+
+def describe_planes(annotation: SparseAnnotation) -> str:
+    """"3 painted slices along axis 0 and 1 along axis 1": what the user painted, in words."""
+    parts = [f"{len(s)} painted slice{'s' if len(s) != 1 else ''} along axis {a}"
+             for a, s in sorted(annotation.planes.items(), key=lambda item: item[0] != annotation.axis)]
+    return " and ".join(parts)
 
 
 def segment(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, axis: int | None = None,
             preset: str = "default", encoder: str | None = None, init_model: TrainedModel | None = None,
             device: str = "auto", seed: int = 0, steps: int | None = None, batch_size: int | None = None,
             adapt: str | None = None, adapt_steps: int = DEFAULT_ADAPT_STEPS, consistency: str = "none",
-            probabilities: bool = False, flip_tta: bool = False, postprocess: bool = True,
-            progress: ProgressCallback = None, cancel=None) -> SegmentResult:
+            probabilities: bool = False, flip_tta: bool = False, postprocess: bool = True, shape_prior: bool = True,
+            self_train: int = 0, progress: ProgressCallback = None, cancel=None) -> SegmentResult:
     """Fine-tune on the annotated slices of ``labels`` and segment the whole ``image``.
 
     Every slice annotated along the axis means there is nothing to segment: the labels come back unchanged with
@@ -232,7 +296,7 @@ def segment(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, a
     timings: dict[str, float] = {}
     start = time.perf_counter()
     annotation = _prepare(image, labels, axis)
-    if len(annotation.slices) == image.shape[annotation.axis] and not (annotation.target == 255).any():
+    if not (annotation.target == 255).any():
         message = f"every slice along axis {annotation.axis} is annotated: nothing to segment"
         emit(progress, "done", message)
         return SegmentResult(labels=labels.copy(), axis=annotation.axis, message=message)
@@ -245,9 +309,15 @@ def segment(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, a
                      seed=seed, steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
                      consistency=consistency, progress=progress, cancel=cancel, _annotation=annotation, _stack=stack)
     timings["finetune"] = time.perf_counter() - start
+    if self_train and shape_prior:
+        start = time.perf_counter()
+        self_train_round(model, stack, annotation, spacing, device=device, preset=preset, steps=self_train,
+                         seed=seed, progress=progress, cancel=cancel)
+        timings["self-train"] = time.perf_counter() - start
     start = time.perf_counter()
-    result = predict(model, image, device=device, probabilities=probabilities, flip_tta=flip_tta,
-                     postprocess=postprocess, progress=progress, cancel=cancel, _stack=stack, _annotation=annotation)
+    result = predict(model, image, spacing=spacing, device=device, probabilities=probabilities, flip_tta=flip_tta,
+                     postprocess=postprocess, shape_prior=shape_prior, progress=progress, cancel=cancel, _stack=stack,
+                     _annotation=annotation)
     timings["predict"] = time.perf_counter() - start
     result.seconds = timings
     return result

@@ -12,11 +12,20 @@ PRESETS: dict[str, FinetuneConfig] = {
 }
 
 
-def preset_config(name: str, **overrides) -> FinetuneConfig:
-    """The preset ``name`` with any non-None ``overrides`` (e.g. steps=50) applied."""
+# A refinement (``--init-model``: the previous model plus one corrected slice) starts from weights that already
+# fit all but that slice, so it runs this fraction of the preset's steps unless --steps says otherwise.
+REFINE_FRACTION = 1 / 3
+
+
+def preset_config(name: str, *, refine: bool = False, **overrides) -> FinetuneConfig:
+    """The preset ``name`` with any non-None ``overrides`` (e.g. steps=50) applied; ``refine`` shortens it to
+    :data:`REFINE_FRACTION` of its steps (an explicit ``steps`` wins)."""
     if name not in PRESETS:
         raise InputError(f"unknown preset '{name}' (known: {', '.join(PRESETS)})")
-    values = {**PRESETS[name].__dict__, **{k: v for k, v in overrides.items() if v is not None}}
+    values = {**PRESETS[name].__dict__}
+    if refine:
+        values["steps"] = max(1, round(values["steps"] * REFINE_FRACTION))
+    values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return FinetuneConfig(**values)
     except ValueError as error:

@@ -52,6 +52,29 @@ def _row(task, method, k, seed, prediction, reference, seconds, preset="") -> di
             "seconds": round(seconds, 1), "preset": preset}
 
 
+PREDICTION_OPTIONS = ("shape_prior",)  # api.predict options: they do not change the trained network
+
+
+def _segment(trained: dict, image, sparse, spacing, axis, preset, seed, kwargs) -> tuple[np.ndarray, float]:
+    """(labels, seconds) of ``api.segment`` for one variant. The trained model is cached in ``trained`` by its
+    training options, so variants that differ only in :data:`PREDICTION_OPTIONS` are trained once; the seconds of
+    a reused model include its training time, as a separate run's would."""
+    start = time.perf_counter()
+    if kwargs.get("self_train"):
+        labels = api.segment(image, sparse, spacing, axis=axis, preset=preset, seed=seed, **kwargs).labels
+        return labels, time.perf_counter() - start
+    training = {key: value for key, value in kwargs.items() if key not in PREDICTION_OPTIONS}
+    key = json.dumps(training, sort_keys=True)
+    if key not in trained:
+        trained[key] = (api.finetune(image, sparse, spacing, axis=axis, preset=preset, seed=seed, **training),
+                        time.perf_counter() - start)
+    model, training_seconds = trained[key]
+    start = time.perf_counter()
+    prediction = {key: value for key, value in kwargs.items() if key in PREDICTION_OPTIONS}
+    labels = api.predict(model, image, labels=sparse, spacing=spacing, **prediction).labels
+    return labels, training_seconds + time.perf_counter() - start
+
+
 def run(tasks: list[str], ks: list[int], seeds: list[int], out: Path, preset: str, baselines: bool,
         overlays: bool, methods: list[tuple[str, dict]] = OUR_METHODS, csv_name: str = "quality.csv") -> None:
     out.mkdir(parents=True, exist_ok=True)
@@ -64,14 +87,14 @@ def run(tasks: list[str], ks: list[int], seeds: list[int], out: Path, preset: st
             sparse = sparse_annotation(reference, task.axis, slices)
             layers = {"reference": reference}
             for seed in seeds:
+                trained: dict = {}  # variants that differ only in how they predict share one trained model
                 for method, kwargs in methods:
-                    start = time.perf_counter()
-                    result = api.segment(image, sparse, spacing, axis=task.axis, preset=preset, seed=seed, **kwargs)
-                    row = _row(task, method, k, seed, result.labels, reference, time.perf_counter() - start, preset)
+                    labels, seconds = _segment(trained, image, sparse, spacing, task.axis, preset, seed, kwargs)
+                    row = _row(task, method, k, seed, labels, reference, seconds, preset)
                     _append(csv_path, row)
                     print(json.dumps(row), flush=True)
                     if seed == seeds[0]:
-                        layers[method] = result.labels
+                        layers[method] = labels
             if baselines:
                 for method in (GROW, FILL):
                     start = time.perf_counter()

@@ -110,6 +110,22 @@ def _brain_tasks() -> list[Task]:
     return tasks
 
 
+def _shape_phantom_task(seed: int, keep: Sequence[int]) -> Loaded:
+    """A shape phantom (``phantoms.make_shape_phantom``) keeping the structures ``keep``, the rest 0."""
+    from ContrastiveSegLib.data.phantoms import make_shape_phantom
+
+    phantom = make_shape_phantom(CT_SHAPE, CT_SPACING, seed)
+    reference = np.where(np.isin(phantom.labels, list(keep)), phantom.labels, 0).astype(np.uint8)
+    return phantom.image.astype(np.float32, copy=False), reference, tuple(phantom.spacing), tuple(phantom.direction)
+
+
+def _shape_task(name: str, description: str, axis: int, seed: int, keep: Sequence[int]) -> Task:
+    from ContrastiveSegLib.data.phantoms import SHAPE_STRUCTURES
+
+    return Task(name, description, axis, {value: SHAPE_STRUCTURES[value] for value in keep},
+                functools.partial(_shape_phantom_task, seed, tuple(keep)))
+
+
 def _ct_task(name: str, description: str, axis: int, seed: int, organs: int, keep: Sequence[int]) -> Task:
     return Task(name, description, axis, {value: ORGANS[value] for value in keep},
                 functools.partial(_phantom_task, CT_SHAPE, CT_SPACING, seed, organs, tuple(keep)))
@@ -124,4 +140,12 @@ TASKS: dict[str, Task] = {task.name: task for task in [
     _ct_task("ct-kidneys-axial", "CT phantom, both kidneys (a look-alike pair), axial slices", 0, 12, 4, (2, 4)),
     _ct_task("ct-liverspleen-coronal", "CT phantom, liver + spleen, coronal slices (2.5 mm x 1.6 mm in-plane)",
              1, 13, 3, (1, 3)),
+    # Where shape decides (issue 8): structures 12-20 HU from their surroundings, so that their outline between
+    # the painted slices is better told by interpolation than by intensity.
+    _shape_task("ct-lookalike-axial", "CT shape phantom, an organ and its look-alike neighbour 12-18 HU apart, "
+                "axial slices", 0, 21, (1, 2)),
+    _shape_task("ct-tubes-axial", "CT shape phantom, a curved vessel and a curved organ, 12-20 HU above soft "
+                "tissue, axial slices", 0, 22, (3, 4)),
+    _shape_task("ct-shapes-coronal", "CT shape phantom, all four shape structures, coronal slices", 1, 23,
+                (1, 2, 3, 4)),
 ]}

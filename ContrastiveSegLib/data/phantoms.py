@@ -200,6 +200,33 @@ def _place_organ(rng: np.random.Generator, template: OrganTemplate, coords: tupl
     return best
 
 
+def _finish(rng: np.random.Generator, image: np.ndarray, labels: np.ndarray, allowed: np.ndarray,
+            body: np.ndarray) -> None:
+    """In place: visceral fat in the free interior, parenchymal texture, correlated noise and the reconstruction
+    kernel's blur (what turns a piecewise-constant label image into a CT-looking one)."""
+    shape = image.shape
+    nz, ny, nx = shape
+    # Visceral fat: the top ~22 % of a smooth field, in the free interior (not over organs or fixed anatomy).
+    blobs = _smooth_field(rng, (max(4, nz // 6), 24, 24), 1.5, shape)
+    free = (blobs > 0.77) & allowed[None] & (labels == 0)
+    image[free] = FAT + rng.uniform(-15, 15)
+    del free
+    # Parenchymal texture (~6 HU, a few voxels across) inside the body, then correlated noise.
+    texture = _smooth_field(rng, (max(4, nz // 3), max(4, ny // 6), max(4, nx // 6)), 1.0, shape, out=blobs)
+    texture *= np.float32(6.0) * body[None]
+    image += texture
+    noise = texture  # reuse the buffer: ~300 MB at 512 x 512 x 300
+    noise[:] = rng.standard_normal(shape, dtype=np.float32)
+    noise *= np.float32(rng.uniform(32, 48))
+    image += noise
+    del noise, texture, blobs
+    # The reconstruction kernel's blur: correlates the noise (final std ~10-18 HU) and gives partial-volume edges.
+    for axis in (2, 1):
+        ndimage.gaussian_filter1d(image, 0.8, axis=axis, output=image, truncate=3.0)
+    _blur_z(image, 0.4)
+    np.clip(image, -1024.0, 3071.0, out=image)
+
+
 def make_ct_phantom(shape: tuple[int, int, int] = (64, 96, 96), spacing: tuple[float, float, float] = (0.8, 0.8, 2.5),
                     seed: int = 0, num_organs: int = 3) -> Phantom:
     """A CT-like abdominal volume with ``num_organs`` labelled organs (see the module docstring).
@@ -251,25 +278,7 @@ def make_ct_phantom(shape: tuple[int, int, int] = (64, 96, 96), spacing: tuple[f
             image[box][core] = rng.uniform(*template.core)
         names[value], organ_hu[value] = template.name, float(hu)
 
-    # Visceral fat: the top ~22 % of a smooth field, in the free interior (not over organs or fixed anatomy).
-    blobs = _smooth_field(rng, (max(4, nz // 6), 24, 24), 1.5, shape)
-    free = (blobs > 0.77) & allowed[None] & (labels == 0)
-    image[free] = FAT + rng.uniform(-15, 15)
-    del free
-    # Parenchymal texture (~6 HU, a few voxels across) inside the body, then correlated noise.
-    texture = _smooth_field(rng, (max(4, nz // 3), max(4, ny // 6), max(4, nx // 6)), 1.0, shape, out=blobs)
-    texture *= np.float32(6.0) * body[None]
-    image += texture
-    noise = texture  # reuse the buffer: ~300 MB at 512 x 512 x 300
-    noise[:] = rng.standard_normal(shape, dtype=np.float32)
-    noise *= np.float32(rng.uniform(32, 48))
-    image += noise
-    del noise, texture, blobs
-    # The reconstruction kernel's blur: correlates the noise (final std ~10-18 HU) and gives partial-volume edges.
-    for axis in (2, 1):
-        ndimage.gaussian_filter1d(image, 0.8, axis=axis, output=image, truncate=3.0)
-    _blur_z(image, 0.4)
-    np.clip(image, -1024.0, 3071.0, out=image)
+    _finish(rng, image, labels, allowed, body)
     origin = tuple(float(-(n - 1) / 2 * s) for n, s in zip(shape[::-1], spacing))
     return Phantom(image=image, labels=labels, spacing=spacing, origin=origin, label_names=names,
                    organ_hu=organ_hu)
@@ -285,3 +294,103 @@ def phantom_to_sitk(phantom: Phantom) -> tuple[sitk.Image, sitk.Image]:
         image.SetDirection(phantom.direction)
         images.append(image)
     return images[0], images[1]
+
+
+SHAPE_STRUCTURES = {1: "organ", 2: "look-alike neighbour", 3: "vessel", 4: "curved organ"}
+
+
+def _tube(coords: tuple[np.ndarray, ...], centre_line: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    """Boolean (z, y, x) mask of the voxels within ``radius[i]`` mm of the polyline point ``centre_line[i]``
+    ((N, 3) x, y, z mm), for a densely sampled line (points closer than the radius)."""
+    from scipy.spatial import cKDTree
+
+    z, y, x = coords
+    low = centre_line.min(0) - radius.max()
+    high = centre_line.max(0) + radius.max()
+    box = tuple(slice(int(np.searchsorted(c, lo)), int(np.searchsorted(c, hi, side="right")))
+                for c, lo, hi in zip((z, y, x), low[::-1], high[::-1]))
+    mask = np.zeros((z.size, y.size, x.size), bool)
+    grid = np.stack(np.meshgrid(x[box[2]], y[box[1]], z[box[0]], indexing="ij"), -1)  # (x, y, z, 3)
+    _, nearest = cKDTree(centre_line).query(grid.reshape(-1, 3))
+    distance = np.linalg.norm(grid.reshape(-1, 3) - centre_line[nearest], axis=1)
+    inside = (distance <= radius[nearest]).reshape(grid.shape[:3])
+    mask[box] = inside.transpose(2, 1, 0)
+    return mask
+
+
+def make_shape_phantom(shape: tuple[int, int, int] = (64, 96, 96),
+                       spacing: tuple[float, float, float] = (0.8, 0.8, 2.5), seed: int = 0) -> Phantom:
+    """A CT-like volume whose structures are told apart by shape more than by intensity.
+
+    Four structures (:data:`SHAPE_STRUCTURES`), each 12-20 HU from what surrounds it, under the same texture and
+    noise as :func:`make_ct_phantom` (final noise std 10-18 HU):
+
+    1. an organ (a deformed ellipsoid, 55-65 HU) and 2. a look-alike neighbour 12-18 HU brighter, cut from the
+       same blob by a tilted, curved surface: the two touch along an edge that only a 15 HU step shows;
+    3. a vessel: a tube of 4.5-6 mm radius, 14-20 HU above soft tissue, along a curve that sweeps 20-40 mm
+       across the slices as it runs through them;
+    4. a curved organ: a thick arc (a pancreas- or colon-like sausage bent through 100-150 degrees in the axial
+       plane while it climbs along z), 12-18 HU above soft tissue.
+
+    Same conventions as :func:`make_ct_phantom` (shape (z, y, x), spacing (x, y, z) mm, LPS, centred).
+    """
+    shape = tuple(int(n) for n in shape)
+    spacing = tuple(float(s) for s in spacing)
+    if len(shape) != 3 or min(shape) < 16:
+        raise InputError(f"phantom shape must be 3 sizes (z, y, x) of at least 16 voxels, got {shape}")
+    rng = np.random.default_rng(seed)
+    spacing_zyx = np.asarray(spacing[::-1])
+    coords = tuple((np.arange(n, dtype=np.float32) - (n - 1) / 2) * s for n, s in zip(shape, spacing_zyx))
+    z, y, x = coords
+    nx = shape[2]
+    ax = rng.uniform(0.84, 0.92) * nx * spacing[0] / 2
+    ay = min(ax * rng.uniform(0.66, 0.76), 0.92 * shape[1] * spacing[1] / 2)
+    slice_hu, allowed, _, body = _cross_section(rng, x, y, ax, ay)
+    image = np.empty(shape, np.float32)
+    image[:] = slice_hu
+    labels = np.zeros(shape, np.uint8)
+    half_z = min(shape[0] * spacing[2] / 2, 200.0)
+
+    # 1 + 2: one blob cut in two by a tilted, curved surface.
+    template = OrganTemplate("organ", (55.0, 65.0), (-0.40, -0.10, 0.10), (0.32, 0.42, 0.55), angle_deg=-10.0)
+    box, blob, _ = _place_organ(rng, template, coords, (ax, ay, half_z), spacing_zyx, allowed, labels)
+    zb, yb, xb = np.meshgrid(z[box[0]], y[box[1]], x[box[2]], indexing="ij")
+    centre = [float(c[blob].mean()) for c in (zb, yb, xb)]
+    normal = rng.normal(size=3) * (0.6, 1.0, 1.0)  # tilted against the slices, never parallel to them
+    normal /= np.linalg.norm(normal)
+    bend = _smooth_field(rng, (4, 4, 4), 0.8, blob.shape) * 0.15 * max(ax, ay) * 0.3
+    side = (zb - centre[0]) * normal[0] + (yb - centre[1]) * normal[1] + (xb - centre[2]) * normal[2] + bend
+    base = rng.uniform(55, 65)
+    for value, part, hu in ((1, blob & (side < 0), base), (2, blob & (side >= 0), base + rng.uniform(12, 18))):
+        labels[box][part] = value
+        image[box][part] = hu
+
+    free = allowed[None] & (labels == 0)
+    # 3: a vessel along a curve that sweeps across the slices.
+    t = np.linspace(0.0, 1.0, 400)
+    z_line = (-0.75 + 1.5 * t) * half_z
+    sweep = rng.uniform(20, 40)
+    x_line = rng.uniform(0.05, 0.25) * ax + sweep * np.sin(np.pi * t + rng.uniform(0, np.pi))
+    y_line = rng.uniform(0.0, 0.15) * ay + 0.5 * sweep * np.cos(1.5 * np.pi * t)
+    vessel = _tube(coords, np.stack([x_line, y_line, z_line], 1), np.full(t.size, rng.uniform(4.5, 6.0))) & free
+    labels[vessel] = 3
+    image[vessel] = SOFT_TISSUE + rng.uniform(14, 20)
+
+    # 4: a thick arc that bends in the axial plane while it climbs.
+    free &= labels == 0
+    sweep_angle = np.deg2rad(rng.uniform(100, 150))
+    start = rng.uniform(0, 2 * np.pi)
+    arc_radius = rng.uniform(0.28, 0.36) * ay
+    angle = start + sweep_angle * t
+    cx, cy = rng.uniform(0.25, 0.40) * ax, rng.uniform(-0.30, -0.15) * ay
+    line = np.stack([cx + arc_radius * np.cos(angle), cy + arc_radius * np.sin(angle),
+                     (-0.55 + 0.9 * t) * half_z], 1)
+    thickness = rng.uniform(9, 12) * (0.6 + 0.4 * np.sin(np.pi * t))  # tapered ends
+    curved = _tube(coords, line, thickness) & free
+    labels[curved] = 4
+    image[curved] = SOFT_TISSUE + rng.uniform(12, 18)
+
+    _finish(rng, image, labels, allowed, body)
+    origin = tuple(float(-(n - 1) / 2 * s) for n, s in zip(shape[::-1], spacing))
+    return Phantom(image=image, labels=labels, spacing=spacing, origin=origin,
+                   label_names=dict(SHAPE_STRUCTURES))

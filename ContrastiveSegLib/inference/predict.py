@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ContrastiveSegLib.data.slices import SliceStack
+from ContrastiveSegLib.inference.shape_prior import PRIOR_WEIGHT
 from ContrastiveSegLib.progress import ProgressCallback, StageProgress
 from ContrastiveSegLib.training.finetune import autocast_context
 
@@ -26,12 +27,18 @@ def _pad_to(x: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple[int, int
 @torch.no_grad()
 def predict_volume(model: torch.nn.Module, stack: SliceStack, device: torch.device, *, divisor: int = 16,
                    batch_size: int = 16, flip_tta: bool = False, keep_probabilities: bool = False,
-                   progress: ProgressCallback = None, cancel=None) -> tuple[np.ndarray, np.ndarray | None]:
+                   prior=None, keep_confidence: bool = False, progress: ProgressCallback = None,
+                   cancel=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Segment every slice of ``stack``.
+
+    ``prior`` (a :class:`~ContrastiveSegLib.inference.shape_prior.ShapePrior`) multiplies the network's class
+    probabilities by the shape prior's, raised to ``PRIOR_WEIGHT``, and renormalises (a product of experts).
 
     Returns:
         classes: (S, H, W) uint8 class indices in stack order (slices along the annotation axis first).
-        probabilities: (C, S, H, W) float32 softmax, or None unless ``keep_probabilities``.
+        probabilities: (C, S, H, W) float32 softmax, or None unless ``keep_probabilities``; with
+            ``keep_confidence`` instead, (S, H, W) uint8: the winning class's probability times 255 (one byte per
+            voxel, for self-training on a CT-sized volume).
     """
     model.to(device=device, memory_format=torch.channels_last).eval()
     num = stack.num_slices
@@ -56,9 +63,16 @@ def predict_volume(model: torch.nn.Module, stack: SliceStack, device: torch.devi
             torch.cuda.empty_cache()
             batch_size = max(1, batch_size // 2)
             continue
-        probs = torch.softmax(logits[..., :height, :width], dim=1)
+        log_probs = torch.log_softmax(logits[..., :height, :width], dim=1)
+        if prior is not None:
+            log_probs = log_probs + PRIOR_WEIGHT * prior.log_probs(indices).to(log_probs.device)
+        probs = torch.softmax(log_probs, dim=1)
         classes[indices] = probs.argmax(1).to(torch.uint8).cpu().numpy()
-        if keep_probabilities:
+        if keep_confidence:
+            if probabilities is None:
+                probabilities = np.empty((num, stack.height, stack.width), dtype=np.uint8)
+            probabilities[indices] = (probs.amax(1) * 255).round().to(torch.uint8).cpu().numpy()
+        elif keep_probabilities:
             if probabilities is None:
                 probabilities = np.empty((probs.shape[1], num, stack.height, stack.width), dtype=np.float32)
             probabilities[:, indices] = probs.permute(1, 0, 2, 3).cpu().numpy()

@@ -6,7 +6,7 @@ import pytest
 
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.annotations import (IGNORE, annotated_slice_indices, decode_annotation,
-                                              find_annotation_axis)
+                                              find_annotation_axis, find_painted_planes, main_axis)
 
 SHAPE = (12, 14, 16)
 
@@ -104,3 +104,74 @@ def test_unusable_labels_give_one_line_input_error(labels, phrase):
 def test_axis_out_of_range_is_input_error():
     with pytest.raises(InputError, match="axis must be 0, 1 or 2"):
         decode_annotation(_annotate(0), axis=3)
+
+
+def _ball(shape=(40, 50, 60), centre=(20, 25, 30), radii=(15, 12, 14)) -> np.ndarray:
+    grid = np.indices(shape) - np.asarray(centre)[:, None, None, None]
+    return (np.sum(grid ** 2 / np.asarray(radii)[:, None, None, None] ** 2, axis=0) <= 1)
+
+
+def test_two_axial_and_one_coronal_slice_are_three_painted_slices():
+    ball = _ball()
+    labels = np.zeros(ball.shape, np.uint8)
+    for z in (12, 28):
+        labels[z][ball[z]] = 3
+    labels[:, 25][ball[:, 25]] = 3
+    assert {a: s.tolist() for a, s in find_painted_planes(labels).items()} == {0: [12, 28], 1: [25]}
+    annotation = decode_annotation(labels)
+    assert annotation.axis == 0 and annotation.painted.tolist() == [12, 28]
+    target = annotation.target
+    # The coronal slice is annotated everywhere: its zero voxels are background, even on unpainted axial slices.
+    assert (target[:, 25][~ball[:, 25]] == 0).all() and (target[:, 25][ball[:, 25]] == 1).all()
+    assert (target[3, 25] == 0).all()
+    # Off the three painted slices everything is unknown (the single-plane rule would have called slice 5
+    # "annotated" and its whole plane background).
+    off = np.ones(ball.shape, bool)
+    off[[12, 28]] = False
+    off[:, 25] = False
+    assert (target[off] == IGNORE).all()
+    # Every axial slice the coronal slice crosses holds annotated voxels (its crossing line) for training.
+    assert annotation.slices.tolist() == list(range(40))
+
+
+def test_a_thin_crossing_line_is_not_taken_for_a_painted_plane():
+    # Three axial slices of small disks lined up at the same row: a coronal slice through them holds only
+    # one-voxel-thin lines, so the painting stays three axial slices.
+    labels = np.zeros((30, 30, 30), np.uint8)
+    for z in (5, 15, 25):
+        labels[z, 14:17, 14:17] = 1
+    assert {a: s.tolist() for a, s in find_painted_planes(labels).items()} == {0: [5, 15, 25]}
+
+
+def test_given_axis_keeps_the_single_plane_rule():
+    ball = _ball()
+    labels = np.zeros(ball.shape, np.uint8)
+    for z in (12, 28):
+        labels[z][ball[z]] = 3
+    labels[:, 25][ball[:, 25]] = 3
+    annotation = decode_annotation(labels, axis=0)
+    assert list(annotation.planes) == [0]
+    assert annotation.painted.tolist() == annotation.slices.tolist()
+
+
+def test_labels_decode_against_a_models_label_values():
+    labels = _annotate(0, slices=(4,), value=7)
+    annotation = decode_annotation(labels, 0, label_values=(0, 3, 7))
+    assert annotation.label_values == (0, 3, 7)
+    assert (annotation.target[4, 3:9, 3:9] == 2).all()  # class of value 7, not class 1
+    with pytest.raises(InputError, match=r"values \[5\]"):
+        decode_annotation(_annotate(0, value=5), 0, label_values=(0, 3, 7))
+
+
+def test_main_axis_is_the_plane_with_the_most_painted_slices_as_decoded():
+    # main_axis is what the Slicer bridge names in its summary: it must be the axis decode_annotation picks.
+    ball = _ball()
+    labels = np.zeros(ball.shape, np.uint8)
+    labels[:, 25][ball[:, 25]] = 1
+    labels[:, 18][ball[:, 18]] = 1
+    labels[20][ball[20]] = 1
+    planes = find_painted_planes(labels)
+    assert {a: s.tolist() for a, s in planes.items()} == {0: [20], 1: [18, 25]}
+    assert main_axis(planes) == decode_annotation(labels).axis == 1
+    # Ties go to the lower array axis (axial for most scans).
+    assert main_axis({2: np.array([3]), 0: np.array([5])}) == 0

@@ -23,7 +23,7 @@ from conftest import Phantom, dice, make_phantom, write_image
 from ContrastiveSegLib.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
-# 60 steps of batch 4 (about 5 s on one busy core), from the default (simclr) encoder. Measured Dice with this run
+# 60 steps of batch 4 (about 5 s on one busy core), from the simclr encoder (the default until issue 8). Measured Dice with this run
 # (seed 0): class 1 0.985, class 2 0.963; seeds 1-3 gave a mean of 0.973, 0.980, 0.966 (from random
 # initialisation: 0.979, 0.974, 0.983, 0.954). The test asserts 0.90.
 TRAIN = ["--preset", "fast", "--steps", "60", "--batch-size", "4", "--seed", "0", "--device", "cpu"]

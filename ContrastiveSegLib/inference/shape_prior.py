@@ -1,0 +1,181 @@
+"""A shape prior from the painted slices: their outlines interpolated between the slices, as probabilities.
+
+What "Fill between slices" knows and a slice-wise network does not: how an outline moves from one painted slice
+to the next. Each fully painted slice along the annotation axis gives, per structure, an in-plane signed
+distance map (mm, negative inside; Raya & Udupa's shape-based interpolation, IEEE TMI 1990). Between two painted
+slices the maps are blended linearly; beyond the first and the last one the end slice's map is kept and grows by
+``end_slope`` mm per mm (the structure tapers off: a rounded end, not a cylinder). A structure present on one
+painted slice and absent from the next vanishes between them.
+
+The interpolated distance ``d`` becomes a probability ``sigmoid(-d / tau)``, with the boundary's uncertainty
+``tau = tau0 + beta * (distance in mm to the nearest painted slice)``: exact on a painted slice, vaguer half way.
+``beta`` is learnt from the painted slices themselves, by predicting each of them from the others
+(leave-one-out) and keeping the value that explains them best: a smooth structure (a deep nucleus, an organ) gets
+a sharp prior, a convoluted one (the cortex) a vague one that leaves the decision to the image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from ContrastiveSegLib.io.annotations import IGNORE
+
+PRIOR_WEIGHT = 1.0  # exponent of the prior in the product with the network's probabilities
+END_SLOPE = 1.0  # mm of outline shrinkage per mm beyond the last painted slice
+DEFAULT_BETA = 5.0  # used when only one painted slice holds a structure (nothing to learn beta from)
+BETAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0)  # leave-one-out search grid (mm)
+GAP_POWER = 1.0  # how the boundary uncertainty grows with the distance to the nearest painted slice
+REFERENCE_GAP = 10.0  # mm: beta is the uncertainty at this distance
+
+
+def signed_distance(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
+    """In-plane signed distance (mm) of a (H, W) boolean mask: negative inside, positive outside, measured from
+    the boundary between voxel centres (so a one-voxel structure is -spacing/2 inside). Empty mask: +inf."""
+    if not mask.any():
+        return np.full(mask.shape, np.inf, np.float32)
+    if mask.all():
+        return np.full(mask.shape, -np.inf, np.float32)
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
+    inside = ndimage.distance_transform_edt(mask, sampling=spacing)
+    half = 0.5 * min(spacing)
+    return np.where(mask, half - inside, outside - half).astype(np.float32)
+
+
+@dataclass
+class ShapePrior:
+    """Interpolated signed distances of every structure, evaluated lazily slice by slice.
+
+    Attributes:
+        slices: (K,) sorted indices of the fully painted slices along the annotation axis (stack order).
+        distances: (K, C - 1, H, W) float32 signed distances (mm) of the foreground classes on those slices;
+            +inf where a class is absent from a slice.
+        informative: (C - 1,) bool: the class appears on at least one of those slices (else its prior is flat).
+        slice_mm: spacing along the annotation axis (mm).
+        beta: boundary uncertainty (mm) at :data:`REFERENCE_GAP` mm from the nearest painted slice.
+        tau0: boundary uncertainty (mm) on a painted slice.
+    """
+
+    slices: np.ndarray
+    distances: np.ndarray
+    informative: np.ndarray
+    slice_mm: float
+    beta: float
+    tau0: float
+
+    def _depth(self) -> np.ndarray:
+        """(C - 1,) deepest inside distance (mm, positive) of each class over the painted slices."""
+        finite = np.where(np.isfinite(self.distances), self.distances, 0.0)
+        return np.maximum(-finite.min(axis=(0, 2, 3)), self.tau0)
+
+    def interpolate(self, s: int, keys: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+        """(C - 1, H, W) interpolated signed distances at slice ``s`` and the distance (mm) from ``s`` to the
+        nearest painted slice used. ``keys`` restricts which painted slices (positions in :attr:`slices`) take
+        part (leave-one-out)."""
+        keys = np.arange(len(self.slices)) if keys is None else keys
+        positions = self.slices[keys]
+        depth = self._depth()[:, None, None]
+        after = int(np.searchsorted(positions, s))
+        if after < len(positions) and positions[after] == s:
+            return self.distances[keys[after]].copy(), 0.0
+        if after == 0 or after == len(positions):  # beyond the ends: keep the end slice, taper off
+            end = 0 if after == 0 else len(positions) - 1
+            gap = abs(int(s) - int(positions[end])) * self.slice_mm
+            d = self.distances[keys[end]]
+            return np.where(np.isfinite(d), d, depth) + END_SLOPE * gap, gap
+        low, high = positions[after - 1], positions[after]
+        t = (s - low) / (high - low)
+        a, b = self.distances[keys[after - 1]], self.distances[keys[after]]
+        # A class missing from one side vanishes in between: its depth, mirrored, stands in for the absent outline.
+        a = np.where(np.isfinite(a), a, depth)
+        b = np.where(np.isfinite(b), b, depth)
+        return ((1 - t) * a + t * b).astype(np.float32), min(s - low, high - s) * self.slice_mm
+
+    def log_probs(self, indices) -> torch.Tensor:
+        """(N, C, H, W) float32 log prior probabilities of slices ``indices`` (background first)."""
+        out = []
+        for s in np.asarray(indices).reshape(-1):
+            d, gap = self.interpolate(int(s))
+            out.append(_log_categorical(torch.from_numpy(d), self.tau(gap, self.beta),
+                                        torch.from_numpy(self.informative)))
+        return torch.stack(out)
+
+    def tau(self, gap: float, beta: float) -> float:
+        """Boundary uncertainty (mm) at ``gap`` mm from the nearest painted slice."""
+        return self.tau0 + beta * (gap / REFERENCE_GAP) ** GAP_POWER
+
+
+def _log_categorical(distances: torch.Tensor, tau: float, informative: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) log probabilities from (C - 1, H, W) signed distances: each structure is present with
+    ``sigmoid(-d / tau)`` independently, background where none is; normalised over the classes. A class without
+    information gets a flat 0.5 and does not enter the background's probability."""
+    scaled = (-distances / tau).clamp(-60, 60)
+    present = F.logsigmoid(scaled)
+    absent = F.logsigmoid(-scaled)
+    flat = torch.full_like(present, float(np.log(0.5)))
+    present = torch.where(informative[:, None, None], present, flat)
+    background = (absent * informative[:, None, None]).sum(0, keepdim=True)
+    logits = torch.cat([background, present])
+    return logits - torch.logsumexp(logits, 0, keepdim=True)
+
+
+def fully_painted_slices(targets: np.ndarray) -> np.ndarray:
+    """Indices (along axis 0) of the slices whose every voxel is annotated (no IGNORE): the ones whose outlines
+    can be interpolated. (S, H, W) targets in stack order."""
+    flat = targets.reshape(len(targets), -1)
+    return np.flatnonzero((flat != IGNORE).all(axis=1))
+
+
+def build_shape_prior(targets: np.ndarray, num_classes: int, inplane_spacing: tuple[float, float],
+                      slice_mm: float, beta: float | None = None) -> ShapePrior | None:
+    """The shape prior of an annotation, or None when no slice is fully painted.
+
+    Args:
+        targets: (S, H, W) class indices in stack order (slices along the annotation axis first), IGNORE where
+            unknown.
+        inplane_spacing: (row, column) voxel size in mm of those slices.
+        slice_mm: voxel size along the annotation axis in mm.
+        beta: fixed uncertainty growth; None learns it by leave-one-out (:func:`fit_beta`).
+    """
+    slices = fully_painted_slices(targets)
+    if len(slices) == 0:
+        return None
+    distances = np.stack([np.stack([signed_distance(targets[s] == c, inplane_spacing)
+                                    for c in range(1, num_classes)]) for s in slices])
+    informative = np.isfinite(distances).any(axis=(0, 2, 3)) & (distances < 0).any(axis=(0, 2, 3))
+    prior = ShapePrior(slices, distances, informative, float(slice_mm), DEFAULT_BETA if beta is None else beta,
+                       tau0=0.5 * float(min(inplane_spacing)))
+    if beta is None and len(slices) >= 2:
+        prior.beta = fit_beta(prior, targets)
+    return prior
+
+
+def fit_beta(prior: ShapePrior, targets: np.ndarray, betas=BETAS) -> float:
+    """The ``beta`` under which the painted slices, each predicted from the others, are most likely.
+
+    Each painted slice is interpolated (or extrapolated) from the remaining ones, and the cross-entropy of its true
+    classes under the prior is averaged per class, then over the classes (class-balanced: a thin vessel counts as
+    much as the background around it, as it does in Dice); the best ``beta`` of the grid wins.
+    """
+    cases = []
+    everything = np.arange(len(prior.slices))
+    for held in everything:
+        d, gap = prior.interpolate(int(prior.slices[held]), np.delete(everything, held))
+        truth = torch.from_numpy(targets[prior.slices[held]].astype(np.int64))
+        cases.append((torch.from_numpy(d), gap, truth))
+    informative = torch.from_numpy(prior.informative)
+    num_classes = prior.distances.shape[1] + 1
+    costs = []
+    for beta in betas:
+        totals = torch.zeros(num_classes, dtype=torch.float64)
+        counts = torch.zeros(num_classes, dtype=torch.float64)
+        for d, gap, truth in cases:
+            nll = -_log_categorical(d, prior.tau(gap, beta), informative).gather(0, truth[None])[0]
+            totals += torch.bincount(truth.reshape(-1), nll.reshape(-1).double(), minlength=num_classes)
+            counts += torch.bincount(truth.reshape(-1), minlength=num_classes)
+        present = counts > 0
+        costs.append(float((totals[present] / counts[present]).mean()))
+    return float(betas[int(np.argmin(costs))])
