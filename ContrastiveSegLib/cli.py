@@ -3,11 +3,17 @@
 Every failure the user can cause ends in one line on stderr (``contrastiveseg: error: ...``) and exit code 2;
 a cancelled run (Ctrl-C, SIGTERM) exits 130; nothing is written unless the whole run succeeded. With
 ``--progress json`` stdout carries one JSON object per line (stage, step, of, loss, eta_s, message) for the
-Slicer module and other front ends.
+Slicer module and other front ends; the last one (stage "done") holds the run's summary under ``summary``.
+
+``segment``, ``finetune`` and ``predict`` end with a summary (time per stage, device and threads, encoder, plane,
+volume per label, Dice against ``--reference``, files written): on stdout at a terminal, else on stderr, so that
+stdout stays the JSON lines under ``--progress json``. torch runs on ``--threads`` threads (default:
+:func:`ContrastiveSegLib.threads.default_threads`, which leaves one CPU free).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -16,9 +22,16 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ContrastiveSegLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, Cancelled, InputError
+from ContrastiveSegLib.threads import add_threads_option, apply_threads, choose_threads
 
 AXES = {"i": 2, "j": 1, "k": 0}  # ITK index axis -> axis of the (z, y, x) array
+# A label map of painted structures holds a few values; an image holds hundreds or thousands. More than this many
+# distinct values in LABELS means the arguments were most likely given the other way round (the issue's case:
+# a 241-class model trained without a word).
+MAX_LABEL_VALUES = 50
 
 
 class _ArgumentParser(argparse.ArgumentParser):
@@ -93,15 +106,26 @@ def _training_options(args) -> dict:
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    add_threads_option(parser)
     parser.add_argument("--progress", choices=("json", "bar", "none"), default=None,
-                        help="progress display (default: a bar on a terminal, else none)")
+                        help="progress display: json lines on stdout (for front ends), a bar on stderr, or none "
+                             "(default: a bar on a terminal, else none)")
 
 
 def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--probabilities", type=Path, help="also write per-class probabilities (4D volume)")
+    parser.add_argument("--probabilities", type=Path, metavar="PROBS", help="also write per-class probabilities "
+                        "(4D volume, channel c = the c-th label value, background first; the header records them)")
     parser.add_argument("--tta", action="store_true", help="average with a left-right flipped pass")
     parser.add_argument("--no-postprocess", action="store_true",
                         help="keep components that touch no annotated voxel of their class")
+    parser.add_argument("--no-shape-prior", action="store_true",
+                        help="do not weigh in the painted outlines interpolated between the painted slices "
+                             "(shape prior)")
+    parser.add_argument("--reference", type=Path, metavar="LABELS", help="a full reference label map on the "
+                        "image's grid: the summary gives Dice and the volume difference per label against it (with "
+                        "--progress json also the final event, under summary.reference)")
+    parser.add_argument("--overlay", type=Path, metavar="PNG", help="also draw a PNG montage of slices with the "
+                        "segmentation (and the reference) over the image")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ContrastiveSegLib import __version__
 
     parser.add_argument("--version", action="version", version=f"contrastiveseg {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_ArgumentParser, metavar="COMMAND",
+                                help="what to do; 'contrastiveseg COMMAND --help' describes each")
 
     seg = sub.add_parser("segment", help="fine-tune on the annotated slices and segment the whole volume")
     seg.add_argument("image", type=Path, help="volume: .nii/.nii.gz/.nrrd/.mha or a DICOM series folder")
@@ -123,16 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_options(seg)
 
     fin = sub.add_parser("finetune", help="fine-tune on the annotated slices and save the model")
-    fin.add_argument("image", type=Path)
-    fin.add_argument("labels", type=Path)
+    fin.add_argument("image", type=Path, help="volume: .nii/.nii.gz/.nrrd/.mha or a DICOM series folder")
+    fin.add_argument("labels", type=Path, help="label map on the image grid with a few annotated slices "
+                     "(255 = not annotated)")
     fin.add_argument("-o", "--output", type=Path, required=True, help="model file (.safetensors)")
     _add_training_options(fin)
     _add_common_options(fin)
 
     pre = sub.add_parser("predict", help="segment a volume with a fine-tuned model")
-    pre.add_argument("image", type=Path)
+    pre.add_argument("image", type=Path, help="volume: .nii/.nii.gz/.nrrd/.mha or a DICOM series folder")
     pre.add_argument("--model", type=Path, required=True, help="model written by finetune / segment --model-out")
-    pre.add_argument("--labels", type=Path, help="this scan's sparse annotation, if any (used to post-process)")
+    pre.add_argument("--labels", type=Path, help="this scan's sparse annotation, if any: its painted "
+                     "slices are kept and guide the shape prior and the post-processing")
     pre.add_argument("-o", "--output", type=Path, required=True, help="output label map")
     _add_prediction_options(pre)
     _add_common_options(pre)
@@ -145,30 +172,88 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common_options(demo)
 
     enc = sub.add_parser("encoders", help="list the shipped pretrained encoders")
-    enc.add_argument("--json", action="store_true")
+    enc.add_argument("--json", action="store_true", help="machine-readable output")
 
     from ContrastiveSegLib.cli_pretrain import add_methods_parser, add_pretrain_parser
 
-    add_pretrain_parser(sub)  # adds its own --device and --progress
+    add_pretrain_parser(sub)  # adds its own --device, --threads and --progress
     add_methods_parser(sub)
     return parser
 
 
-# ----------------------------------------------------------------------------------------------- commands
-def _read_inputs(image_path: Path, labels_path: Path | None):
+# ----------------------------------------------------------------------------------------------- inputs
+_SWAP_HINT = ("; did you swap the image and the labels? The image comes first: contrastiveseg {command} IMAGE "
+              "LABELS")
+_PREDICT_HINT = "; is it an image rather than this scan's sparse label map?"
+_REFERENCE_HINT = "; is it an image rather than a label map?"
+
+
+def _distinct_values(array: np.ndarray, limit: int) -> tuple[int, bool]:
+    """How many distinct values other than 0 and 255 ``array`` holds, and whether that count is exact. A strided
+    sample of about a million voxels is looked at first: an image passed as labels shows hundreds of values there
+    already, and then the whole volume (up to a few hundred million voxels) is not sorted for nothing."""
+    flat = array.ravel()
+    sample = flat[::max(1, flat.size // 1_000_000)]
+    count = _count_values(sample)
+    if count > limit or sample.size == flat.size:
+        return count, sample.size == flat.size
+    return _count_values(flat), True
+
+
+def _count_values(flat: np.ndarray) -> int:
+    if flat.dtype.kind in "ui" and flat.dtype.itemsize <= 2:  # label maps: a histogram, linear time, no sort
+        low = int(flat.min())
+        shifted = flat.astype(np.int32) - low if low < 0 else flat
+        present = np.flatnonzero(np.bincount(shifted)) + min(low, 0)
+    else:
+        present = np.unique(flat)
+    return int(np.count_nonzero((present != 0) & (present != 255)))
+
+
+def _check_label_map(volume, path: Path, what: str, hint: str) -> None:
+    """Refuse, before any work, a label map that looks like an image (the arguments swapped, or the wrong file):
+    non-integer values, or more distinct values than painted structures ever have (:data:`MAX_LABEL_VALUES`)."""
+    array = volume.array
+    if np.issubdtype(array.dtype, np.floating):
+        # Slab by slab: no second full-size copy of a large float volume.
+        for slab in array:
+            bad = ~np.isfinite(slab) | (slab != np.round(slab))
+            if bad.any():
+                example = float(slab[bad].flat[0])
+                raise InputError(f"{what} are not integers: {path} holds {example:g}; a label map holds whole "
+                                 f"numbers (0 = background){hint}")
+    elif not np.issubdtype(array.dtype, np.integer) and array.dtype != bool:
+        raise InputError(f"{what} must hold integers, got {array.dtype} in {path}{hint}")
+    count, exact = _distinct_values(array, MAX_LABEL_VALUES)
+    if count > MAX_LABEL_VALUES:
+        raise InputError(f"{what} {path} hold {'' if exact else 'at least '}{count} distinct values; a label map of "
+                         f"painted structures holds at most {MAX_LABEL_VALUES}{hint}")
+
+
+def _read_inputs(image_path: Path, labels_path: Path | None, reference_path: Path | None = None, *,
+                 hint: str = ""):
+    """The image, the sparse labels and the reference as Volumes (None where not given), on one grid, the label
+    maps checked for looking like images."""
     from ContrastiveSegLib.io.volume import grid_difference, read_volume
 
     image = read_volume(image_path, what="image")
-    labels = None
+    labels = reference = None
     if labels_path is not None:
         labels = read_volume(labels_path, what="labels")
         difference = grid_difference(image, labels)
         if difference is not None:
             raise InputError(f"image and labels are on different grids: {difference}")
-    return image, labels
+        _check_label_map(labels, labels_path, "labels", hint)
+    if reference_path is not None:
+        reference = read_volume(reference_path, what="reference")
+        difference = grid_difference(image, reference)
+        if difference is not None:
+            raise InputError(f"image and reference are on different grids: {difference}")
+        _check_label_map(reference, reference_path, "reference labels", _REFERENCE_HINT)
+    return image, labels, reference
 
 
-def _check_outputs(*paths: Path | None, volumes=(), models=()) -> None:
+def _check_outputs(*paths: Path | None, volumes=(), models=(), pictures=()) -> None:
     """Refuse, before any work, outputs that cannot be written (missing or read-only folder, a folder or FIFO in
     the way), of an unknown type, or one file named for two outputs (the second would replace the first)."""
     from ContrastiveSegLib.io.volume import check_volume_suffix, check_writable
@@ -191,6 +276,9 @@ def _check_outputs(*paths: Path | None, volumes=(), models=()) -> None:
     for path in models:
         if path is not None and path.suffix != ".safetensors":
             raise InputError(f"model file {path} must end in .safetensors")
+    for path in pictures:
+        if path is not None and path.suffix.lower() != ".png":
+            raise InputError(f"overlay {path} must end in .png")
 
 
 def _axis(args) -> int | None:
@@ -205,80 +293,258 @@ def _load_init_model(args):
     return TrainedModel.load(args.init_model)
 
 
-def _write_result(result, image, args) -> None:
-    from ContrastiveSegLib.io.volume import stage, stage_volume
+# ----------------------------------------------------------------------------------------------- torch and timing
+def _start_torch(args) -> None:
+    """Size torch's thread pools (``args.threads``, resolved by main) before its first operation; the previous size
+    is kept on ``args`` so that main can restore it for an in-process caller."""
+    previous, _ = apply_threads(args.threads)
+    if getattr(args, "threads_before", None) is None:
+        args.threads_before = previous
+
+
+def _restore_threads(args) -> None:
+    previous = getattr(args, "threads_before", None)
+    if previous is not None:
+        import torch
+
+        torch.set_num_threads(previous)
+
+
+class _Clock:
+    """Wall seconds per stage, in the order the stages ran."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+
+
+def _device_name(device: str) -> str:
+    """The device a run used, in words: ``cpu``, ``cuda:0 (NVIDIA H200)``."""
+    from ContrastiveSegLib.device import resolve_device
+
+    resolved = resolve_device(device)
+    if resolved.type == "cuda":
+        import torch
+
+        return f"{resolved} ({torch.cuda.get_device_name(resolved)})"
+    return str(resolved)
+
+
+def _new_summary(command: str, args, model, axis: int | None, labels):
+    """A RunSummary with what every command reports: device, threads, encoder, plane and its annotated slices."""
+    import torch
+
+    from ContrastiveSegLib.io.annotations import annotated_slice_indices
+    from ContrastiveSegLib.report import RunSummary
+
+    summary = RunSummary(command, device=_device_name(args.device), threads=torch.get_num_threads(),
+                         encoder=None if model is None else model.encoder, axis=axis)
+    if labels is not None and axis is not None:
+        summary.annotated_slices = int(len(annotated_slice_indices(labels.array, axis)))
+    return summary
+
+
+def _summary_stream(progress):
+    """Where the summary goes: stdout at a terminal, else stderr (stdout may be JSON lines, or a pipe the caller
+    reads for something else)."""
+    if getattr(progress, "mode", None) == "json" or not sys.stdout.isatty():
+        return sys.stderr
+    return sys.stdout
+
+
+def _finish(summary, clock: _Clock, progress, message: str, **extra) -> None:
+    """The final progress event (with the summary) and the printed summary."""
+    from ContrastiveSegLib.progress import emit
+
+    summary.seconds = dict(clock.seconds)
+    emit(progress, "done", message, **extra, summary=summary.as_dict())
+    print("\n".join(summary.lines()), file=_summary_stream(progress), flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _verify_png(path: Path) -> None:
+    from ContrastiveSegLib.io.volume import IncompleteWriteError
+
+    with open(path, "rb") as handle:
+        if handle.read(len(_PNG_SIGNATURE)) != _PNG_SIGNATURE:
+            raise IncompleteWriteError("the picture written is not a PNG")
+
+
+def _overlay_writer(image, layers: dict, axis: int, annotated, title: str):
+    """``write(path)`` drawing the demo's montage (see :mod:`ContrastiveSegLib.visualize`): the middle annotated
+    slice and the unannotated slices farthest from any annotation, each label layer over the image."""
+    from ContrastiveSegLib.visualize import montage_slices, overlay_montage
+
+    extent = layers.get("reference", next(iter(layers.values())))
+    rows = montage_slices(extent, axis, annotated, rows=4)
+
+    def write(path: Path) -> None:
+        overlay_montage(image.array, layers, axis, rows, path, spacing=image.spacing, direction=image.direction,
+                        annotated=annotated, title=title)
+
+    return write
+
+
+def _overlay(args, image, segmentation, reference, labels, axis: int, summary):
+    """The overlay writer for ``--overlay`` (None without it): reference (if any) and segmentation columns, the
+    segmentation's mean Dice against the reference in its title."""
+    if getattr(args, "overlay", None) is None:
+        return None
+    from ContrastiveSegLib.io.annotations import annotated_slice_indices
+    from ContrastiveSegLib.report import PLANE_NAMES
+
+    layers = {} if reference is None else {"reference": reference.array}
+    name = "segmentation"
+    if summary.reference:
+        name += f" (mean Dice {np.mean([row['dice'] for row in summary.reference]):.3f})"
+    layers[name] = segmentation
+    annotated = [] if labels is None else [int(s) for s in annotated_slice_indices(labels.array, axis)]
+    return _overlay_writer(image, layers, axis, annotated, f"{args.image.name}: slices along {PLANE_NAMES[axis]}")
+
+
+def _write_result(result, image, args, *, channels=None, overlay=None) -> list[tuple[str, str]]:
+    """Write the outputs of a segment or predict run together; returns (path, what) of each file written."""
+    from ContrastiveSegLib.io.volume import channel_labels_metadata, stage, stage_volume
 
     # Every output is written and read back beside its destination first; only when all of them are complete do
     # they move into place (probabilities and model first, the label map last: the label map appearing means the
     # run is complete). A full disk or Ctrl-C while writing any of them leaves none.
-    staged = []
+    staged, written = [], []
     try:
         if getattr(args, "probabilities", None) is not None and result.probabilities is not None:
-            staged.append(stage_volume(image.like(result.probabilities), args.probabilities))
+            metadata = None if channels is None else channel_labels_metadata(channels)
+            staged.append(stage_volume(image.like(result.probabilities), args.probabilities, metadata=metadata))
+            written.append((str(args.probabilities), "probabilities"))
         if getattr(args, "model_out", None) is not None and result.model is not None:
             staged.append(stage(args.model_out, result.model.save))
+            written.append((str(args.model_out), "model"))
+        if overlay is not None:
+            staged.append(stage(args.overlay, overlay, verify=_verify_png))
+            written.append((str(args.overlay), "overlay picture"))
         staged.append(stage_volume(image.like(result.labels), args.output))
+        written.append((str(args.output), "label map"))
         for item in staged:
             item.commit()
     finally:
         for item in staged:
             item.discard()
+    return written
 
 
+def _evaluate(summary, result_labels, reference, spacing, label_values, clock: _Clock, args) -> None:
+    """Volumes per label of the result, and Dice / volume difference against ``--reference``."""
+    from ContrastiveSegLib.report import label_volumes, reference_scores
+
+    with clock("evaluate"):
+        values = None if label_values is None else [v for v in label_values if v != 0]
+        summary.volumes = label_volumes(result_labels, spacing, values=values)
+        if reference is not None:
+            summary.reference = reference_scores(result_labels, reference.array, spacing)
+            summary.reference_path = str(args.reference)
+
+
+# ----------------------------------------------------------------------------------------------- commands
 def cmd_segment(args, progress, cancel) -> int:
     from ContrastiveSegLib.progress import emit
 
-    _check_outputs(args.output, args.probabilities, args.model_out, volumes=(args.output, args.probabilities),
-                   models=(args.model_out,))
+    _check_outputs(args.output, args.probabilities, args.model_out, args.overlay,
+                   volumes=(args.output, args.probabilities), models=(args.model_out,), pictures=(args.overlay,))
+    clock = _Clock()
     emit(progress, "load", f"reading {args.image}")
-    image, labels = _read_inputs(args.image, args.labels)
-    from ContrastiveSegLib import api  # torch loads here, after the cheap checks above
+    with clock("load"):
+        image, labels, reference = _read_inputs(args.image, args.labels, args.reference,
+                                                hint=_SWAP_HINT.format(command="segment"))
+        _start_torch(args)
+        from ContrastiveSegLib import api  # torch loads here, after the cheap checks above
     result = api.segment(image.array, labels.array, image.spacing, device=args.device, **_training_options(args),
                          probabilities=args.probabilities is not None, flip_tta=args.tta,
-                         postprocess=not args.no_postprocess, progress=progress, cancel=cancel)
+                         postprocess=not args.no_postprocess, shape_prior=not args.no_shape_prior,
+                         progress=progress, cancel=cancel)
+    clock.seconds.update(result.seconds)
     if result.message:
         print(f"contrastiveseg: {result.message}", file=sys.stderr)
+    model = result.model
+    summary = _new_summary("segment", args, model, result.axis, labels)
+    if result.message:
+        summary.notes.append(result.message)
+    _evaluate(summary, result.labels, reference, image.spacing, None if model is None else model.label_values,
+              clock, args)
+    channels = None if model is None or result.probabilities is None else tuple(model.label_values)
+    summary.channels = channels
     emit(progress, "write", f"writing {args.output}")
-    _write_result(result, image, args)
-    emit(progress, "done", f"wrote {args.output}", seconds=result.seconds)
+    with clock("write"):
+        summary.files = _write_result(result, image, args, channels=channels,
+                                      overlay=_overlay(args, image, result.labels, reference, labels, result.axis,
+                                                      summary))
+    _finish(summary, clock, progress, f"wrote {args.output}", seconds=result.seconds)
     return 0
 
 
 def cmd_finetune(args, progress, cancel) -> int:
-    from ContrastiveSegLib.progress import emit
+    from ContrastiveSegLib.report import label_volumes
 
     _check_outputs(args.output, models=(args.output,))
-    image, labels = _read_inputs(args.image, args.labels)
-    from ContrastiveSegLib import api
-    model = api.finetune(image.array, labels.array, image.spacing, device=args.device, **_training_options(args),
-                         progress=progress, cancel=cancel)
-    model.save(args.output)
-    emit(progress, "done", f"wrote {args.output}")
+    clock = _Clock()
+    with clock("load"):
+        image, labels, _ = _read_inputs(args.image, args.labels, hint=_SWAP_HINT.format(command="finetune"))
+        _start_torch(args)
+        from ContrastiveSegLib import api
+    with clock("finetune"):
+        model = api.finetune(image.array, labels.array, image.spacing, device=args.device,
+                             **_training_options(args), progress=progress, cancel=cancel)
+    with clock("write"):
+        model.save(args.output)
+    summary = _new_summary("finetune", args, model, model.axis, labels)
+    summary.volumes = label_volumes(labels.array, image.spacing, values=[v for v in model.label_values if v != 0])
+    summary.volumes_of = "painted"
+    summary.files = [(str(args.output), "model")]
+    _finish(summary, clock, progress, f"wrote {args.output}")
     return 0
 
 
 def cmd_predict(args, progress, cancel) -> int:
-    from ContrastiveSegLib.progress import emit
+    _check_outputs(args.output, args.probabilities, args.overlay, volumes=(args.output, args.probabilities),
+                   pictures=(args.overlay,))
+    clock = _Clock()
+    with clock("load"):
+        image, labels, reference = _read_inputs(args.image, args.labels, args.reference, hint=_PREDICT_HINT)
+        _start_torch(args)
+        from ContrastiveSegLib import api
+        from ContrastiveSegLib.model import TrainedModel
 
-    _check_outputs(args.output, args.probabilities, volumes=(args.output, args.probabilities))
-    image, labels = _read_inputs(args.image, args.labels)
-    from ContrastiveSegLib import api
-    from ContrastiveSegLib.model import TrainedModel
+        model = TrainedModel.load(args.model)
+        if labels is not None:
+            from ContrastiveSegLib.io.annotations import decode_annotation
 
-    model = TrainedModel.load(args.model)
-    if labels is not None:
-        from ContrastiveSegLib.io.annotations import decode_annotation
-
-        values = decode_annotation(labels.array, model.axis).label_values
-        if set(values) - set(model.label_values):
-            raise InputError(f"labels hold values {sorted(set(values) - set(model.label_values))} that the model "
-                             f"does not know (model classes {list(model.label_values)})")
-    result = api.predict(model, image.array, labels=None if labels is None else labels.array, device=args.device,
-                         probabilities=args.probabilities is not None, flip_tta=args.tta,
-                         postprocess=not args.no_postprocess, progress=progress, cancel=cancel)
+            values = decode_annotation(labels.array, model.axis).label_values
+            if set(values) - set(model.label_values):
+                raise InputError(f"labels hold values {sorted(set(values) - set(model.label_values))} that the "
+                                 f"model does not know (model classes {list(model.label_values)})")
+    with clock("predict"):
+        result = api.predict(model, image.array, labels=None if labels is None else labels.array,
+                             spacing=image.spacing, device=args.device, probabilities=args.probabilities is not None,
+                             flip_tta=args.tta, postprocess=not args.no_postprocess,
+                             shape_prior=not args.no_shape_prior, progress=progress, cancel=cancel)
     result.model = None
-    _write_result(result, image, args)
-    emit(progress, "done", f"wrote {args.output}")
+    summary = _new_summary("predict", args, model, model.axis, labels)
+    _evaluate(summary, result.labels, reference, image.spacing, model.label_values, clock, args)
+    channels = None if result.probabilities is None else tuple(model.label_values)
+    summary.channels = channels
+    with clock("write"):
+        summary.files = _write_result(result, image, args, channels=channels,
+                                      overlay=_overlay(args, image, result.labels, reference, labels, model.axis,
+                                                      summary))
+    _finish(summary, clock, progress, f"wrote {args.output}")
     return 0
 
 
@@ -303,12 +569,14 @@ def cmd_encoders(args, progress, cancel) -> int:
 def cmd_demo(args, progress, cancel) -> int:
     from ContrastiveSegLib.demo import run_demo
 
+    _start_torch(args)
     return run_demo(args, progress, cancel)
 
 
 def cmd_pretrain(args, progress, cancel) -> int:
     from ContrastiveSegLib.cli_pretrain import run_pretrain
 
+    _start_torch(args)
     return run_pretrain(args, progress, cancel)
 
 
@@ -336,9 +604,12 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         for s in previous:
             signal.signal(s, _on_signal)
+    args = None
     try:
         args = build_parser().parse_args(argv)
         printer = ProgressPrinter(args.progress or _default_progress()) if hasattr(args, "progress") else printer
+        if hasattr(args, "threads"):
+            args.threads = choose_threads(args.threads)  # a bad --threads is one line before any work
         return COMMANDS[args.command](args, printer if printer.mode != "none" else None, cancel)
     except InputError as error:
         return _fail(printer, str(error), EXIT_BAD_INPUT)
@@ -357,6 +628,7 @@ def main(argv: list[str] | None = None) -> int:
         if threading.current_thread() is threading.main_thread():
             for s, handler in previous.items():
                 signal.signal(s, handler)
+        _restore_threads(args)
 
 
 def _fail(printer: ProgressPrinter, message: str, code: int) -> int:

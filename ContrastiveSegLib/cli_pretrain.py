@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from ContrastiveSegLib.errors import InputError
+from ContrastiveSegLib.threads import add_threads_option
 
 AXES = {"i": 2, "j": 1, "k": 0}  # ITK index axis -> axis of the (z, y, x) array (as cli.py)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``pretrain`` subcommand (it brings its own ``--device`` and ``--progress``).
+    """Add the ``pretrain`` subcommand (it brings its own ``--device``, ``--threads`` and ``--progress``).
 
     The method list in the help is not imported from the registry: that would load torch for every command,
     even a one-line refusal; an unknown --method is reported with the registry's list when the command runs."""
@@ -55,6 +56,7 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, help="superpixel cache folder (default: the user cache folder)")
     p.add_argument("--features", default=None, help=argparse.SUPPRESS)  # encoder widths, for tests only
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    add_threads_option(p)  # per process: under torchrun, OMP_NUM_THREADS (torchrun sets 1) is the default
     p.add_argument("--progress", choices=("json", "bar", "none"), default=None,
                    help="progress display (default: a bar on a terminal, else none)")
     return p

@@ -33,10 +33,14 @@ OURS, GROW, FILL = "ContrastiveSeg", "Grow from seeds", "Fill between slices"
 # with both baselines (each in its own process, ITK's load included) the demo stays inside the budget, so it shows
 # what `segment` does by default.
 DEFAULT_PRESET = "default"
+# What the demo writes, in the order it lists them for the user.
+OUTPUT_FILES = (("image.nii.gz", "the sample scan"), ("sparse_labels.nii.gz", "its annotated slices"),
+                ("segmentation.nii.gz", f"{OURS}'s result"), ("reference.nii.gz", "the full reference labels"),
+                ("overlay.png", "the picture"), ("results.json", "the numbers"))
 
 
 def add_demo_arguments(parser) -> None:
-    """The demo's options (the CLI adds --device and --progress)."""
+    """The demo's options (the CLI adds --device, --threads and --progress)."""
     parser.add_argument("-o", "--output", type=Path, default=Path("contrastiveseg_demo"),
                         help="output folder, created if missing; its parent must exist (default ./contrastiveseg_demo)")
     parser.add_argument("--k", type=int, default=3, help="number of annotated slices (default 3)")
@@ -163,6 +167,8 @@ def format_table(methods: list[dict], structures: list[str]) -> str:
 
 def run_demo(args, progress: ProgressCallback, cancel) -> int:
     """Run the demo for the parsed ``args``; returns the exit code (0). User errors raise InputError."""
+    import torch
+
     from ContrastiveSegLib import api
     from ContrastiveSegLib.data.sample import LABEL_NAMES, load_sample
     from ContrastiveSegLib.device import resolve_device
@@ -216,15 +222,25 @@ def run_demo(args, progress: ProgressCallback, cancel) -> int:
     table_stream = sys.stderr if getattr(args, "progress", None) == "json" else sys.stdout
     print(f"\nDice on {SAMPLE} from k = {len(slices)} annotated slices along axis {args.axis} {slices}:",
           file=table_stream)
-    print(format_table(methods, structures), file=table_stream, flush=True)
+    print(format_table(methods, structures), file=table_stream)
+    print(f"Dice: overlap with the sample's full {' and '.join(structures)} labels (reference.nii.gz), over the "
+          "whole volume; 1 = identical.", file=table_stream)
+    if not args.no_baselines:
+        print(f"Baselines, the Segment Editor tools a Slicer user would reach for, on the same slices: {GROW} grows "
+              f"the annotated slices into the volume by intensity (grow-cut); {FILL} interpolates the annotated "
+              "outlines between the slices (morphological contour interpolation).", file=table_stream)
+    table_stream.flush()
 
     summary = {
         "sample": SAMPLE, "axis": args.axis, "k": len(slices), "annotated_slices": [int(s) for s in slices],
         "preset": args.preset, "steps": args.steps, "seed": args.seed, "device": str(resolve_device(args.device)),
+        "threads": torch.get_num_threads(),
         "encoder": args.encoder, "structures": {str(v): n for v, n in sorted(names.items())},
         "methods": methods, "skipped": skipped,
     }
     _write_outputs(folder, image, reference, sparse, layers, slices, axis, summary, progress)
+    print(f"wrote {folder}{os.sep}: " + ", ".join(f"{name} ({what})" for name, what in OUTPUT_FILES),
+          file=table_stream, flush=True)
     emit(progress, "done", f"wrote {folder}", seconds={m["name"]: m["seconds"] for m in methods})
     return 0
 
@@ -243,7 +259,11 @@ def _write_outputs(folder: Path, image, reference, sparse: np.ndarray, layers: d
     write_volume(image.like(sparse), folder / "sparse_labels.nii.gz")
     write_volume(image.like(layers[OURS]), folder / "segmentation.nii.gz")
     rows = montage_slices(reference.array, axis, slices, rows=4)
-    overlay_montage(image.array, {"reference": reference.array, **layers}, axis, rows, folder / "overlay.png",
+    # Each method's column says its mean Dice against the reference column, so the picture reads on its own.
+    dice = {m["name"]: m["mean_dice"] for m in summary["methods"]}
+    titled = {(f"{name} (mean Dice {dice[name]:.3f})" if name in dice else name): labels
+              for name, labels in layers.items()}
+    overlay_montage(image.array, {"reference": reference.array, **titled}, axis, rows, folder / "overlay.png",
                     spacing=image.spacing, direction=image.direction, annotated=slices, label_names=LABEL_NAMES,
                     title=f"{SAMPLE}: {len(slices)} annotated slices {list(slices)}")
     text = json.dumps(summary, indent=2) + "\n"

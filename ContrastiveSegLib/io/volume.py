@@ -438,11 +438,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], *,
     stage(path, write, verify=verify).commit()
 
 
-def stage_volume(volume: Volume, path: str | os.PathLike) -> StagedFile:
+def stage_volume(volume: Volume, path: str | os.PathLike, *, metadata: dict[str, str] | None = None) -> StagedFile:
     """Stage ``volume`` (3D, or 4D with a leading channel axis) compressed, with its geometry, read back and
-    compared voxel for voxel before it may be committed."""
+    compared voxel for voxel before it may be committed. ``metadata`` (key -> text) goes into the file's header
+    where the format keeps it: NRRD key/value fields and MetaImage header lines for every key; NIfTI keeps only
+    the ``ITK_FileNotes`` key, as its 80-character ``descrip`` field."""
     sitk = _sitk()
     image = to_sitk(volume)
+    for key, value in (metadata or {}).items():
+        image.SetMetaData(str(key), str(value))
 
     def write(tmp: Path) -> None:
         try:
@@ -454,10 +458,77 @@ def stage_volume(volume: Volume, path: str | os.PathLike) -> StagedFile:
     return stage(path, write, verify=lambda tmp: verify_volume_file(tmp, volume.array))
 
 
-def write_volume(volume: Volume, path: str | os.PathLike) -> None:
-    """Write ``volume`` atomically, compressed, with its geometry; InputError (one line) when it cannot be written
-    completely (a full disk, a read-only folder), and then nothing is left at ``path``."""
-    stage_volume(volume, path).commit()
+def write_volume(volume: Volume, path: str | os.PathLike, *, metadata: dict[str, str] | None = None) -> None:
+    """Write ``volume`` atomically, compressed, with its geometry (and ``metadata``, see :func:`stage_volume`);
+    InputError (one line) when it cannot be written completely (a full disk, a read-only folder), and then nothing
+    is left at ``path``."""
+    stage_volume(volume, path, metadata=metadata).commit()
+
+
+# Which label value each channel of a probabilities file stands for. NRRD and MetaImage keep it under its own key;
+# NIfTI has no free key/value storage that ITK writes, so it goes into the 80-character description (``descrip``,
+# which ITK reads and writes as ``ITK_FileNotes``) as "channel labels: 0,1,2" (runs as "0-40").
+CHANNEL_LABELS_KEY = "ContrastiveSeg_channel_labels"
+_NOTES_KEY = "ITK_FileNotes"
+_NOTES_PREFIX = "channel labels: "
+_NIFTI_DESCRIP_CHARS = 79  # descrip is char[80], NUL-terminated
+
+
+def _compress_values(values) -> str:
+    """``0,1,2,3,7`` as ``0-3,7``: runs of consecutive values as ranges, so long label lists fit NIfTI's 80 chars."""
+    values = [int(v) for v in values]
+    parts: list[str] = []
+    index = 0
+    while index < len(values):
+        end = index
+        while end + 1 < len(values) and values[end + 1] == values[end] + 1:
+            end += 1
+        parts.append(str(values[index]) if end == index else f"{values[index]}-{values[end]}")
+        index = end + 1
+    return ",".join(parts)
+
+
+def _expand_values(text: str) -> tuple[int, ...] | None:
+    """The inverse of :func:`_compress_values`; None for text that is not such a list."""
+    values: list[int] = []
+    try:
+        for part in text.split(","):
+            first, dash, last = part.strip().partition("-")
+            if dash:
+                values.extend(range(int(first), int(last) + 1))
+            else:
+                values.append(int(first))
+    except ValueError:
+        return None
+    return tuple(values) or None
+
+
+def channel_labels_metadata(label_values) -> dict[str, str]:
+    """The header fields that record which label value each channel of a probabilities volume stands for
+    (channel ``c`` = ``label_values[c]``, background first): pass to :func:`write_volume` / :func:`stage_volume`.
+    Where the list does not fit NIfTI's description it is left out there (NRRD and MetaImage always keep it)."""
+    text = _compress_values(label_values)
+    metadata = {CHANNEL_LABELS_KEY: ",".join(str(int(v)) for v in label_values)}
+    if len(_NOTES_PREFIX) + len(text) <= _NIFTI_DESCRIP_CHARS:
+        metadata[_NOTES_KEY] = _NOTES_PREFIX + text
+    return metadata
+
+
+def read_channel_labels(path: str | os.PathLike) -> tuple[int, ...] | None:
+    """The label value of each channel of a probabilities file written with :func:`channel_labels_metadata`, read
+    from its header only; None when the file does not record them."""
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    with native_stderr():
+        reader.ReadImageInformation()
+    keys = set(reader.GetMetaDataKeys())
+    if CHANNEL_LABELS_KEY in keys:
+        return _expand_values(reader.GetMetaData(CHANNEL_LABELS_KEY))
+    for key in (_NOTES_KEY, "descrip"):
+        if key in keys and reader.GetMetaData(key).startswith(_NOTES_PREFIX):
+            return _expand_values(reader.GetMetaData(key)[len(_NOTES_PREFIX):])
+    return None
 
 
 def verify_volume_file(path: Path, expected: np.ndarray) -> None:

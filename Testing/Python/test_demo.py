@@ -99,6 +99,15 @@ def test_printed_table_matches_results(demo):
         assert numbers[:3] == pytest.approx(expected, abs=5e-4)  # printed with 3 decimals
 
 
+def test_demo_says_what_dice_is_against_what_the_baselines_are_and_what_it_wrote(demo):
+    out = demo["out"]
+    assert "Dice: overlap with the sample's full grey matter and white matter labels (reference.nii.gz)" in out
+    assert "Grow from seeds grows the annotated slices" in out and "Fill between slices interpolates" in out
+    listing = next(line for line in out.splitlines() if line.startswith("wrote "))
+    assert str(demo["folder"]) in listing and all(f"{name} (" in listing for name in OUTPUTS)
+    assert demo["results"]["threads"] >= 1
+
+
 def test_volumes_keep_the_sample_grid_and_the_scores_are_those_of_the_files(demo):
     image, labels = load_sample("mni152_2mm")
     reference = sitk.GetArrayFromImage(labels)
