@@ -36,7 +36,8 @@ ROLE_ATTRIBUTE = "ContrastiveSeg.Role"
 
 @dataclass
 class JobOptions:
-    """What the user chose. ``steps`` / ``batch_size`` None: the preset's; ``axis`` None: found from the paint.
+    """What the user chose. ``steps`` / ``batch_size`` None: the preset's; ``axis`` None: the painted planes,
+    one or several, found from the paint (an axis forces a single plane, the CLI's ``--axis``).
     ``batch_size`` is a fine-tuning option: a Predict only run refuses it."""
 
     encoder: str | None = None
@@ -178,8 +179,11 @@ class Job(ChildRun):
         common = dict(o=paths["result"], device=o.device, probabilities=paths.get("probabilities"))
         if self.kind == "predict":
             return cli_command("predict", paths["image"], python=self.python, model=self.model_path, **common)
+        # No --axis for a painting in several planes: the CLI finds the same planes in the label map, while a
+        # forced axis would read every slice the other planes cross as annotated (see Annotation.cli_axis).
+        axis = self.annotation.cli_axis
         return cli_command("segment", paths["image"], paths["labels"], python=self.python,
-                           axis=AXIS_LETTERS[self.annotation.axis], seed=o.seed, encoder=o.encoder or None,
+                           axis=None if axis is None else AXIS_LETTERS[axis], seed=o.seed, encoder=o.encoder or None,
                            preset=o.preset, steps=o.steps, model_out=paths["model"],
                            init_model=o.init_model or None, batch_size=self._batch_size,
                            # a refinement continues its model: adaptation and a second decoder apply to new ones

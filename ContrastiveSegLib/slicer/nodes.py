@@ -4,14 +4,19 @@
   and back, exactly (oblique directions, anisotropic spacing, any origin): see :mod:`.geometry` for RAS vs LPS.
 - A segmentation node becomes the sparse label map the CLI reads (one label value per segment, in segment order,
   0 = background on annotated slices, 255 = not annotated), on the volume's voxel grid, with a per-segment summary
-  of which slices are painted. A segmentation on another grid is rejected with one line, or resampled on request
-  with Slicer's own export (nearest neighbour, through any parent transform).
+  of which slices are painted. Slices may be painted in several planes (a few axial slices and a coronal one): the
+  planes are found from the label map exactly as the library finds them (:func:`find_painted_planes`), so the
+  summary describes what the CLI will read; two segments painted on the same voxel by slices of different planes
+  contradict each other and are refused with one line. A segmentation on another grid is rejected with one line,
+  or resampled on request with Slicer's own export (nearest neighbour, through any parent transform).
 - A result label map becomes segments (same names, colours and terminology) in the same or a new segmentation
   node whose reference geometry is the input volume (what DICOM SEG export needs).
 
 When a result is written, each segment remembers which slices were annotated and a checksum of every result
 slice (segment tags). Reading that segmentation again treats the remembered slices, plus every slice the user has
-edited since, as annotated: so "correct a slice or two, press Segment again" works in the result itself.
+edited since, as annotated: so "correct a slice or two, press Segment again" works in the result itself. A
+single-plane annotation keeps the tag format of earlier versions (one axis); a several-plane one lists every plane
+and keeps checksums along all three axes (see :func:`_annotated_tags`).
 
 Works in Slicer and with the ``slicer-core`` wheel (no Qt, no ``slicer.app``): everything goes through the scene
 the nodes live in and the static methods of ``vtkSlicerSegmentationsModuleLogic``.
@@ -28,7 +33,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ContrastiveSegLib.errors import InputError
-from ContrastiveSegLib.io.annotations import IGNORE, find_annotation_axis
+from ContrastiveSegLib.io.annotations import IGNORE, annotated_slice_indices, find_painted_planes, main_axis
 from ContrastiveSegLib.io.volume import Volume
 from ContrastiveSegLib.slicer.geometry import AXIS_LETTERS, Grid, describe_axis, voxel_offset
 
@@ -37,6 +42,9 @@ BACKGROUND_NAMES = ("background",)
 
 TAG_ANNOTATED = "ContrastiveSeg.AnnotatedSlices"
 TAG_HASHES = "ContrastiveSeg.ResultSliceHashes"
+_PLANE_SEPARATOR = "/"
+"""Between the planes of a several-plane tag. Not "|": Slicer's .seg.nrrd writer joins a segment's tags with it
+and would cut the value there when the scene is loaded again."""
 _MAX_LABEL = IGNORE - 1
 
 
@@ -80,11 +88,17 @@ def array_to_volume(volume: Volume, scene, name: str, *, labelmap: bool = False,
 
 
 # ------------------------------------------------------------------------------------------- segmentations
+Planes = dict[int, tuple[int, ...]]
+"""Painted slices per array axis, ``{axis: sorted slice indices}``, only axes with a painted slice."""
+
+
 @dataclass(frozen=True)
 class SegmentInfo:
     """One segment of the user's segmentation and the label value it has in the exchanged label map.
 
-    ``slices`` are the indices (along the annotation axis) of the slices on which the segment is painted.
+    ``slices`` are the indices (along the annotation axis) of the slices on which the segment is painted;
+    ``planes`` the painted slices in every plane, as ``((axis, slices), ...)`` pairs (a tuple, so that the info
+    stays hashable), empty when unknown.
     """
 
     segment_id: str
@@ -93,6 +107,7 @@ class SegmentInfo:
     label_value: int
     slices: tuple[int, ...] = ()
     terminology: str = ""
+    planes: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,13 +116,18 @@ class Annotation:
 
     Attributes:
         labels: uint8 (k, j, i): segment ``n`` (1-based, background segment excluded) has value ``n`` on the
-            annotated slices, 0 is background there, 255 (IGNORE) is not annotated.
-        axis: annotation axis of the array (0 = k, 1 = j, 2 = i).
-        slices: every annotated slice along ``axis``.
+            painted voxels and 0 on the rest of the painted slices (background). With a background (scribble)
+            segment, the painted slices hold 255 (IGNORE, not annotated) where nothing is painted, scribbles are
+            0, and voxels off the painted slices are 0, which the library reads as unknown.
+        axis: annotation axis of the array (0 = k, 1 = j, 2 = i): the plane with the most painted slices, the
+            one the network slices along.
+        slices: the painted slices along ``axis`` (``planes[axis]``).
         segments: the foreground segments in segment order; ``label_value`` = position + 1.
         plane: "axial", "coronal" or "sagittal" for ``axis``.
         resampled: True when the segmentation was on another grid and was resampled onto the volume's.
-        overlap_voxels: voxels painted in more than one segment (the later segment wins).
+        overlap_voxels: voxels painted in more than one segment on the same slice (the later segment wins).
+        planes: painted slices per axis, as the library reads ``labels`` (:func:`find_painted_planes`).
+        plane_names: the anatomical plane of the slices along each array axis (axes 0, 1, 2).
     """
 
     labels: np.ndarray
@@ -117,21 +137,51 @@ class Annotation:
     plane: str
     resampled: bool = False
     overlap_voxels: int = 0
+    planes: Planes = None  # type: ignore[assignment]
+    plane_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.planes is None:  # built by hand with one plane, as before several planes existed
+            object.__setattr__(self, "planes", {self.axis: tuple(self.slices)})
+
+    @property
+    def cli_axis(self) -> int | None:
+        """The ``--axis`` to give the CLI: the axis of a single-plane annotation (given, remembered or found:
+        the CLI would find the same one), None for several planes, which only the CLI's own reading of the
+        label map keeps whole (a forced axis would read every slice the other planes cross as annotated)."""
+        return self.axis if len(self.planes) == 1 else None
+
+    def plane_name(self, axis: int) -> str:
+        """"axial", "coronal" or "sagittal" for array ``axis`` (the letter k, j or i when unknown)."""
+        if axis == self.axis:
+            return self.plane
+        return self.plane_names[axis] if len(self.plane_names) == 3 else AXIS_LETTERS[axis]
+
+    def ordered_axes(self) -> list[int]:
+        """The painted planes' axes, the annotation axis first."""
+        return [self.axis] + sorted(a for a in self.planes if a != self.axis)
 
     def summary(self) -> list[str]:
-        """One line per segment for the module panel, e.g. ``"Liver: 3 axial slices (k = 4, 10, 17)"``."""
+        """One line per segment for the module panel, e.g. ``"Liver: 3 axial slices (k = 4, 10, 17)"`` or
+        ``"Liver: 2 axial slices (k = 12, 30) + 1 coronal slice (j = 50)"``."""
         lines = []
-        letter = AXIS_LETTERS[self.axis]
         for info in self.segments:
-            shown = ", ".join(str(s) for s in info.slices[:8]) + (", ..." if len(info.slices) > 8 else "")
-            plural = "" if len(info.slices) == 1 else "s"
-            where = f" ({letter} = {shown})" if info.slices else ""
-            lines.append(f"{info.name}: {len(info.slices)} {self.plane} slice{plural}{where}")
+            painted = dict(info.planes) or {self.axis: info.slices}
+            parts = [_count_slices(len(painted[a]), self.plane_name(a), AXIS_LETTERS[a], painted[a])
+                     for a in self.ordered_axes() if painted.get(a)]
+            lines.append(f"{info.name}: " + (" + ".join(parts) or _count_slices(0, self.plane, "", ())))
         if self.overlap_voxels:
             lines.append(f"{self.overlap_voxels} voxels are painted in two segments; the later segment wins")
         if self.resampled:
             lines.append("the segmentation was resampled onto the volume's grid")
         return lines
+
+
+def _count_slices(count: int, plane: str, letter: str, slices: Sequence[int]) -> str:
+    """"2 axial slices (k = 12, 30)": at most 8 indices shown."""
+    shown = ", ".join(str(s) for s in slices[:8]) + (", ..." if len(slices) > 8 else "")
+    where = f" ({letter} = {shown})" if slices else ""
+    return f"{count} {plane} slice{'' if count == 1 else 's'}{where}"
 
 
 def _segment_ids(segmentation_node) -> list[str]:
@@ -207,52 +257,231 @@ def _slice_hashes(mask: np.ndarray, axis: int) -> list[int]:
     return [zlib.crc32(np.packbits(moved[s]).tobytes()) for s in range(moved.shape[0])]
 
 
-def _remembered_slices(segment, mask: np.ndarray) -> tuple[int, set[int]] | None:
-    """(axis, slices) this segment marks as annotated: the remembered ones plus every slice edited since the
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(n) for n in shape)
+
+
+def _annotated_tags(annotation: Annotation, mask: np.ndarray) -> tuple[str, str]:
+    """(TAG_ANNOTATED, TAG_HASHES) values for a result segment ``mask`` written after ``annotation``.
+
+    One plane: ``"k;9x11x13;2,6"`` and one checksum per slice along that axis, the format of earlier versions
+    (which keep reading it). Several planes: ``"k;9x11x13;12,30/j;9x11x13;50"`` and checksums along all three
+    axes, ``"k;<hashes>/j;<hashes>/i;<hashes>"``, so that a correction in any plane is found (see
+    :func:`_edited_slices`). Earlier versions cannot parse the latter and ignore it, as they do damaged tags.
+    """
+    shape = _shape_text(mask.shape)
+    if len(annotation.planes) == 1:
+        listed = ",".join(str(s) for s in annotation.slices)
+        hashes = ",".join(f"{h:08x}" for h in _slice_hashes(mask, annotation.axis))
+        return f"{AXIS_LETTERS[annotation.axis]};{shape};{listed}", hashes
+    planes = _PLANE_SEPARATOR.join(
+        f"{AXIS_LETTERS[a]};{shape};{','.join(str(s) for s in annotation.planes[a])}"
+        for a in annotation.ordered_axes())
+    hashes = _PLANE_SEPARATOR.join(
+        f"{AXIS_LETTERS[a]};{','.join(f'{h:08x}' for h in _slice_hashes(mask, a))}" for a in range(3))
+    return planes, hashes
+
+
+def _edited_slices(changed: dict[int, set[int]], order: Sequence[int]) -> tuple[int, set[int]] | None:
+    """(axis, slices) the user edited, from the slices whose checksum changed along each stored axis.
+
+    With one stored axis (single-plane tags) these are the changed slices along it. With three, an edit changes
+    one slice along its own plane's axis and a slice along each other axis for every row and column it touches:
+    the axis with the fewest changed slices is the one it was made in (ties: ``order``, the painted planes
+    first). Edits in several planes between two runs cannot be told apart by checksums of whole slices; then
+    the smallest one-plane explanation is taken (more slices than edited, never fewer).
+    """
+    if not any(changed.values()):
+        return None
+    rank = {a: n for n, a in enumerate([*order, *(a for a in range(3) if a not in order)])}
+    axis = min(changed, key=lambda a: (len(changed[a]), rank[a]))
+    return axis, changed[axis]
+
+
+def _remembered_slices(segment, mask: np.ndarray) -> dict[int, set[int]] | None:
+    """{axis: slices} this segment marks as annotated: the remembered ones plus every slice edited since the
     result was written. None when the segment carries no (or stale) ContrastiveSeg tags."""
     annotated, hashes = _get_tag(segment, TAG_ANNOTATED), _get_tag(segment, TAG_HASHES)
     if not annotated or not hashes:
         return None
     try:
-        axis_letter, shape, listed = annotated.split(";")
-        axis = AXIS_LETTERS.index(axis_letter)
-        if shape != "x".join(str(n) for n in mask.shape):
+        planes: dict[int, set[int]] = {}
+        for entry in annotated.split(_PLANE_SEPARATOR):
+            axis_letter, shape, listed = entry.split(";")
+            if shape != _shape_text(mask.shape):
+                return None
+            planes[AXIS_LETTERS.index(axis_letter)] = {int(s) for s in listed.split(",") if s}
+        if ";" in hashes:  # several planes: checksums along every axis, each list named by its axis
+            stored = {}
+            for entry in hashes.split(_PLANE_SEPARATOR):
+                axis_letter, listed = entry.split(";")
+                stored[AXIS_LETTERS.index(axis_letter)] = [int(h, 16) for h in listed.split(",")]
+        elif len(planes) == 1:  # one plane (and every earlier version): checksums along its axis
+            stored = {next(iter(planes)): [int(h, 16) for h in hashes.split(",")]}
+        else:
             return None
-        slices = {int(s) for s in listed.split(",") if s}
-        stored = [int(h, 16) for h in hashes.split(",")]
     except ValueError:
         return None  # tags written by someone else, or damaged: ignore them
-    current = _slice_hashes(mask, axis)
-    if len(stored) != len(current):
-        return None
-    return axis, slices | {s for s, (a, b) in enumerate(zip(stored, current)) if a != b}
+    changed = {}
+    for axis, listed in stored.items():
+        current = _slice_hashes(mask, axis)
+        if len(listed) != len(current):
+            return None
+        changed[axis] = {s for s, (a, b) in enumerate(zip(listed, current)) if a != b}
+    edited = _edited_slices(changed, list(planes))
+    if edited is not None:
+        planes.setdefault(edited[0], set()).update(edited[1])
+    return planes
+
+
+def _slices_with(mask: np.ndarray, axis: int) -> set[int]:
+    other = tuple(a for a in range(3) if a != axis)
+    return {int(s) for s in np.flatnonzero(mask.any(axis=other))}
+
+
+def _on_slices(shape: Sequence[int], planes: dict[int, Sequence[int]]) -> np.ndarray:
+    """Bool array of ``shape``: True on every slice of ``planes``."""
+    keep = np.zeros(shape, dtype=bool)
+    for axis, slices in planes.items():
+        index: list = [slice(None)] * 3
+        index[axis] = sorted(int(s) for s in slices)
+        keep[tuple(index)] = True
+    return keep
 
 
 def _annotated_region(segmentation, foreground: list[str], masks: dict[str, np.ndarray],
-                      axis: int | None) -> tuple[int, np.ndarray] | None:
-    """(axis, mask of the annotated slices) when some segments hold a previous result, else None.
+                      axis: int | None) -> tuple[dict[int, set[int]], np.ndarray] | None:
+    """({axis: annotated slices}, mask of those slices) when some segments hold a previous result, else None.
 
     In a segment that holds a result, paint on a slice that was neither annotated nor edited since is the
-    model's own output, not a label. Segments without the tags (added since) count on every painted slice.
+    model's own output, not a label. Segments without the tags (added since) count on every painted slice: the
+    slices along the result's axis, as before several planes existed, unless the segment is painted in several
+    planes itself (or ``axis`` is given: then along it).
     """
     remembered = {i: _remembered_slices(segmentation.GetSegment(i), masks[i]) for i in foreground}
     tracked = [r for r in remembered.values() if r is not None]
     if not tracked:
         return None
-    if axis is None:
-        axis = tracked[0][0]
-    other = tuple(a for a in range(3) if a != axis)
-    slices: set[int] = set()
+    planes: dict[int, set[int]] = {}
+    for found in tracked:
+        for found_axis, slices in found.items():
+            if axis is None or found_axis == axis:
+                planes.setdefault(found_axis, set()).update(slices)
+    along = axis if axis is not None else (next(iter(planes)) if len(planes) == 1 else None)
     for segment_id, found in remembered.items():
-        if found is None:
-            slices |= {int(s) for s in np.flatnonzero(masks[segment_id].any(axis=other))}
-        elif found[0] == axis:
-            slices |= found[1]
-    keep = np.zeros(masks[foreground[0]].shape, dtype=bool)
-    index: list = [slice(None)] * 3
-    index[axis] = sorted(slices)
-    keep[tuple(index)] = True
-    return axis, keep
+        mask = masks[segment_id]
+        if found is not None or not mask.any():
+            continue
+        own = None
+        if axis is None:
+            own = {a: set(int(s) for s in v) for a, v in find_painted_planes(mask.astype(np.uint8)).items()}
+        if own is None or (len(own) == 1 and along is not None):
+            own = {along: _slices_with(mask, along)}
+        for own_axis, slices in own.items():
+            planes.setdefault(own_axis, set()).update(slices)
+    return planes, _on_slices(masks[foreground[0]].shape, planes)
+
+
+def _painted_planes(marked: np.ndarray, axis: int | None) -> dict[int, np.ndarray]:
+    """The painted slices of a label map as the library reads it: along ``axis`` when given (the CLI's
+    ``--axis``: every slice holding a labelled voxel), else found in every plane."""
+    if axis is not None:
+        return {axis: annotated_slice_indices(marked, axis)}
+    return find_painted_planes(marked)
+
+
+def _attribute(mask: np.ndarray, planes: dict[int, np.ndarray], order: Sequence[int]) -> dict[int, list[int]]:
+    """The painted slices that hold a segment's voxels: {axis: slices}, a subset of ``planes``.
+
+    Where slices of two planes cross, a voxel lies on both, so a segment painted on an axial slice also marks a
+    line of every coronal slice painted (by another segment) across it. The slices are taken greedily, the one
+    holding most of the segment's voxels not yet explained first (ties: ``order``), as the library finds the
+    planes, so the crossing lines do not add slices the segment was never painted on.
+    """
+    if len(planes) == 1:
+        axis = next(iter(planes))
+        return {axis: sorted(_slices_with(mask, axis) & {int(s) for s in planes[axis]})}
+    # Counts of not yet explained voxels per slice, updated as slices are taken: each voxel is visited once
+    # after the sort, so a segment painted on every slice (a finished segmentation) costs one pass, not one
+    # pass per slice.
+    points = np.argwhere(mask)
+    counts, groups, allowed = {}, {}, {}
+    for axis in order:
+        allowed[axis] = np.zeros(mask.shape[axis], dtype=bool)
+        allowed[axis][planes[axis]] = True
+        counts[axis] = np.bincount(points[:, axis], minlength=mask.shape[axis]) * allowed[axis]
+        by_slice = np.argsort(points[:, axis], kind="stable")
+        groups[axis] = by_slice, np.searchsorted(points[by_slice, axis], np.arange(mask.shape[axis] + 1))
+    uncovered = np.ones(len(points), dtype=bool)
+    chosen: dict[int, list[int]] = {}
+    while True:
+        best = None
+        for axis in order:
+            s = int(np.argmax(counts[axis]))
+            if counts[axis][s] > 0 and (best is None or counts[axis][s] > best[2]):
+                best = (axis, s, int(counts[axis][s]))
+        if best is None:
+            break  # every voxel explained (the planes cover every painted voxel)
+        axis, s, _ = best
+        by_slice, starts = groups[axis]
+        members = by_slice[starts[s]:starts[s + 1]]
+        newly = members[uncovered[members]]
+        uncovered[newly] = False
+        for other in order:
+            counts[other] -= np.bincount(points[newly, other], minlength=mask.shape[other]) * allowed[other]
+        chosen.setdefault(axis, []).append(s)
+    return {axis: sorted(slices) for axis, slices in chosen.items()}
+
+
+def _check_crossings(kept: dict[str, np.ndarray], names: dict[str, str], attributed: dict[str, dict[int, list]],
+                     plane_name, shape: Sequence[int]) -> None:
+    """Refuse, in one line, two segments painted on the same voxel by slices of two different planes.
+
+    Each painted slice says what its voxels are: the last segment painted there on that slice (as in one plane,
+    where the later segment wins over a nested one). Where an axial and a coronal slice cross, both speak for
+    the crossing voxels; when they name different segments the painting contradicts itself and no label map can
+    keep both: "every painted voxel comes back exactly as painted" would be false for one of them.
+    """
+    ids = list(kept)
+    votes = {}
+    for axis in sorted({a for found in attributed.values() for a in found}):
+        vote = np.zeros(shape, dtype=np.uint8)
+        for value, segment_id in enumerate(ids, start=1):
+            slices = attributed[segment_id].get(axis)
+            if slices:
+                on = np.zeros(shape[axis], dtype=bool)
+                on[slices] = True
+                vote[kept[segment_id] & on.reshape([-1 if a == axis else 1 for a in range(3)])] = value
+        votes[axis] = vote
+    groups: dict[tuple[int, int, int, int, int, int], int] = {}
+    contradicted = np.zeros(shape, dtype=bool)
+    axes = sorted(votes)
+    for n, a in enumerate(axes):
+        for b in axes[n + 1:]:
+            conflict = (votes[a] != 0) & (votes[b] != 0) & (votes[a] != votes[b])
+            if not conflict.any():
+                continue
+            contradicted |= conflict
+            points = np.argwhere(conflict)
+            pairs = np.stack([votes[a][conflict], points[:, a], votes[b][conflict], points[:, b]], axis=1)
+            for (va, sa, vb, sb), count in zip(*np.unique(pairs.astype(np.int64), axis=0, return_counts=True)):
+                # the earlier segment first, each with the slice that painted it
+                key = (int(va), a, int(sa), int(vb), b, int(sb)) if va < vb else (int(vb), b, int(sb), int(va), a,
+                                                                                    int(sa))
+                groups[key] = groups.get(key, 0) + int(count)
+    if not groups:
+        return
+    # the largest contradiction, the first in segment and slice order among equals
+    (first, axis_a, slice_a, second, axis_b, slice_b), count = max(sorted(groups.items()), key=lambda g: g[1])
+    others = int(contradicted.sum()) - count
+    more = f" (and {others} more voxels where other painted slices cross)" if others > 0 else ""
+
+    def where(axis: int, index: int) -> str:
+        return f"{plane_name(axis)} slice {AXIS_LETTERS[axis]} = {index}"
+
+    raise InputError(f"'{names[ids[first - 1]]}' ({where(axis_a, slice_a)}) and '{names[ids[second - 1]]}' "
+                     f"({where(axis_b, slice_b)}) overlap at {count} voxel{'' if count == 1 else 's'}{more}: "
+                     "a voxel can hold one structure; erase one of them where the slices cross")
 
 
 def read_annotation(segmentation_node, volume_node, *, axis: int | None = None,
@@ -260,12 +489,14 @@ def read_annotation(segmentation_node, volume_node, *, axis: int | None = None,
     """The segmentation's painted slices as the CLI's sparse label map on ``volume_node``'s grid.
 
     Args:
-        axis: annotation axis of the (k, j, i) array; None finds it (the axis whose slices hold all paint).
+        axis: annotation axis of the (k, j, i) array, a single plane (the CLI's ``--axis``); None finds the
+            painted planes, one or several, as the library does from the label map.
         resample: accept a segmentation on another voxel grid (resampled nearest-neighbour by Slicer).
             Off by default because a slice painted on one grid spreads over parts of several slices of another.
 
     Raises InputError (one line) when nothing is painted, the grids differ and ``resample`` is off, the paint
-    lies outside the volume, or there are more than 254 segments.
+    lies outside the volume, two segments are painted on the same voxel by slices of different planes, or
+    there are more than 254 segments.
     """
     if axis is not None and axis not in (0, 1, 2):
         raise ValueError(f"axis must be 0, 1 or 2 (k, j, i), got {axis}")
@@ -285,43 +516,58 @@ def read_annotation(segmentation_node, volume_node, *, axis: int | None = None,
 
     masks = {i: segment_mask(segmentation_node, i, volume_node) for i in ids}
     shape = next(iter(masks.values())).shape
-    keep = _annotated_region(segmentation, foreground, masks, axis)
-    if keep is not None:
-        axis, keep = keep
+    region = _annotated_region(segmentation, foreground, masks, axis)
+    if region is not None:
+        remembered, keep = region
+        if axis is None and len(remembered) == 1:
+            axis = next(iter(remembered))  # a single-plane result is read along its axis, as before
+        kept = {i: masks[i] & keep for i in foreground}
     else:
-        keep = np.ones(shape, dtype=bool)
+        kept = {i: masks[i] for i in foreground}
 
     labels = np.zeros(shape, dtype=np.uint8)
     painted = np.zeros(shape, dtype=np.int32)
     for value, segment_id in enumerate(foreground, start=1):
-        mask = masks[segment_id] & keep
-        labels[mask] = value
-        painted += mask
-    if background:
-        # Background scribbles are always the user's own, wherever they are.
-        scribbles = np.zeros(shape, dtype=bool)
-        for segment_id in background:
-            scribbles |= masks[segment_id]
-        # Explicit background: only painted voxels are known, everything else is "not annotated".
-        labels = np.where(labels > 0, labels, np.where(scribbles, 0, IGNORE)).astype(np.uint8)
+        labels[kept[segment_id]] = value
+        painted += kept[segment_id]
     if not (painted > 0).any():
         if any(not segmentation_node.GetBinaryLabelmapInternalRepresentation(i).IsEmpty() for i in foreground):
             raise InputError(f"the painted voxels of '{seg_name}' lie outside volume '{volume_node.GetName()}'")
         raise InputError(f"no annotated slice: paint at least one slice of a segment of '{seg_name}'")
-    if axis is None:
-        axis = find_annotation_axis(labels)
+    if background:
+        # Background scribbles are always the user's own, wherever they are. Explicit background: only painted
+        # voxels are known, the rest of each painted slice is "not annotated" (IGNORE), and voxels off the
+        # painted slices stay 0, which the library reads as unknown (IGNORE on every voxel of the volume would
+        # make its plane search walk every voxel).
+        scribbles = np.zeros(shape, dtype=bool)
+        for segment_id in background:
+            scribbles |= masks[segment_id]
+        layout = _painted_planes(((painted > 0) | scribbles).astype(np.uint8), axis)
+        labels[_on_slices(shape, layout) & (labels == 0)] = IGNORE
+        labels[scribbles & (painted == 0)] = 0
 
-    other = tuple(a for a in range(3) if a != axis)
+    # The planes and axis the CLI will read from this label map (given --axis only for a single plane).
+    planes = _painted_planes(labels, axis)
+    axis = main_axis(planes) if axis is None else axis
+    matrix = ijk_to_ras(volume_node)
+    plane_names = tuple(describe_axis(matrix, a) for a in range(3))
+    order = [axis] + sorted(a for a in planes if a != axis)
+    attributed = {i: _attribute(kept[i], planes, order) for i in foreground}
+    names = {i: segmentation.GetSegment(i).GetName() for i in foreground}
+    if len(planes) > 1:
+        _check_crossings(kept, names, attributed, lambda a: plane_names[a], shape)
+
     infos = []
     for value, segment_id in enumerate(foreground, start=1):
         segment = segmentation.GetSegment(segment_id)
-        slices = np.flatnonzero((masks[segment_id] & keep).any(axis=other))
-        infos.append(SegmentInfo(segment_id, segment.GetName(), tuple(float(c) for c in segment.GetColor()), value,
-                                 tuple(int(s) for s in slices),
-                                 _get_tag(segment, slicer.vtkSegment.GetTerminologyEntryTagName())))
-    all_slices = np.flatnonzero(((labels > 0) & (labels != IGNORE)).any(axis=other))
-    return Annotation(labels, int(axis), tuple(int(s) for s in all_slices), tuple(infos),
-                      describe_axis(ijk_to_ras(volume_node), axis), bool(problem), int((painted > 1).sum()))
+        own = attributed[segment_id]
+        infos.append(SegmentInfo(segment_id, names[segment_id], tuple(float(c) for c in segment.GetColor()), value,
+                                 tuple(int(s) for s in own.get(axis, ())),
+                                 _get_tag(segment, slicer.vtkSegment.GetTerminologyEntryTagName()),
+                                 tuple((a, tuple(int(s) for s in own[a])) for a in order if own.get(a))))
+    return Annotation(labels, int(axis), tuple(int(s) for s in planes[axis]), tuple(infos), plane_names[axis],
+                      bool(problem), int((painted > 1).sum()),
+                      {int(a): tuple(int(s) for s in planes[a]) for a in order}, plane_names)
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -375,10 +621,9 @@ def write_result(labels: np.ndarray, volume_node, segments: Sequence[SegmentInfo
                 oriented.GetExtent()):
             raise RuntimeError(f"Slicer could not write segment '{info.name}' into '{target_node.GetName()}'")
         if annotation is not None:
-            shape = "x".join(str(n) for n in labels.shape)
-            listed = ",".join(str(s) for s in annotation.slices)
-            segment.SetTag(TAG_ANNOTATED, f"{AXIS_LETTERS[annotation.axis]};{shape};{listed}")
-            segment.SetTag(TAG_HASHES, ",".join(f"{h:08x}" for h in _slice_hashes(mask, annotation.axis)))
+            annotated, hashes = _annotated_tags(annotation, mask)
+            segment.SetTag(TAG_ANNOTATED, annotated)
+            segment.SetTag(TAG_HASHES, hashes)
     if closed_surface:
         target_node.CreateClosedSurfaceRepresentation()
     return target_node

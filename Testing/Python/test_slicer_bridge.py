@@ -183,7 +183,14 @@ def test_background_segment_makes_unpainted_voxels_ignored(scene):
     annotation = nodes.read_annotation(segmentation, volume_node)
     assert [s.name for s in annotation.segments] == ["Lesion"]
     assert (annotation.labels[fg] == 1).all() and (annotation.labels[bg] == 0).all()
-    assert (annotation.labels[~(fg | bg)] == IGNORE).all()
+    # The rest of the painted slice is "not annotated"; off it the label map holds 0, which the library reads as
+    # unknown (IGNORE everywhere would make its plane search walk every voxel of the volume).
+    assert (annotation.labels[4][~(fg | bg)[4]] == IGNORE).all() and not annotation.labels[[0, 1, 2, 3, 5]].any()
+    # What the CLI learns: only the painted voxels are known, exactly as with IGNORE on every other voxel.
+    decoded = decode_annotation(annotation.labels, annotation.cli_axis)
+    everywhere = np.where(fg, 1, np.where(bg, 0, IGNORE)).astype(np.uint8)
+    np.testing.assert_array_equal(decoded.target, decode_annotation(everywhere).target)
+    assert (decoded.target[~(fg | bg)] == IGNORE).all() and annotation.summary() == ["Lesion: 1 axial slice (k = 4)"]
 
 
 def test_nothing_painted_is_one_line_input_error(scene):

@@ -141,6 +141,22 @@ def test_every_segment_command_line_is_accepted_by_the_cli(scene, inputs, record
         assert args.adapt == (None if options.get("init_model") else options.get("adapt"))
 
 
+@pytest.mark.parametrize("axis", [None, 0, 1, 2])
+def test_a_painting_in_several_planes_builds_command_lines_the_cli_accepts(scene, recorder, tmp_path, axis):
+    from ContrastiveSegLib.slicer import nodes
+
+    _, volume = _volume(scene, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
+    painted = _slab([2, 6], j=slice(2, 9), i=slice(3, 10))
+    painted[1:8, 5, 3:10] = True  # and one coronal slice across them
+    segmentation, _ = _segmentation(scene, volume, {"Liver": ((0.8, 0.3, 0.2), painted)})
+    assert len(nodes.read_annotation(segmentation, volume).planes) == 2
+    job = Job("segment", volume, segmentation, None, JobOptions(axis=axis), state_dir=tmp_path / "state",
+              python="py")
+    for command in _commands(job, recorder, out_of_memory=True):
+        # no --axis unless the user forces one plane: the CLI finds the painted planes in the label map itself
+        assert _parse(command).axis == (None if axis is None else "kji"[axis])
+
+
 @pytest.mark.parametrize("device, probabilities", itertools.product(["auto", "cpu", "cuda:0", "mps"], [True, False]))
 def test_predict_only_command_lines_are_accepted_and_never_retried_with_a_batch_size(scene, inputs, recorder,
                                                                                     tmp_path, device, probabilities):
