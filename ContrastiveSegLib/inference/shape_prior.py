@@ -26,7 +26,8 @@ from ContrastiveSegLib.io.annotations import IGNORE
 
 PRIOR_WEIGHT = 1.0  # exponent of the prior in the product with the network's probabilities
 END_SLOPE = 1.0  # mm of outline shrinkage per mm beyond the last painted slice
-DEFAULT_BETA = 5.0  # used when only one painted slice holds a structure (nothing to learn beta from)
+DEFAULT_BETA = 5.0  # starting value; replaced by the leave-one-out fit
+MIN_SLICES = 2  # painted slices needed for a prior: one slice says nothing about how the outline moves
 BETAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0)  # leave-one-out search grid (mm)
 GAP_POWER = 1.0  # how the boundary uncertainty grows with the distance to the nearest painted slice
 REFERENCE_GAP = 10.0  # mm: beta is the uncertainty at this distance
@@ -131,7 +132,11 @@ def fully_painted_slices(targets: np.ndarray) -> np.ndarray:
 
 def build_shape_prior(targets: np.ndarray, num_classes: int, inplane_spacing: tuple[float, float],
                       slice_mm: float, beta: float | None = None) -> ShapePrior | None:
-    """The shape prior of an annotation, or None when no slice is fully painted.
+    """The shape prior of an annotation, or None when fewer than :data:`MIN_SLICES` slices are fully painted.
+
+    Why not from one slice: extrapolating a single outline both ways has nothing to learn its uncertainty from,
+    and measured on the benchmark's brain tasks at k = 1 it cost Dice (grey/white matter 0.915 -> 0.898, ventricles
+    0.739 -> 0.702, seed 0) where the network alone is already far ahead of both Slicer tools.
 
     Args:
         targets: (S, H, W) class indices in stack order (slices along the annotation axis first), IGNORE where
@@ -141,14 +146,14 @@ def build_shape_prior(targets: np.ndarray, num_classes: int, inplane_spacing: tu
         beta: fixed uncertainty growth; None learns it by leave-one-out (:func:`fit_beta`).
     """
     slices = fully_painted_slices(targets)
-    if len(slices) == 0:
+    if len(slices) < MIN_SLICES:
         return None
     distances = np.stack([np.stack([signed_distance(targets[s] == c, inplane_spacing)
                                     for c in range(1, num_classes)]) for s in slices])
     informative = np.isfinite(distances).any(axis=(0, 2, 3)) & (distances < 0).any(axis=(0, 2, 3))
     prior = ShapePrior(slices, distances, informative, float(slice_mm), DEFAULT_BETA if beta is None else beta,
                        tau0=0.5 * float(min(inplane_spacing)))
-    if beta is None and len(slices) >= 2:
+    if beta is None:
         prior.beta = fit_beta(prior, targets)
     return prior
 
