@@ -4,6 +4,7 @@ sparse annotations (shared/design/benchmark.md).
     python benchmarks/run_benchmark.py --out benchmarks/results                 # everything
     python benchmarks/run_benchmark.py --tasks mni2mm-gmwm-axial --k 3 --seeds 0  # a subset
     python benchmarks/run_benchmark.py --ablation --no-baselines                 # pretraining ablation
+    python benchmarks/run_benchmark.py --candidates --no-baselines --k 3 5       # issue 8's candidates
 
 Per task, k and seed: k slices evenly spaced over 10-90 % of the structures' extent are kept, the rest hidden;
 every method segments the volume; Dice per structure is scored over the whole volume. Rows are appended to
@@ -24,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's library, not an installed one
-from tasks import ABLATION, OUR_METHODS, TASKS  # noqa: E402
+from tasks import ABLATION, CANDIDATES, OUR_METHODS, TASKS  # noqa: E402
 
 from ContrastiveSegLib import api  # noqa: E402
 from ContrastiveSegLib.demo import FILL, GROW, run_baseline  # noqa: E402
@@ -169,7 +170,7 @@ def summarise(out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
-    parser.add_argument("--k", nargs="+", type=int, default=[1, 3, 5])
+    parser.add_argument("--k", nargs="+", type=int, default=[1, 2, 3, 5])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--preset", default="default")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -179,6 +180,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 lets two runs share 2 cores)")
     parser.add_argument("--ablation", action="store_true", help="run the pretraining ablation variants into "
                         "ablation.csv instead of quality.csv (summarise with benchmarks/ablation.py)")
+    parser.add_argument("--candidates", action="store_true", help="run issue 8's candidates (tasks.CANDIDATES) "
+                        "into candidates.csv (summarise with benchmarks/ablation.py --candidates)")
     parser.add_argument("--variants", nargs="+", help="only these variants (names in tasks.py)")
     args = parser.parse_args()
     if args.threads:
@@ -188,13 +191,14 @@ def main() -> None:
     if args.summarise_only:
         summarise(args.out)
         return
-    methods = ABLATION if args.ablation else OUR_METHODS
+    methods = ABLATION if args.ablation else CANDIDATES if args.candidates else OUR_METHODS
     if args.variants:
         methods = [(name, kwargs) for name, kwargs in methods if name in args.variants]
         if not methods:
             parser.error(f"no variant named {args.variants}")
+    csv_name = "ablation.csv" if args.ablation else "candidates.csv" if args.candidates else "quality.csv"
     run(args.tasks, args.k, args.seeds, args.out, args.preset, not args.no_baselines,
-        not args.no_overlays and not args.ablation, methods, "ablation.csv" if args.ablation else "quality.csv")
+        not args.no_overlays and csv_name == "quality.csv", methods, csv_name)
 
 
 if __name__ == "__main__":
