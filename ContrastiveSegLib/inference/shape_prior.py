@@ -26,7 +26,7 @@ from ContrastiveSegLib.io.annotations import IGNORE
 
 PRIOR_WEIGHT = 1.0  # exponent of the prior in the product with the network's probabilities
 END_SLOPE = 1.0  # mm of outline shrinkage per mm beyond the last painted slice
-DEFAULT_BETA = 5.0  # starting value; replaced by the leave-one-out fit
+DEFAULT_BETA = 4.0  # between two painted slices, when no painted slice lies between two others to learn it from
 MIN_SLICES = 2  # painted slices needed for a prior: one slice says nothing about how the outline moves
 BETAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0)  # leave-one-out search grid (mm)
 GAP_POWER = 1.0  # how the boundary uncertainty grows with the distance to the nearest painted slice
@@ -56,8 +56,11 @@ class ShapePrior:
             +inf where a class is absent from a slice.
         informative: (C - 1,) bool: the class appears on at least one of those slices (else its prior is flat).
         slice_mm: spacing along the annotation axis (mm).
-        beta: boundary uncertainty (mm) at :data:`REFERENCE_GAP` mm from the nearest painted slice.
+        beta: boundary uncertainty (mm) at :data:`REFERENCE_GAP` mm from the nearest painted slice, between two
+            painted slices.
         tau0: boundary uncertainty (mm) on a painted slice.
+        beta_end: the same beyond the first and the last painted slice (extrapolation is less sure than
+            interpolation, and learnt separately).
     """
 
     slices: np.ndarray
@@ -66,41 +69,42 @@ class ShapePrior:
     slice_mm: float
     beta: float
     tau0: float
+    beta_end: float = DEFAULT_BETA
 
     def _depth(self) -> np.ndarray:
         """(C - 1,) deepest inside distance (mm, positive) of each class over the painted slices."""
         finite = np.where(np.isfinite(self.distances), self.distances, 0.0)
         return np.maximum(-finite.min(axis=(0, 2, 3)), self.tau0)
 
-    def interpolate(self, s: int, keys: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-        """(C - 1, H, W) interpolated signed distances at slice ``s`` and the distance (mm) from ``s`` to the
-        nearest painted slice used. ``keys`` restricts which painted slices (positions in :attr:`slices`) take
-        part (leave-one-out)."""
+    def interpolate(self, s: int, keys: np.ndarray | None = None) -> tuple[np.ndarray, float, bool]:
+        """(C - 1, H, W) interpolated signed distances at slice ``s``, the distance (mm) from ``s`` to the
+        nearest painted slice used, and whether ``s`` lies beyond the painted slices (extrapolated). ``keys``
+        restricts which painted slices (positions in :attr:`slices`) take part (leave-one-out)."""
         keys = np.arange(len(self.slices)) if keys is None else keys
         positions = self.slices[keys]
         depth = self._depth()[:, None, None]
         after = int(np.searchsorted(positions, s))
         if after < len(positions) and positions[after] == s:
-            return self.distances[keys[after]].copy(), 0.0
+            return self.distances[keys[after]].copy(), 0.0, False
         if after == 0 or after == len(positions):  # beyond the ends: keep the end slice, taper off
             end = 0 if after == 0 else len(positions) - 1
             gap = abs(int(s) - int(positions[end])) * self.slice_mm
             d = self.distances[keys[end]]
-            return np.where(np.isfinite(d), d, depth) + END_SLOPE * gap, gap
+            return np.where(np.isfinite(d), d, depth) + END_SLOPE * gap, gap, True
         low, high = positions[after - 1], positions[after]
         t = (s - low) / (high - low)
         a, b = self.distances[keys[after - 1]], self.distances[keys[after]]
         # A class missing from one side vanishes in between: its depth, mirrored, stands in for the absent outline.
         a = np.where(np.isfinite(a), a, depth)
         b = np.where(np.isfinite(b), b, depth)
-        return ((1 - t) * a + t * b).astype(np.float32), min(s - low, high - s) * self.slice_mm
+        return ((1 - t) * a + t * b).astype(np.float32), min(s - low, high - s) * self.slice_mm, False
 
     def log_probs(self, indices) -> torch.Tensor:
         """(N, C, H, W) float32 log prior probabilities of slices ``indices`` (background first)."""
         out = []
         for s in np.asarray(indices).reshape(-1):
-            d, gap = self.interpolate(int(s))
-            out.append(_log_categorical(torch.from_numpy(d), self.tau(gap, self.beta),
+            d, gap, beyond = self.interpolate(int(s))
+            out.append(_log_categorical(torch.from_numpy(d), self.tau(gap, self.beta_end if beyond else self.beta),
                                         torch.from_numpy(self.informative)))
         return torch.stack(out)
 
@@ -154,23 +158,34 @@ def build_shape_prior(targets: np.ndarray, num_classes: int, inplane_spacing: tu
     prior = ShapePrior(slices, distances, informative, float(slice_mm), DEFAULT_BETA if beta is None else beta,
                        tau0=0.5 * float(min(inplane_spacing)))
     if beta is None:
-        prior.beta = fit_beta(prior, targets)
+        prior.beta, prior.beta_end = fit_beta(prior, targets)
+    else:
+        prior.beta_end = beta
     return prior
 
 
-def fit_beta(prior: ShapePrior, targets: np.ndarray, betas=BETAS) -> float:
-    """The ``beta`` under which the painted slices, each predicted from the others, are most likely.
+def fit_beta(prior: ShapePrior, targets: np.ndarray, betas=BETAS) -> tuple[float, float]:
+    """(beta, beta_end): the uncertainties under which the painted slices, each predicted from the others, are
+    most likely; ``beta`` from the slices that lie between two others (interpolation), ``beta_end`` from the first
+    and the last (extrapolation). With only two painted slices there is nothing to learn ``beta`` from, and
+    :data:`DEFAULT_BETA` stands.
 
-    Each painted slice is interpolated (or extrapolated) from the remaining ones, and the cross-entropy of its true
-    classes under the prior is averaged per class, then over the classes (class-balanced: a thin vessel counts as
-    much as the background around it, as it does in Dice); the best ``beta`` of the grid wins.
+    The cross-entropy of each held-out slice's true classes under the prior is averaged per class, then over the
+    classes (class-balanced: a thin vessel counts as much as the background around it, as it does in Dice); the
+    best value of the grid wins.
     """
-    cases = []
+    cases: dict[bool, list] = {False: [], True: []}
     everything = np.arange(len(prior.slices))
     for held in everything:
-        d, gap = prior.interpolate(int(prior.slices[held]), np.delete(everything, held))
+        d, gap, beyond = prior.interpolate(int(prior.slices[held]), np.delete(everything, held))
         truth = torch.from_numpy(targets[prior.slices[held]].astype(np.int64))
-        cases.append((torch.from_numpy(d), gap, truth))
+        cases[beyond].append((torch.from_numpy(d), gap, truth))
+    fitted = [_best_beta(prior, cases[beyond], betas) if cases[beyond] else DEFAULT_BETA for beyond in (False, True)]
+    return fitted[0], fitted[1]
+
+
+def _best_beta(prior: ShapePrior, cases: list, betas) -> float:
+    """The grid value with the lowest class-balanced cross-entropy over ``cases`` ((d, gap, truth) triples)."""
     informative = torch.from_numpy(prior.informative)
     num_classes = prior.distances.shape[1] + 1
     costs = []

@@ -30,19 +30,19 @@ def _prior(distances, slices=(0, 4), slice_mm=2.0, beta=0.5) -> ShapePrior:
 
 def test_linear_interpolation_and_gap():
     prior = _prior(np.array([[[[2.0]]], [[[-2.0]]]]))  # (K=2, C-1=1, 1, 1)
-    d, gap = prior.interpolate(1)
+    d, gap, beyond = prior.interpolate(1)
     assert d[0, 0, 0] == pytest.approx(1.0)  # 3/4 * 2 + 1/4 * -2
-    assert gap == pytest.approx(2.0)  # one slice of 2 mm from the nearest painted slice
-    d, gap = prior.interpolate(2)
+    assert gap == pytest.approx(2.0) and not beyond  # one slice of 2 mm from the nearest painted slice
+    d, gap, _ = prior.interpolate(2)
     assert d[0, 0, 0] == pytest.approx(0.0) and gap == pytest.approx(4.0)
-    d, gap = prior.interpolate(4)
+    d, gap, _ = prior.interpolate(4)
     assert d[0, 0, 0] == pytest.approx(-2.0) and gap == 0.0
 
 
 def test_extrapolation_tapers_off_beyond_the_ends():
     prior = _prior(np.array([[[[-3.0]]], [[[-1.0]]]]))
-    d, gap = prior.interpolate(7)  # three slices (6 mm) past the last painted slice
-    assert gap == pytest.approx(6.0)
+    d, gap, beyond = prior.interpolate(7)  # three slices (6 mm) past the last painted slice
+    assert gap == pytest.approx(6.0) and beyond
     assert d[0, 0, 0] == pytest.approx(-1.0 + END_SLOPE * 6.0)
 
 
@@ -51,7 +51,7 @@ def test_structure_missing_from_one_side_vanishes_between():
     inside[0, 0, 0] = -1.0
     distances = np.stack([inside, np.full((1, 1, 3), np.inf, np.float32)])
     prior = _prior(distances)
-    d, _ = prior.interpolate(2)  # half way: the deepest point (-4) meets its mirror (+4)
+    d, _, _ = prior.interpolate(2)  # half way: the deepest point (-4) meets its mirror (+4)
     assert d[0, 0, 1] == pytest.approx(0.0)
     assert d[0, 0, 0] > 0  # shallower parts are gone already
 
