@@ -116,6 +116,8 @@ def run(tasks: list[str], ks: list[int], seeds: list[int], out: Path, preset: st
                                 annotated=slices, label_names=task.structures, title=f"{task.description}, k={k}")
     if csv_name == "quality.csv":
         summarise(out)
+    elif csv_name == "candidates.csv":
+        summarise_variants(out)
 
 
 def summarise(out: Path) -> None:
@@ -134,9 +136,20 @@ def summarise(out: Path) -> None:
     baselines = [m for m in methods if m in (GROW, FILL)]
     ours = [m for m in methods if m not in baselines]
 
+    def values(task, method, k):
+        return [r["mean_dice"] for r in rows if r["task"] == task and r["method"] == method and r["k"] == k]
+
     def mean(task, method, k):
-        values = [r["mean_dice"] for r in rows if r["task"] == task and r["method"] == method and r["k"] == k]
-        return (float(np.mean(values)), len(values)) if values else (None, 0)
+        found = values(task, method, k)
+        return (float(np.mean(found)), len(found)) if found else (None, 0)
+
+    def cell(task, method, k):
+        """The mean over seeds, and the seed spread (max - min) in brackets where there are several seeds."""
+        found = values(task, method, k)
+        if not found:
+            return ""
+        spread = f" [{max(found) - min(found):.3f}]" if len(found) > 1 else ""
+        return f"{np.mean(found):.3f}{spread}"
 
     lines = ["| task | method | " + " | ".join(f"k={k}" for k in ks) + " | seeds |",
              "|---|---|" + "---|" * len(ks) + "---|"]
@@ -144,9 +157,8 @@ def summarise(out: Path) -> None:
         for method in methods:
             cells, n = [], 0
             for k in ks:
-                value, count = mean(task, method, k)
-                n = max(n, count)
-                cells.append("" if value is None else f"{value:.3f}")
+                n = max(n, mean(task, method, k)[1])
+                cells.append(cell(task, method, k))
             if any(cells):
                 lines.append(f"| {task} | {method} | " + " | ".join(cells) + f" | {n} |")
         for method in ours:
@@ -158,13 +170,53 @@ def summarise(out: Path) -> None:
             if any(margins):
                 lines.append(f"| {task} | {method} - best baseline | " + " | ".join(margins) + " | |")
     seconds = {m: np.mean([float(r["seconds"]) for r in rows if r["method"] == m]) for m in methods}
-    text = ("# Quality: mean Dice over structures (mean over seeds)\n\n" + "\n".join(lines) +
+    text = ("# Quality: mean Dice over structures (mean over seeds [max - min over seeds])\n\n" + "\n".join(lines) +
             "\n\nGrow from seeds and Fill between slices are deterministic: one run per (task, k). "
             "Mean seconds per run (as run: one torch thread per process, two processes on the 2 CPU cores): " +
             ", ".join(f"{m} {s:.0f} s" for m, s in seconds.items()) + "\n")
     (out / "quality.md").write_text(text)
     dice_vs_k_plot(rows, out / "dice_vs_k.png", title="Dice vs annotated slices")
     print(text)
+
+
+def summarise_variants(out: Path, csv_name: str = "candidates.csv", md_name: str = "candidates.md") -> str:
+    """A table with one column per variant (mean over seeds [max - min]) per task and k, the mean over tasks and
+    the mean seconds per run, from ``csv_name`` into ``md_name``."""
+    with open(out / csv_name) as handle:
+        rows = list(csv.DictReader(handle))
+    variants = list(dict.fromkeys(r["method"] for r in rows))
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    ks = sorted({int(r["k"]) for r in rows})
+
+    def found(task, variant, k):
+        return [float(r["mean_dice"]) for r in rows
+                if r["task"] == task and r["method"] == variant and int(r["k"]) == k]
+
+    lines = ["| task | k | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]
+    for task in tasks:
+        for k in ks:
+            cells = []
+            for variant in variants:
+                values = found(task, variant, k)
+                cells.append("" if not values else f"{np.mean(values):.3f} [{max(values) - min(values):.3f}]"
+                             if len(values) > 1 else f"{values[0]:.3f}")
+            if any(cells):
+                lines.append(f"| {task} | {k} | " + " | ".join(cells) + " |")
+    for k in ks:
+        cells = []
+        for variant in variants:
+            means = [np.mean(found(t, variant, k)) for t in tasks if found(t, variant, k)]
+            complete = len(means) == sum(1 for t in tasks if any(found(t, v, k) for v in variants))
+            cells.append(f"{np.mean(means):.3f}" if means and complete else "")
+        lines.append(f"| **mean over tasks** | {k} | " + " | ".join(cells) + " |")
+    seconds = [f"{np.mean([float(r['seconds']) for r in rows if r['method'] == v]):.0f}" for v in variants]
+    lines.append("| seconds per run | | " + " | ".join(seconds) + " |")
+    seeds = sorted({int(r["seed"]) for r in rows})
+    text = (f"# {md_name[:-3].capitalize()}: mean Dice over structures (mean over seeds {seeds} [max - min])\n\n"
+            + "\n".join(lines) + "\n")
+    (out / md_name).write_text(text)
+    print(text)
+    return text
 
 
 def main() -> None:
@@ -189,7 +241,10 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     if args.summarise_only:
-        summarise(args.out)
+        if args.candidates:
+            summarise_variants(args.out)
+        else:
+            summarise(args.out)
         return
     methods = ABLATION if args.ablation else CANDIDATES if args.candidates else OUR_METHODS
     if args.variants:

@@ -28,11 +28,13 @@ OUR_METHODS: list[tuple[str, dict]] = [
 ]
 
 # Issue 8's candidates beyond the shape prior, each a row of candidates.md (run_benchmark.py --candidates):
-# the self-training round, the previous default encoder (simclr), IDEAL's bidirectional consistency.
+# the self-training round, training on the prior's sure voxels between painted slices, the previous default
+# encoder (simclr), IDEAL's bidirectional consistency.
 CANDIDATES: list[tuple[str, dict]] = [
     ("shape prior", {}),
     ("no shape prior", {"shape_prior": False}),
     ("shape prior + self-training", {"self_train": 100}),
+    ("shape prior + prior labels", {"prior_labels": True}),
     ("shape prior + simclr encoder", {"encoder": "simclr"}),
     ("shape prior + bidirectional", {"consistency": "bidirectional"}),
 ]
