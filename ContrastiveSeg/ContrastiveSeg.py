@@ -40,15 +40,18 @@ except ImportError:  # a source checkout added through "Additional module paths"
 
 # Only light modules here: nothing below imports torch, MONAI or anything that may not be installed yet.
 from ContrastiveSegLib.errors import InputError  # noqa: E402
+from ContrastiveSegLib.options import (AXIS_LETTERS, DEFAULT_CONSISTENCY, DEFAULT_DEVICE, DEFAULT_PRESET,  # noqa: E402
+                                       DEVICE_KINDS, PRESET_NAMES, PRETRAIN_STEPS, axis_index)
 from ContrastiveSegLib.slicer import environment  # noqa: E402
-from ContrastiveSegLib.slicer.geometry import AXIS_LETTERS, slice_center_ras  # noqa: E402
+from ContrastiveSegLib.slicer.geometry import slice_center_ras  # noqa: E402
 from ContrastiveSegLib.slicer.childrun import private_state_dir  # noqa: E402
 from ContrastiveSegLib.slicer.pretraining import DEFAULT_METHOD, METHOD_NAMES, scene_scans  # noqa: E402
 from ContrastiveSegLib.slicer.runner import Progress, overall_fraction, python_executable  # noqa: E402
 
 DEFAULT_ENCODER = "default"
 ENCODERS = [DEFAULT_ENCODER, *environment.shipped_encoder_names(), "none"]
-DEVICES = ["auto", "cpu", "cuda", "mps"]
+DEVICES = list(DEVICE_KINDS)  # "cuda" with the GPU index box beside it makes "cuda:N"
+AXIS_FROM_PAINT = "auto"  # the axis choice that lets the painted planes decide (no --axis)
 SETTINGS_DEVICE = "ContrastiveSeg/Device"
 SETTINGS_ENCODER_FILE = "ContrastiveSeg/PretrainedEncoder"  # the last encoder pretrained here, for new scenes
 FROM_SCENE, FROM_FOLDER = "Scans in the scene", "A folder"
@@ -82,13 +85,13 @@ class ContrastiveSegParameterNode:
     outputSegmentation: vtkMRMLSegmentationNode  # None: a new segmentation node for each run
     encoder: Annotated[str, Choice(ENCODERS)] = DEFAULT_ENCODER
     encoderFile: pathlib.Path
-    device: Annotated[str, Choice(DEVICES)] = "auto"
+    device: Annotated[str, Choice(DEVICES)] = DEFAULT_DEVICE
     gpuIndex: Annotated[int, WithinRange(0, 15)] = 0
-    preset: Annotated[str, Choice(["default", "fast"])] = "default"
+    preset: Annotated[str, Choice(list(PRESET_NAMES))] = DEFAULT_PRESET
     refineFromLastModel: bool = True
     showUncertainty: bool = False
     show3D: bool = False
-    axis: Annotated[str, Choice(["auto", "k", "j", "i"])] = "auto"
+    axis: Annotated[str, Choice([AXIS_FROM_PAINT, *AXIS_LETTERS])] = AXIS_FROM_PAINT
     steps: Annotated[int, WithinRange(0, 100000)] = 0
     seed: Annotated[int, WithinRange(0, 1000000)] = 0
     batchSize: Annotated[int, WithinRange(0, 1024)] = 0
@@ -98,7 +101,7 @@ class ContrastiveSegParameterNode:
     pretrainSource: Annotated[str, Choice([FROM_SCENE, FROM_FOLDER])] = FROM_SCENE
     pretrainFolder: pathlib.Path
     pretrainMethod: Annotated[str, Choice(list(METHOD_NAMES))] = DEFAULT_METHOD
-    pretrainSteps: Annotated[int, WithinRange(1, 1000000)] = 2000
+    pretrainSteps: Annotated[int, WithinRange(1, 1000000)] = PRETRAIN_STEPS
     pretrainMinutes: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0  # 0: no time limit
     pretrainOutput: pathlib.Path  # empty: a new file in the module's encoders folder
     # Not shown: what the last run left behind (refine from it, suggest the next slice from it).
@@ -113,8 +116,9 @@ def _path_or_none(path) -> str | None:
 
 
 def valid_device(value) -> str:
-    """``value`` when it is one of DEVICES, else "auto": what a saved or chosen device setting may be."""
-    return value if value in DEVICES else "auto"
+    """``value`` when it is one of DEVICES, else the default ("auto"): what a saved or chosen device setting may
+    be."""
+    return value if value in DEVICES else DEFAULT_DEVICE
 
 
 class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -182,7 +186,8 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # The user's settings are read and the defaults filled in before the node is bound to the panel, so
         # nothing the binding does to the widgets can overwrite a setting before it is read.
         node = self.logic.getParameterNode()
-        self.logic.setDefaults(node, slicer.mrmlScene, device=slicer.util.settingsValue(SETTINGS_DEVICE, "auto"),
+        self.logic.setDefaults(node, slicer.mrmlScene,
+                               device=slicer.util.settingsValue(SETTINGS_DEVICE, DEFAULT_DEVICE),
                                encoderFile=slicer.util.settingsValue(SETTINGS_ENCODER_FILE, ""))
         self.setParameterNode(node)
 
@@ -389,7 +394,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         return pathlib.Path(slicer.app.cachePath) / "ContrastiveSeg" / "encoders"
 
     # ------------------------------------------------------------------------------------- options
-    def setDefaults(self, node, scene, device: str = "auto", encoderFile: str = "") -> None:
+    def setDefaults(self, node, scene, device: str = DEFAULT_DEVICE, encoderFile: str = "") -> None:
         """Fill in what ``node`` has not chosen yet. For a new scene (no input volume): the saved ``device``, the
         first scan of ``scene`` (never a label map or a volume this module made) and the last pretrained encoder
         ``encoderFile`` when it still exists. In any scene: the first segmentation when none is chosen."""
@@ -418,7 +423,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
             options.update(encoder=None if encoder == DEFAULT_ENCODER else encoder, preset=node.preset,
                            steps=node.steps or None, seed=node.seed, batchSize=node.batchSize or None,
                            allowResampling=node.allowResampling,
-                           axis=None if node.axis == "auto" else AXIS_LETTERS.index(node.axis))
+                           axis=None if node.axis == AXIS_FROM_PAINT else axis_index(node.axis))
         return options
 
     def segmentFromParameterNode(self, node, **kwargs):
@@ -432,11 +437,11 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
                             initModel=initModel, **self.optionsFromParameterNode(node), **kwargs)
 
     # ----------------------------------------------------------------------------------------- runs
-    def segment(self, volumeNode, segmentationNode, outputSegmentationNode=None, *, encoder=None, device="auto",
-                preset="default", steps=None, seed=0, axis=None, batchSize=None, initModel=None,
-                probabilities=True, showUncertainty=False, show3D=False, allowResampling=False, adapt=None,
-                consistency="none", waitForCompletion=False, progressCallback=None, completedCallback=None,
-                timeout=None):
+    def segment(self, volumeNode, segmentationNode, outputSegmentationNode=None, *, encoder=None,
+                device=DEFAULT_DEVICE, preset=DEFAULT_PRESET, steps=None, seed=0, axis=None,
+                batchSize=None, initModel=None, probabilities=True, showUncertainty=False, show3D=False,
+                allowResampling=False, adapt=None, consistency=DEFAULT_CONSISTENCY, waitForCompletion=False,
+                progressCallback=None, completedCallback=None, timeout=None):
         """Fine-tune on the painted slices of ``segmentationNode`` and segment ``volumeNode``.
 
         The result goes to ``outputSegmentationNode`` (None: a new node; the input node itself: its segments
@@ -456,8 +461,9 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         return self._launch(job, "segment", waitForCompletion, progressCallback, completedCallback, timeout,
                             self._remember)
 
-    def predict(self, volumeNode, modelPath, outputSegmentationNode=None, *, device="auto", showUncertainty=False,
-                show3D=False, waitForCompletion=False, progressCallback=None, completedCallback=None, timeout=None):
+    def predict(self, volumeNode, modelPath, outputSegmentationNode=None, *, device=DEFAULT_DEVICE,
+                showUncertainty=False, show3D=False, waitForCompletion=False, progressCallback=None,
+                completedCallback=None, timeout=None):
         """Segment ``volumeNode`` with a saved model (no fine-tuning): the next patient's scan. There is no batch
         size here: ``contrastiveseg predict`` has none, and it halves its batch of slices itself when memory runs
         out."""
@@ -482,19 +488,19 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
                              **kwargs)
 
     def pretrain(self, data=None, method=DEFAULT_METHOD, outputPath=None, *, steps=None, minutes=None,
-                 device="auto", batchSize=None, seed=0, waitForCompletion=False, progressCallback=None,
-                 completedCallback=None, timeout=None):
+                 device=DEFAULT_DEVICE, batchSize=None, seed=0, waitForCompletion=False,
+                 progressCallback=None, completedCallback=None, timeout=None):
         """Self-supervised pretraining of an encoder on unlabelled scans (``python -m ContrastiveSegLib pretrain``).
 
         ``data``: a volume node or a list of them (None: every scan in the scene), or a folder (str or path) that
         the CLI searches for NIfTI, NRRD, MHA and DICOM series. ``method``: one of ``METHOD_NAMES`` (see
         docs/methods.md). ``outputPath``: the .safetensors file to write (None: a new file in
-        :meth:`encoderDirectory`). ``steps`` / ``minutes``: the budget (neither: 2000 steps; both: whichever ends
-        first). On success the encoder becomes the parameter node's ``encoderFile`` (so Segment starts from it)
-        and is remembered for new scenes. Returns the :class:`~ContrastiveSegLib.slicer.pretraining.PretrainResult`
-        when ``waitForCompletion``, else the running job. Raises InputError (one line) for unusable input before
-        anything starts; the CLI's refusals (an unknown method, too small a scan) come back as a failed result
-        with its one-line message.
+        :meth:`encoderDirectory`). ``steps`` / ``minutes``: the budget (neither: ``options.PRETRAIN_STEPS``;
+        both: whichever ends first). On success the encoder becomes the parameter node's ``encoderFile`` (so
+        Segment starts from it) and is remembered for new scenes. Returns the
+        :class:`~ContrastiveSegLib.slicer.pretraining.PretrainResult` when ``waitForCompletion``, else the running
+        job. Raises InputError (one line) for unusable input before anything starts; the CLI's refusals (an
+        unknown method, too small a scan) come back as a failed result with its one-line message.
         """
         from ContrastiveSegLib.slicer.pretraining import PretrainJob, PretrainOptions, scene_scans
 
@@ -590,7 +596,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         from ContrastiveSegLib.slicer import nodes
 
         resample = bool(node and node.allowResampling)
-        axis = None if node is None or node.axis == "auto" else AXIS_LETTERS.index(node.axis)
+        axis = None if node is None or node.axis == AXIS_FROM_PAINT else axis_index(node.axis)
         return nodes.read_annotation(segmentationNode, volumeNode, axis=axis, resample=resample).summary()
 
     def annotationSegmentNames(self, segmentationNode) -> list[str]:

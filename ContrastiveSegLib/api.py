@@ -22,18 +22,18 @@ from ContrastiveSegLib.device import resolve_device
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
 from ContrastiveSegLib.inference.predict import predict_volume
-from ContrastiveSegLib.inference.shape_prior import build_shape_prior
+from ContrastiveSegLib.inference.shape_prior import build_shape_prior, prior_pseudo_labels
 from ContrastiveSegLib.io.annotations import IGNORE, SparseAnnotation, decode_annotation
 from ContrastiveSegLib.model import TrainedModel, load_encoder_into
 from ContrastiveSegLib.networks import NetworkConfig, build_network
+from ContrastiveSegLib.options import (ADAPT_STEPS, CONSISTENCY_DECODERS, DEFAULT_CONSISTENCY, DEFAULT_DEVICE,
+                                       DEFAULT_PRESET, check_consistency)
 from ContrastiveSegLib.presets import preset_config
 from ContrastiveSegLib.progress import ProgressCallback, emit
 from ContrastiveSegLib.training.finetune import finetune as run_finetune
 from ContrastiveSegLib.zoo.registry import default_encoder, resolve_encoder
 
 DEFAULT_SPEC = InputSpec(context=1, coordinates=True)
-CONSISTENCY = ("none", "bidirectional")
-DEFAULT_ADAPT_STEPS = 100
 PSEUDO_CONFIDENCE = 0.9  # fused probability a voxel needs to become a self-training target
 PSEUDO_SLICES = 24  # unpainted slices labelled for self-training (evenly spread; bounds memory on a large CT)
 SELF_TRAIN_LR = 0.3  # self-training learning rate as a fraction of the preset's
@@ -95,11 +95,11 @@ def _prepare(image: np.ndarray, labels: np.ndarray, axis: int | None,
 
 
 def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, axis: int | None = None,
-             preset: str = "default", encoder: str | None = None, init_model: TrainedModel | None = None,
-             device: str = "auto", seed: int = 0, steps: int | None = None, batch_size: int | None = None,
-             adapt: str | None = None, adapt_steps: int = DEFAULT_ADAPT_STEPS, consistency: str = "none",
-             progress: ProgressCallback = None, cancel=None, _annotation: SparseAnnotation | None = None,
-             _stack: SliceStack | None = None) -> TrainedModel:
+             preset: str = DEFAULT_PRESET, encoder: str | None = None, init_model: TrainedModel | None = None,
+             device: str = DEFAULT_DEVICE, seed: int = 0, steps: int | None = None, batch_size: int | None = None,
+             adapt: str | None = None, adapt_steps: int = ADAPT_STEPS, consistency: str = DEFAULT_CONSISTENCY,
+             prior_labels: bool = False, progress: ProgressCallback = None, cancel=None,
+             _annotation: SparseAnnotation | None = None, _stack: SliceStack | None = None) -> TrainedModel:
     """Fine-tune a 2.5D U-Net on the annotated slices of ``labels``.
 
     Args:
@@ -111,16 +111,19 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
             the user corrected a slice.
         adapt: a pretraining method name: first pretrain the encoder for ``adapt_steps`` steps on this scan alone
             (its annotated slices feed MixCL's label term), starting from ``encoder`` when one is given.
-        consistency: "bidirectional" trains two decoders that label the unannotated slices for each other (IDEAL's
-            fine-tuning stage); "none" trains one decoder on the annotated slices only.
+        consistency: one of :data:`~ContrastiveSegLib.options.CONSISTENCY_MODES`: "bidirectional" trains two
+            decoders that label the unannotated slices for each other (IDEAL's fine-tuning stage); "none" trains
+            one decoder on the annotated slices only.
+        prior_labels: also train on the shape prior's sure voxels of up to 24 unpainted slices between the painted
+            ones (:func:`~ContrastiveSegLib.inference.shape_prior.prior_pseudo_labels`; an option, not the default:
+            docs/finetuning.md).
     Returns:
         the fine-tuned :class:`TrainedModel`.
     """
     annotation = _annotation or _prepare(image, labels, axis)
     config = preset_config(preset, refine=init_model is not None, steps=steps, batch_size=batch_size)
-    if consistency not in CONSISTENCY:
-        raise InputError(f"unknown consistency '{consistency}' (known: {', '.join(CONSISTENCY)})")
-    if init_model is not None and (adapt or consistency != "none"):
+    check_consistency(consistency)
+    if init_model is not None and (adapt or CONSISTENCY_DECODERS[consistency] > 1):
         raise InputError("--adapt and --consistency apply to a new model, not to a refinement (--init-model)")
     if adapt_steps < 1:
         raise InputError(f"adapt steps must be >= 1, got {adapt_steps}")
@@ -148,7 +151,7 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
         encoder_name = init_model.encoder
     else:
         network = build_network(NetworkConfig(in_channels=spec.in_channels, num_classes=annotation.num_classes,
-                                              decoders=2 if consistency == "bidirectional" else 1))
+                                              decoders=CONSISTENCY_DECODERS[consistency]))
         encoder_name = "none"
         if encoder_path is not None:
             load_encoder_into(network, encoder_path, spec)
@@ -158,7 +161,15 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
                           seed, device, progress, cancel)
             encoder_name = f"{encoder_name}+adapt:{adapt}"
     targets = np.moveaxis(annotation.target, annotation.axis, 0)
-    sampler = AnnotatedSliceSampler(stack, targets, annotation.slices, config.patch,
+    training_slices = annotation.slices
+    if prior_labels:
+        spacing_zyx = tuple(float(v) for v in spacing)[::-1]
+        prior = build_shape_prior(targets, annotation.num_classes,
+                                  tuple(v for a, v in enumerate(spacing_zyx) if a != annotation.axis),
+                                  spacing_zyx[annotation.axis])
+        if prior is not None:
+            targets, training_slices = prior_pseudo_labels(prior, targets, annotation.painted)
+    sampler = AnnotatedSliceSampler(stack, targets, training_slices, config.patch,
                                     divisor=network.config.divisor, seed=seed)
     unannotated = None
     if network.config.decoders == 2:
@@ -192,7 +203,7 @@ def adapt_encoder(network, image: np.ndarray, annotation: SparseAnnotation, spec
 
 
 def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None = None,
-            spacing=None, device: str = "auto", probabilities: bool = False, flip_tta: bool = False,
+            spacing=None, device: str = DEFAULT_DEVICE, probabilities: bool = False, flip_tta: bool = False,
             postprocess: bool = True, shape_prior: bool = True, progress: ProgressCallback = None, cancel=None,
             _stack: SliceStack | None = None, _annotation: SparseAnnotation | None = None) -> SegmentResult:
     """Segment ``image`` with ``model``.
@@ -233,7 +244,7 @@ def _shape_prior(model: TrainedModel, targets: np.ndarray, spacing):
 
 
 def self_train_round(model: TrainedModel, stack: SliceStack, annotation: SparseAnnotation, spacing, *,
-                     device: str = "auto", preset: str = "default", steps: int = 100, seed: int = 0,
+                     device: str = DEFAULT_DEVICE, preset: str = DEFAULT_PRESET, steps: int = 100, seed: int = 0,
                      progress: ProgressCallback = None, cancel=None) -> None:
     """Propagate the painting into the unpainted slices and train on it (in place).
 
@@ -283,15 +294,18 @@ def describe_planes(annotation: SparseAnnotation) -> str:
 
 
 def segment(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, axis: int | None = None,
-            preset: str = "default", encoder: str | None = None, init_model: TrainedModel | None = None,
-            device: str = "auto", seed: int = 0, steps: int | None = None, batch_size: int | None = None,
-            adapt: str | None = None, adapt_steps: int = DEFAULT_ADAPT_STEPS, consistency: str = "none",
+            preset: str = DEFAULT_PRESET, encoder: str | None = None, init_model: TrainedModel | None = None,
+            device: str = DEFAULT_DEVICE, seed: int = 0, steps: int | None = None, batch_size: int | None = None,
+            adapt: str | None = None, adapt_steps: int = ADAPT_STEPS, consistency: str = DEFAULT_CONSISTENCY,
             probabilities: bool = False, flip_tta: bool = False, postprocess: bool = True, shape_prior: bool = True,
-            self_train: int = 0, progress: ProgressCallback = None, cancel=None) -> SegmentResult:
+            self_train: int = 0, prior_labels: bool = False, progress: ProgressCallback = None,
+            cancel=None) -> SegmentResult:
     """Fine-tune on the annotated slices of ``labels`` and segment the whole ``image``.
 
     Every slice annotated along the axis means there is nothing to segment: the labels come back unchanged with
-    a message, and nothing is trained.
+    a message, and nothing is trained. The options are :func:`finetune`'s and :func:`predict`'s, plus
+    ``self_train``: that many further steps on the fused prediction's confident voxels (:func:`self_train_round`;
+    0, the default, skips it).
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
@@ -307,7 +321,8 @@ def segment(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, a
     start = time.perf_counter()
     model = finetune(image, labels, spacing, preset=preset, encoder=encoder, init_model=init_model, device=device,
                      seed=seed, steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
-                     consistency=consistency, progress=progress, cancel=cancel, _annotation=annotation, _stack=stack)
+                     consistency=consistency, prior_labels=prior_labels, progress=progress, cancel=cancel,
+                     _annotation=annotation, _stack=stack)
     timings["finetune"] = time.perf_counter() - start
     if self_train and shape_prior:
         start = time.perf_counter()

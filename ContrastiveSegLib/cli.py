@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ContrastiveSegLib import options
 from ContrastiveSegLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, Cancelled, InputError
 from ContrastiveSegLib.threads import add_threads_option, apply_threads, choose_threads
 
-AXES = {"i": 2, "j": 1, "k": 0}  # ITK index axis -> axis of the (z, y, x) array
 # A label map of painted structures holds a few values; an image holds hundreds or thousands. More than this many
 # distinct values in LABELS means the arguments were most likely given the other way round (the issue's case:
 # a 241-class model trained without a word).
@@ -80,9 +80,11 @@ def _default_progress() -> str:
 
 # ----------------------------------------------------------------------------------------------- arguments
 def _add_training_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--axis", choices=sorted(AXES), help="annotation axis as an image index axis "
-                        "(k = slices of the third index, axial for most scans); found automatically if omitted")
-    parser.add_argument("--preset", default="default", help="fast | default (default: default)")
+    parser.add_argument("--axis", choices=sorted(options.AXIS_LETTERS), help="annotation axis as an image index "
+                        "axis (k = slices of the third index, axial for most scans); found automatically if omitted")
+    # No choices= for --preset and --device: main() checks them (options.check_*), so that a near miss gets a
+    # "did you mean" and, under --progress json, the error event too.
+    parser.add_argument("--preset", default=options.DEFAULT_PRESET, help=options.preset_help())
     parser.add_argument("--encoder", default=None, help="shipped encoder name, a .safetensors file, or 'none' "
                         "for random initialisation (default: the shipped default, see 'contrastiveseg encoders')")
     parser.add_argument("--init-model", type=Path, help="continue fine-tuning from this model (refinement)")
@@ -91,9 +93,11 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--adapt", metavar="METHOD", help="first pretrain the encoder on this scan alone with a "
                         "pretraining method (see 'contrastiveseg methods'), starting from --encoder if given")
-    parser.add_argument("--adapt-steps", type=int, default=100, help="steps of --adapt (default 100)")
-    parser.add_argument("--consistency", choices=("none", "bidirectional"), default="none",
-                        help="bidirectional: two decoders label the unannotated slices for each other (IDEAL)")
+    parser.add_argument("--adapt-steps", type=int, default=options.ADAPT_STEPS,
+                        help=f"steps of --adapt (default {options.ADAPT_STEPS})")
+    parser.add_argument("--consistency", choices=options.CONSISTENCY_MODES, default=options.DEFAULT_CONSISTENCY,
+                        help="bidirectional: two decoders label the unannotated slices for each other (IDEAL); "
+                             f"default {options.DEFAULT_CONSISTENCY}")
 
 
 def _training_options(args) -> dict:
@@ -105,9 +109,9 @@ def _training_options(args) -> dict:
 
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    parser.add_argument("--device", default=options.DEFAULT_DEVICE, help=options.device_help())
     add_threads_option(parser)
-    parser.add_argument("--progress", choices=("json", "bar", "none"), default=None,
+    parser.add_argument("--progress", choices=options.PROGRESS_MODES, default=None,
                         help="progress display: json lines on stdout (for front ends), a bar on stderr, or none "
                              "(default: a bar on a terminal, else none)")
 
@@ -282,7 +286,17 @@ def _check_outputs(*paths: Path | None, volumes=(), models=(), pictures=()) -> N
 
 
 def _axis(args) -> int | None:
-    return AXES[args.axis] if getattr(args, "axis", None) else None
+    return options.axis_index(args.axis) if getattr(args, "axis", None) else None
+
+
+def _check_choices(args) -> None:
+    """Check (and normalise) the options argparse takes as free text, before any work: one line and exit code 2
+    with the known values and the nearest one. Every command that has them: segment, finetune, predict, demo,
+    pretrain."""
+    if getattr(args, "device", None) is not None:
+        args.device = options.check_device(args.device)
+    if getattr(args, "preset", None) is not None:
+        options.check_preset(args.preset)
 
 
 def _load_init_model(args):
@@ -401,7 +415,6 @@ def _overlay(args, image, segmentation, reference, labels, axis: int, summary):
     if getattr(args, "overlay", None) is None:
         return None
     from ContrastiveSegLib.io.annotations import annotated_slice_indices
-    from ContrastiveSegLib.report import PLANE_NAMES
 
     layers = {} if reference is None else {"reference": reference.array}
     name = "segmentation"
@@ -409,7 +422,8 @@ def _overlay(args, image, segmentation, reference, labels, axis: int, summary):
         name += f" (mean Dice {np.mean([row['dice'] for row in summary.reference]):.3f})"
     layers[name] = segmentation
     annotated = [] if labels is None else [int(s) for s in annotated_slice_indices(labels.array, axis)]
-    return _overlay_writer(image, layers, axis, annotated, f"{args.image.name}: slices along {PLANE_NAMES[axis]}")
+    title = f"{args.image.name}: slices along {options.AXIS_LETTERS[axis]}"
+    return _overlay_writer(image, layers, axis, annotated, title)
 
 
 def _write_result(result, image, args, *, channels=None, overlay=None) -> list[tuple[str, str]]:
@@ -610,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         printer = ProgressPrinter(args.progress or _default_progress()) if hasattr(args, "progress") else printer
         if hasattr(args, "threads"):
             args.threads = choose_threads(args.threads)  # a bad --threads is one line before any work
+        _check_choices(args)
         return COMMANDS[args.command](args, printer if printer.mode != "none" else None, cancel)
     except InputError as error:
         return _fail(printer, str(error), EXIT_BAD_INPUT)

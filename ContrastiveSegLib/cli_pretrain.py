@@ -15,10 +15,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ContrastiveSegLib import options
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.threads import add_threads_option
 
-AXES = {"i": 2, "j": 1, "k": 0}  # ITK index axis -> axis of the (z, y, x) array (as cli.py)
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
@@ -35,13 +35,17 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
                    "recursively for NIfTI, NRRD, MHA and DICOM series)")
     p.add_argument("--method", required=True, help="a pretraining method (see 'contrastiveseg methods')")
     p.add_argument("-o", "--output", type=Path, required=True, help="encoder file to write (.safetensors)")
-    p.add_argument("--steps", type=int, help="stop after this many steps (default 2000 unless --minutes is given)")
+    p.add_argument("--steps", type=int, help=f"stop after this many steps (default {options.PRETRAIN_STEPS} unless "
+                   "--minutes is given)")
     p.add_argument("--minutes", type=float, help="stop after this much training time")
-    p.add_argument("--batch-size", type=int, default=16, help="crops per step and per process (default 16)")
-    p.add_argument("--patch", type=int, default=128, help="crop size in pixels, a multiple of 16 (default 128)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate (default 1e-3)")
-    p.add_argument("--axis", choices=sorted(AXES), default="k", help="slice along this image index axis "
-                   "(default k: the slices of the third index, axial for most scans)")
+    p.add_argument("--batch-size", type=int, default=options.PRETRAIN_BATCH_SIZE,
+                   help=f"crops per step and per process (default {options.PRETRAIN_BATCH_SIZE})")
+    p.add_argument("--patch", type=int, default=options.PRETRAIN_PATCH,
+                   help=f"crop size in pixels, a multiple of 16 (default {options.PRETRAIN_PATCH})")
+    p.add_argument("--lr", type=float, default=options.PRETRAIN_LEARNING_RATE,
+                   help=f"peak AdamW learning rate (default {options.PRETRAIN_LEARNING_RATE:g})")
+    p.add_argument("--axis", choices=sorted(options.AXIS_LETTERS), default="k", help="slice along this image "
+                   "index axis (default k: the slices of the third index, axial for most scans)")
     p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a method hyper-parameter (repeatable), e.g. --param temperature=0.2; lists are "
                         "comma-separated")
@@ -55,9 +59,9 @@ def add_pretrain_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pool-size", type=int, default=4, help="volumes held in memory at once (default 4)")
     p.add_argument("--cache-dir", type=Path, help="superpixel cache folder (default: the user cache folder)")
     p.add_argument("--features", default=None, help=argparse.SUPPRESS)  # encoder widths, for tests only
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
+    p.add_argument("--device", default=options.DEFAULT_DEVICE, help=options.device_help())
     add_threads_option(p)  # per process: under torchrun, OMP_NUM_THREADS (torchrun sets 1) is the default
-    p.add_argument("--progress", choices=("json", "bar", "none"), default=None,
+    p.add_argument("--progress", choices=options.PROGRESS_MODES, default=None,
                    help="progress display (default: a bar on a terminal, else none)")
     return p
 
@@ -169,9 +173,9 @@ def run_pretrain(args, progress, cancel) -> int:
     sources = find_volumes(args.data)
     if args.tags is not None:
         sources = read_tags(args.tags, sources)
-    job = pretrain_encoder(sources, args.method, args.output, config, params=params, axis=AXES[args.axis],
-                           features=features, patch=args.patch, stream=stream, tag_key=args.tag_key,
-                           device=args.device, progress=progress, cancel=cancel)
+    job = pretrain_encoder(sources, args.method, args.output, config, params=params,
+                           axis=options.axis_index(args.axis), features=features, patch=args.patch, stream=stream,
+                           tag_key=args.tag_key, device=args.device, progress=progress, cancel=cancel)
     if job.context.is_main:
         from ContrastiveSegLib.progress import emit
 

@@ -22,17 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
+from ContrastiveSegLib import options
 from ContrastiveSegLib.errors import Cancelled, InputError
 from ContrastiveSegLib.progress import ProgressCallback, emit
 
 SAMPLE = "mni152_2mm"
-AXES = {"i": 2, "j": 1, "k": 0}  # ITK index axis -> axis of the (z, y, x) array, as in the CLI
 OURS, GROW, FILL = "ContrastiveSeg", "Grow from seeds", "Fill between slices"
 # The issue asks for the demo to finish within 3 minutes on 2 CPU cores. Measured here on the 2 mm sample, the
 # "default" preset fine-tunes in about 60 s on one thread (channels-last, batch-norm U-Net) and predicts in 1 s;
 # with both baselines (each in its own process, ITK's load included) the demo stays inside the budget, so it shows
 # what `segment` does by default.
-DEFAULT_PRESET = "default"
+DEFAULT_PRESET = options.DEFAULT_PRESET
 # What the demo writes, in the order it lists them for the user.
 OUTPUT_FILES = (("image.nii.gz", "the sample scan"), ("sparse_labels.nii.gz", "its annotated slices"),
                 ("segmentation.nii.gz", f"{OURS}'s result"), ("reference.nii.gz", "the full reference labels"),
@@ -44,10 +44,11 @@ def add_demo_arguments(parser) -> None:
     parser.add_argument("-o", "--output", type=Path, default=Path("contrastiveseg_demo"),
                         help="output folder, created if missing; its parent must exist (default ./contrastiveseg_demo)")
     parser.add_argument("--k", type=int, default=3, help="number of annotated slices (default 3)")
-    parser.add_argument("--axis", choices=sorted(AXES), default="k",
+    parser.add_argument("--axis", choices=sorted(options.AXIS_LETTERS), default="k",
                         help="annotation axis as an image index axis (default k: axial slices)")
     parser.add_argument("--preset", default=DEFAULT_PRESET,
-                        help=f"fine-tuning preset, fast | default (default {DEFAULT_PRESET}: the demo's time budget)")
+                        help=f"fine-tuning preset, {' | '.join(options.PRESET_NAMES)} (default {DEFAULT_PRESET}: "
+                             "the demo's time budget)")
     parser.add_argument("--encoder", default=None, help="encoder name or .safetensors file, or 'none' "
                         "(default: the same as `contrastiveseg segment`)")
     parser.add_argument("--steps", type=int, default=None,
@@ -180,7 +181,7 @@ def run_demo(args, progress: ProgressCallback, cancel) -> int:
     if args.k < 1:
         raise InputError(f"--k must be at least 1, got {args.k}")
     preset_config(args.preset, steps=args.steps)  # an unknown preset or bad --steps fails before any work
-    axis = AXES[args.axis]
+    axis = options.axis_index(args.axis)
     emit(progress, "load", f"loading the bundled sample {SAMPLE}")
     image_sitk, labels_sitk = load_sample(SAMPLE)
     image, reference = from_sitk(image_sitk), from_sitk(labels_sitk)

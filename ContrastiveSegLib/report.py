@@ -12,9 +12,9 @@ from typing import Sequence
 
 import numpy as np
 
+from ContrastiveSegLib.options import AXIS_LETTERS
+
 IGNORE = 255  # "not annotated" in a sparse label map (io.annotations.IGNORE), never a structure
-# numpy axis of a (z, y, x) array -> the ITK index axis the user names with --axis (the CLI's AXES, inverted)
-PLANE_NAMES = {0: "k", 1: "j", 2: "i"}
 
 
 def voxel_ml(spacing: Sequence[float]) -> float:
@@ -112,7 +112,7 @@ class RunSummary:
                 "seconds": {k: round(float(v), 2) for k, v in self.seconds.items()},
                 "total_s": round(float(sum(self.seconds.values())), 2), "device": self.device,
                 "threads": self.threads, "encoder": self.encoder,
-                "plane": None if self.axis is None else PLANE_NAMES[self.axis],
+                "plane": None if self.axis is None else AXIS_LETTERS[self.axis],
                 "annotated_slices": self.annotated_slices, "volumes_of": self.volumes_of, "labels": self.volumes,
                 "reference": self.reference, "reference_path": self.reference_path,
                 "probabilities_channels": None if self.channels is None else list(self.channels),
@@ -133,7 +133,7 @@ class RunSummary:
         if self.axis is not None:
             count = "" if self.annotated_slices is None else \
                 f" ({self.annotated_slices} annotated slice{'s' if self.annotated_slices != 1 else ''})"
-            out.append(f"  plane      slices along {PLANE_NAMES[self.axis]}{count}")
+            out.append(f"  plane      slices along {AXIS_LETTERS[self.axis]}{count}")
         for row in self.volumes:
             out.append(f"  label {row['label']:<4} {row['voxels']:>10,} voxels {row['ml']:>11.2f} mL"
                        + ("" if self.volumes_of == "segmentation" else f" ({self.volumes_of})"))

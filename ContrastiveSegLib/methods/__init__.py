@@ -6,7 +6,6 @@ docs/methods.md.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from typing import Any
 
@@ -18,6 +17,7 @@ from ContrastiveSegLib.methods.mixcl import MixCL
 from ContrastiveSegLib.methods.none import RandomInit
 from ContrastiveSegLib.methods.selfpaced import SelfPaced
 from ContrastiveSegLib.methods.simclr import SimCLR
+from ContrastiveSegLib.options import unknown_message
 
 METHODS: dict[str, type[PretrainMethod]] = {
     "none": RandomInit,
@@ -35,9 +35,7 @@ def method_class(name: str) -> type[PretrainMethod]:
     """The class registered as ``name``; ValueError listing the known names and the nearest one."""
     if name in METHODS:
         return METHODS[name]
-    close = difflib.get_close_matches(str(name), list(METHODS), n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise ValueError(f"unknown method '{name}' (known: {', '.join(METHODS)}){hint}")
+    raise ValueError(unknown_message("method", name, METHODS))
 
 
 def method_parameters(name: str) -> dict[str, Any]:

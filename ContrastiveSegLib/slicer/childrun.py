@@ -11,16 +11,15 @@ outlives them (models, probabilities).
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ContrastiveSegLib.errors import InputError
+from ContrastiveSegLib.options import check_device
 from ContrastiveSegLib.slicer.runner import CliProcess, Progress, RunResult
 
-DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _OOM_RETRIES = 2
 _STATE_DIRS: dict[str, Path] = {}  # parent folder -> this process' private folder in it
 
@@ -50,12 +49,6 @@ def private_state_dir(parent: str | os.PathLike | None = None) -> Path:
     return folder
 
 
-def check_device(device: str) -> None:
-    """InputError (one line) unless ``device`` is auto, cpu, mps, cuda or cuda:N (what the CLI accepts)."""
-    if not DEVICE_PATTERN.match(str(device)):
-        raise InputError(f"device must be auto, cpu, cuda, cuda:N or mps, got '{device}'")
-
-
 class ChildRun:
     """One run of the CLI in a child process, from start to a :class:`~.runner.RunResult`.
 
@@ -75,7 +68,7 @@ class ChildRun:
 
     def __init__(self, device: str, batch_size: int | None, python: str | None,
                  env: Mapping[str, str] | None) -> None:
-        check_device(device)
+        device = check_device(device)  # the CLI's check; normalised, so "cpu" below means the CPU however typed
         if batch_size is not None and batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {batch_size}")
         self.device, self.python, self.env = device, python, env

@@ -101,10 +101,6 @@ def describe_axis(ijk_to_ras: np.ndarray, axis: int) -> str:
     return ("sagittal", "coronal", "axial")[int(np.argmax(normal))]
 
 
-AXIS_LETTERS = ("k", "j", "i")
-"""Array axis -> the CLI's ``--axis`` letter: arrays are (k, j, i)."""
-
-
 def slice_center_ras(ijk_to_ras: np.ndarray, shape: tuple[int, int, int], axis: int, index: int) -> np.ndarray:
     """RAS position of the centre of slice ``index`` along array ``axis`` of a (k, j, i) volume: where to jump
     the slice views to show that slice."""

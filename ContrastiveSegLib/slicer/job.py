@@ -24,9 +24,10 @@ import numpy as np
 
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.volume import Volume, grid_difference, read_volume, write_volume
+from ContrastiveSegLib.options import (AXIS_LETTERS, DEFAULT_CONSISTENCY, DEFAULT_DEVICE, DEFAULT_PRESET,
+                                       check_consistency, check_device, check_preset)
 from ContrastiveSegLib.slicer import nodes
-from ContrastiveSegLib.slicer.childrun import ChildRun, check_device, private_state_dir
-from ContrastiveSegLib.slicer.geometry import AXIS_LETTERS
+from ContrastiveSegLib.slicer.childrun import ChildRun, private_state_dir
 from ContrastiveSegLib.slicer.runner import ChildOutcome, RunResult, cli_command
 from ContrastiveSegLib.slicer.uncertainty import normalized_entropy, read_probabilities, suggest_slice
 
@@ -41,8 +42,8 @@ class JobOptions:
     ``batch_size`` is a fine-tuning option: a Predict only run refuses it."""
 
     encoder: str | None = None
-    device: str = "auto"
-    preset: str = "default"
+    device: str = DEFAULT_DEVICE
+    preset: str = DEFAULT_PRESET
     steps: int | None = None
     seed: int = 0
     axis: int | None = None
@@ -54,18 +55,17 @@ class JobOptions:
     closed_surface: bool = False
     output_name: str | None = None
     adapt: str | None = None  # pretraining method run on this scan before fine-tuning (segment --adapt)
-    consistency: str = "none"  # "bidirectional": IDEAL's two decoders (segment --consistency)
+    consistency: str = DEFAULT_CONSISTENCY  # one of options.CONSISTENCY_MODES (segment --consistency)
 
     def __post_init__(self) -> None:
-        check_device(self.device)
-        if self.preset not in ("fast", "default"):
-            raise InputError(f"preset must be 'fast' or 'default', got '{self.preset}'")
+        # The CLI's own checks (ContrastiveSegLib.options), here before any file is written or child started.
+        self.device = check_device(self.device)
+        check_preset(self.preset)
+        check_consistency(self.consistency)
         if self.steps is not None and self.steps < 1:
             raise InputError(f"steps must be at least 1, got {self.steps}")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.consistency not in ("none", "bidirectional"):
-            raise InputError(f"consistency must be 'none' or 'bidirectional', got '{self.consistency}'")
 
 
 @dataclass
@@ -188,7 +188,8 @@ class Job(ChildRun):
                            init_model=o.init_model or None, batch_size=self._batch_size,
                            # a refinement continues its model: adaptation and a second decoder apply to new ones
                            adapt=None if o.init_model else o.adapt,
-                           consistency=None if o.init_model or o.consistency == "none" else o.consistency, **common)
+                           consistency=None if o.init_model or o.consistency == DEFAULT_CONSISTENCY else o.consistency,
+                           **common)
 
     # ----------------------------------------------------------------------------------------- finish
     def finish(self) -> JobResult:

@@ -35,7 +35,8 @@ from vtk.util import numpy_support
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.annotations import IGNORE, annotated_slice_indices, find_painted_planes, main_axis
 from ContrastiveSegLib.io.volume import Volume
-from ContrastiveSegLib.slicer.geometry import AXIS_LETTERS, Grid, describe_axis, voxel_offset
+from ContrastiveSegLib.options import AXIS_LETTERS
+from ContrastiveSegLib.slicer.geometry import Grid, describe_axis, voxel_offset
 
 BACKGROUND_NAMES = ("background",)
 """A segment with one of these names (any case) holds explicit background scribbles (partial annotation)."""

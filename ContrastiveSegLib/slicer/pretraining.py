@@ -22,8 +22,9 @@ from pathlib import Path
 
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.volume import write_volume
+from ContrastiveSegLib.options import DEFAULT_DEVICE, PRETRAIN_BATCH_SIZE, check_device
 from ContrastiveSegLib.slicer import nodes
-from ContrastiveSegLib.slicer.childrun import ChildRun, check_device, private_state_dir
+from ContrastiveSegLib.slicer.childrun import ChildRun, private_state_dir
 from ContrastiveSegLib.slicer.job import ROLE_ATTRIBUTE
 from ContrastiveSegLib.slicer.runner import ChildOutcome, RunResult, cli_command
 
@@ -32,18 +33,18 @@ METHOD_NAMES = ("simclr", "selfpaced", "ideal", "lrc", "mixcl")
 initialisation is not worth a run). Spelled out here because importing the registry imports torch, which the
 Slicer GUI process must not do; a test keeps the two in step. What each does: docs/methods.md."""
 DEFAULT_METHOD = "simclr"
-CLI_BATCH_SIZE = 16  # cli_pretrain.py's --batch-size default: what an out-of-memory retry halves
 
 
 @dataclass
 class PretrainOptions:
-    """What the user chose. ``steps`` and ``minutes`` None: the CLI's budget (2000 steps); both: whichever ends
-    first. ``batch_size`` None: the CLI's (16 crops per step)."""
+    """What the user chose. ``steps`` and ``minutes`` None: the CLI's budget
+    (:data:`~ContrastiveSegLib.options.PRETRAIN_STEPS`); both: whichever ends first. ``batch_size`` None: the CLI's
+    (:data:`~ContrastiveSegLib.options.PRETRAIN_BATCH_SIZE` crops per step)."""
 
     method: str = DEFAULT_METHOD
     steps: int | None = None
     minutes: float | None = None
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     batch_size: int | None = None
     seed: int = 0
 
@@ -51,7 +52,7 @@ class PretrainOptions:
         # The method name itself is checked by the CLI, whose message lists the known ones and the nearest.
         if not isinstance(self.method, str) or not self.method.strip():
             raise InputError(f"choose a pretraining method ({', '.join(METHOD_NAMES)})")
-        check_device(self.device)
+        self.device = check_device(self.device)
         if self.steps is not None and self.steps < 1:
             raise InputError(f"steps must be at least 1, got {self.steps}")
         if self.minutes is not None and not self.minutes > 0:
@@ -100,7 +101,7 @@ class PretrainJob(ChildRun):
         python, env: the child's interpreter and base environment (see :class:`~.runner.CliProcess`).
     """
 
-    default_batch_size = CLI_BATCH_SIZE
+    default_batch_size = PRETRAIN_BATCH_SIZE  # what the CLI uses without --batch-size: what a retry halves
 
     def __init__(self, sources: Sequence | str | os.PathLike, output: str | os.PathLike,
                  options: PretrainOptions | None = None, *, state_dir: str | os.PathLike | None = None,

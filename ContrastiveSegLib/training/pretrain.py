@@ -28,13 +28,13 @@ from ContrastiveSegLib.data.views import TwoViews, ViewConfig
 from ContrastiveSegLib.device import resolve_device
 from ContrastiveSegLib.errors import Cancelled, InputError
 from ContrastiveSegLib.methods import DEFAULT_FEATURES, DEFAULT_NORM, PretrainMethod, get_method
+from ContrastiveSegLib.options import (DEFAULT_DEVICE, PRETRAIN_BATCH_SIZE, PRETRAIN_LEARNING_RATE, PRETRAIN_PATCH,
+                                       PRETRAIN_STEPS)
 from ContrastiveSegLib.progress import ProgressCallback, StageProgress, emit
 from ContrastiveSegLib.training import distributed
 from ContrastiveSegLib.training.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint, save_encoder
 from ContrastiveSegLib.training.distributed import DistributedContext
 from ContrastiveSegLib.training.finetune import autocast_context
-
-DEFAULT_STEPS = 2000
 
 
 @dataclass
@@ -43,7 +43,8 @@ class PretrainConfig:
 
     Attributes:
         steps: stop after this many optimiser steps (counted across resumes).
-        minutes: stop after this much training time (counted across resumes). With neither, ``DEFAULT_STEPS``.
+        minutes: stop after this much training time (counted across resumes). With neither,
+            :data:`~ContrastiveSegLib.options.PRETRAIN_STEPS`.
         batch_size: crops per step and per process (each gives two views).
         learning_rate, weight_decay: AdamW.
         warmup_fraction: linear warm-up over this fraction of the budget, then cosine decay to 1 %.
@@ -56,8 +57,8 @@ class PretrainConfig:
 
     steps: int | None = None
     minutes: float | None = None
-    batch_size: int = 16
-    learning_rate: float = 1e-3
+    batch_size: int = PRETRAIN_BATCH_SIZE
+    learning_rate: float = PRETRAIN_LEARNING_RATE
     weight_decay: float = 1e-5
     warmup_fraction: float = 0.05
     epochs: int = 100
@@ -68,7 +69,7 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         if self.steps is None and self.minutes is None:
-            self.steps = DEFAULT_STEPS
+            self.steps = PRETRAIN_STEPS
         if self.steps is not None and self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         if self.minutes is not None and not self.minutes > 0:
@@ -224,10 +225,10 @@ class PretrainJob:
 def pretrain_encoder(sources: Sequence[VolumeSource], method: str, output: str | os.PathLike | None,
                      config: PretrainConfig = PretrainConfig(), *, params: Mapping[str, Any] | None = None,
                      axis: int = 0, spec: InputSpec = InputSpec(), features: tuple[int, ...] = DEFAULT_FEATURES,
-                     norm: str = DEFAULT_NORM, patch: int = 128, stream: StreamConfig = StreamConfig(),
+                     norm: str = DEFAULT_NORM, patch: int = PRETRAIN_PATCH, stream: StreamConfig = StreamConfig(),
                      view_config: ViewConfig = ViewConfig(),
                      tag_key: str | None = None, tags: Mapping[str, str] | None = None,
-                     init_encoder: str | os.PathLike | None = None, device: str = "auto",
+                     init_encoder: str | os.PathLike | None = None, device: str = DEFAULT_DEVICE,
                      progress: ProgressCallback = None, cancel=None) -> PretrainJob:
     """Pretrain an encoder with ``method`` on unlabelled ``sources`` and write it to ``output`` (rank 0 only).
 

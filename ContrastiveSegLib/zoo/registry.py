@@ -7,11 +7,11 @@ fine-tuning starts from when no encoder is named.
 """
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
 
 from ContrastiveSegLib.errors import InputError
+from ContrastiveSegLib.options import unknown_message
 from ContrastiveSegLib.paths import models_dir
 from ContrastiveSegLib.zoo.weights import sha256
 
@@ -58,6 +58,4 @@ def resolve_encoder(name_or_path: str | None, directory: Path | None = None) -> 
             raise InputError(f"encoder file not found: {path}")
         return path
     known = ["none", *entries]
-    close = difflib.get_close_matches(name_or_path, known, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    raise InputError(f"unknown encoder '{name_or_path}' (known: {', '.join(known)}){hint}")
+    raise InputError(unknown_message("encoder", name_or_path, known))

@@ -198,7 +198,7 @@ def test_unknown_encoder_name_lists_the_known_ones(phantom_files, capsys):
 def test_unknown_preset(phantom_files, capsys):
     f = phantom_files
     assert_bad_input(["segment", f.image, f.labels, "-o", f.folder / "out.nii.gz", "--preset", "turbo"], capsys,
-                     "unknown preset 'turbo' (known: fast, default)", f.folder)
+                     "unknown preset 'turbo' (known: default, fast)", f.folder)
 
 
 def test_predict_labels_with_a_value_the_model_does_not_know(phantom_files, capsys):

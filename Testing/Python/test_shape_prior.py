@@ -135,3 +135,19 @@ def test_prediction_uses_the_prior_where_the_image_says_nothing(phantom):
     dice = 2 * overlap / ((classes[between] == 1).sum() + (reference[between] == 1).sum())
     assert dice > 0.85
     assert (plain == 0).all()
+
+
+def test_prior_pseudo_labels_fill_sure_voxels_between_painted_slices_only():
+    from ContrastiveSegLib.inference.shape_prior import prior_pseudo_labels
+
+    targets = _cone_targets(lambda s: 8, slices=(15, 23))  # a cylinder of radius 8 painted on two slices
+    prior = build_shape_prior(targets, 2, (1.0, 1.0), 1.0)
+    out, slices = prior_pseudo_labels(prior, targets, [15, 23], max_slices=4)
+    assert slices[0] == 15 and slices[-1] == 23 and len(slices) == 6  # the two painted + four between
+    assert (out[15] == targets[15]).all() and (out[23] == targets[23]).all()  # painted slices untouched
+    middle = int(slices[2])
+    centre = out[middle, 20, 20]
+    assert centre == 1  # deep inside the interpolated cylinder
+    assert out[middle, 0, 0] == 0  # far outside: sure background
+    assert out[middle, 20, 20 + 8] == IGNORE  # on the outline: not sure, left unknown
+    assert (out[:15] == IGNORE).all() and (out[24:] == IGNORE).all()  # nothing beyond the painted slices

@@ -462,11 +462,12 @@ def test_adapt_and_consistency_reach_the_cli_for_new_models_only(scene, fake_pyt
 def test_bad_options_and_inputs_are_one_line_errors(scene):
     from ContrastiveSegLib.slicer.job import Job, JobOptions
 
-    with pytest.raises(InputError, match="device must be"):
+    # The CLI's own checks (ContrastiveSegLib.options), with its wording and its "did you mean".
+    with pytest.raises(InputError, match="unknown device 'gpu' .*did you mean 'cuda'"):
         JobOptions(device="gpu")
-    with pytest.raises(InputError, match="preset must be"):
+    with pytest.raises(InputError, match=r"unknown preset 'slow' \(known: default, fast\)"):
         JobOptions(preset="slow")
-    with pytest.raises(InputError, match="consistency must be"):
+    with pytest.raises(InputError, match="unknown consistency 'mutual'"):
         JobOptions(consistency="mutual")
     _, volume_node = _volume(scene)
     with pytest.raises(InputError, match="choose the segmentation"):

@@ -20,6 +20,7 @@ slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel")
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package is not slicer-core", allow_module_level=True)
 
+from ContrastiveSegLib import options  # noqa: E402
 from ContrastiveSegLib.cli import build_parser  # noqa: E402
 from ContrastiveSegLib.errors import InputError  # noqa: E402
 from ContrastiveSegLib.slicer import childrun  # noqa: E402
@@ -105,7 +106,7 @@ def inputs(scene, tmp_path):
 SEGMENT_OPTIONS = {
     "encoder": [None, "simclr", "none", "/encoders/mine.safetensors"],
     "device": ["auto", "cpu", "cuda", "cuda:1", "mps"],
-    "preset": ["default", "fast"],
+    "preset": list(options.PRESET_NAMES),
     "steps": [None, 1, 500],
     "seed": [0, 7],
     "axis": [None, 0, 1, 2],
@@ -113,7 +114,7 @@ SEGMENT_OPTIONS = {
     "init_model": [None, "/models/last.safetensors"],
     "probabilities": [True, False],
     "adapt": [None, *METHOD_NAMES],
-    "consistency": ["none", "bidirectional"],
+    "consistency": list(options.CONSISTENCY_MODES),
 }
 
 
@@ -226,8 +227,8 @@ def _panel_cases(ContrastiveSeg):
         "encoder": ContrastiveSeg.ENCODERS,
         "device": ContrastiveSeg.DEVICES,
         "gpuIndex": [0, 3],
-        "preset": ["default", "fast"],
-        "axis": ["auto", "k", "j", "i"],
+        "preset": list(options.PRESET_NAMES),
+        "axis": ["auto", *options.AXIS_LETTERS],
         "steps": [0, 40],
         "seed": [0, 11],
         "batchSize": [0, 8],

@@ -1,0 +1,166 @@
+"""The options a user picks, stated once and checked once: devices, presets, consistency modes, axis letters,
+default steps and batch sizes, progress displays. The API, the CLI, the demo, the Slicer runs and the Slicer
+module's panel all read them from here, so that a name or a number has one home.
+
+This module imports neither torch nor MONAI: the Slicer GUI process fills its combo boxes from it and must not load
+torch, and the CLI checks its arguments before torch loads. The "did you mean" is therefore :mod:`difflib`, not
+``monai.utils.look_up_option``: importing ``monai.utils`` imports torch (6 s on a busy 2-core machine), its
+message spans three lines where ours are one (the error contract of :mod:`ContrastiveSegLib.errors`), and it
+suggests 'cpu' for 'gpu'.
+
+Also gathered here, without moving them: the thread rule (:mod:`ContrastiveSegLib.threads`, re-exported below) and
+the packages the Slicer module needs (:mod:`ContrastiveSegLib.slicer.requirements`, re-exported as
+:data:`requirements`); both are torch-free homes of their own facts already.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ContrastiveSegLib.errors import InputError
+from ContrastiveSegLib.slicer import requirements  # noqa: F401  (re-exported; that module imports nothing)
+from ContrastiveSegLib.threads import choose_threads, default_threads  # noqa: F401  (re-exported)
+
+__all__ = [
+    "ADAPT_STEPS", "AXIS_LETTERS", "CONSISTENCY_DECODERS", "CONSISTENCY_MODES", "DEFAULT_CONSISTENCY",
+    "DEFAULT_DEVICE", "DEFAULT_PRESET", "DEVICE_FORMS", "DEVICE_KINDS", "PRESETS", "PRESET_NAMES",
+    "PRETRAIN_BATCH_SIZE", "PRETRAIN_LEARNING_RATE", "PRETRAIN_PATCH", "PRETRAIN_STEPS", "PROGRESS_MODES",
+    "REFINE_FRACTION", "Preset", "axis_index", "check_consistency", "check_device", "check_preset",
+    "choose_threads", "default_threads", "device_help", "look_up", "preset_help", "requirements",
+    "unknown_message",
+]
+
+
+# --------------------------------------------------------------------------------------------- checking
+def unknown_message(kind: str, value: object, known: Iterable[str], *, aliases: Mapping[str, str] | None = None,
+                    cutoff: float = 0.5) -> str:
+    """``unknown KIND 'VALUE' (known: a, b, c); did you mean 'b'?``: one line, the hint only when a known value
+    (or an ``aliases`` entry: a common word for a known value, e.g. 'gpu' for 'cuda') is close enough.
+
+    Also used by the registries whose names are not options (pretraining methods, shipped encoders), so that every
+    "unknown ..." message reads the same way."""
+    known = list(known)
+    text = str(value)
+    guess = (aliases or {}).get(text.strip().lower())
+    if guess is None:
+        close = difflib.get_close_matches(text, known, n=1, cutoff=cutoff)
+        guess = close[0] if close else None
+    hint = f"; did you mean '{guess}'?" if guess is not None else ""
+    return f"unknown {kind} '{text}' (known: {', '.join(known)}){hint}"
+
+
+def look_up(kind: str, value: object, known: Iterable[str], **hints) -> str:
+    """``value`` when it is one of ``known``; else InputError with :func:`unknown_message` (exit code 2)."""
+    known = tuple(known)
+    if isinstance(value, str) and value in known:
+        return value
+    raise InputError(unknown_message(kind, value, known, **hints))
+
+
+# --------------------------------------------------------------------------------------------- devices
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")
+"""What the Slicer panel's device box offers (a GPU index beside it makes "cuda" into "cuda:N")."""
+DEVICE_FORMS = ("auto", "cpu", "cuda", "cuda:N", "mps")
+"""What ``--device`` accepts, as the user reads it: auto takes the first CUDA GPU if there is one, else the CPU
+(MPS only when asked for: some operators still fall back to the CPU there); N is a CUDA GPU's index."""
+DEFAULT_DEVICE = "auto"
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+_DEVICE_ALIASES = {"gpu": "cuda", "nvidia": "cuda", "metal": "mps"}  # what people type for a device we name
+
+
+def check_device(name: str | None) -> str:
+    """The device string in the form the CLI and torch take (stripped, lower case; None or "" -> "auto").
+
+    Raises InputError naming the known forms and the nearest one. Whether that device is present is checked
+    later, where torch is loaded (:func:`ContrastiveSegLib.device.resolve_device`)."""
+    text = DEFAULT_DEVICE if name is None else str(name).strip().lower() or DEFAULT_DEVICE
+    if not _DEVICE.match(text):
+        raise InputError(unknown_message("device", name, DEVICE_FORMS, aliases=_DEVICE_ALIASES))
+    return text
+
+
+def device_help() -> str:
+    """``auto | cpu | cuda | cuda:N | mps (default auto)``: the ``--device`` help."""
+    return f"{' | '.join(DEVICE_FORMS)} (default {DEFAULT_DEVICE})"
+
+
+# --------------------------------------------------------------------------------------------- presets
+@dataclass(frozen=True)
+class Preset:
+    """The numbers of a ``--preset`` (:class:`ContrastiveSegLib.training.finetune.FinetuneConfig` is built from
+    them, by :func:`ContrastiveSegLib.presets.preset_config`)."""
+
+    steps: int
+    batch_size: int
+    patch: int  # square crop side in pixels
+
+
+# Numbers from measured runs (docs/finetuning.md, benchmarks/results/), not from guesses: 300 steps at learning
+# rate 1e-2 beat 150 steps by 0.02 Dice on the MNI task, and 500 steps did not beat 300; "fast" halves the steps
+# and shrinks the crops for a first look. The order is the one users see (the Slicer panel, messages, help).
+PRESETS: Mapping[str, Preset] = {
+    "default": Preset(steps=300, batch_size=8, patch=128),
+    "fast": Preset(steps=150, batch_size=8, patch=96),
+}
+PRESET_NAMES = tuple(PRESETS)
+DEFAULT_PRESET = "default"
+
+REFINE_FRACTION = 1 / 3
+"""A refinement (``--init-model``: the previous model plus one corrected slice) starts from weights that already
+fit all but that slice, so it runs this fraction of the preset's steps unless ``--steps`` says otherwise."""
+
+
+def check_preset(name: str) -> str:
+    """``name`` when it is a preset; else InputError naming the presets and the nearest one."""
+    return look_up("preset", name, PRESET_NAMES)
+
+
+def preset_help() -> str:
+    """``default (300 steps, batch 8, 128 px crops) | fast (...); default: default``: the ``--preset`` help."""
+    listed = " | ".join(f"{name} ({p.steps} steps, batch {p.batch_size}, {p.patch} px crops)"
+                        for name, p in PRESETS.items())
+    return f"{listed}; default: {DEFAULT_PRESET}"
+
+
+# --------------------------------------------------------------------------------------------- consistency
+CONSISTENCY_DECODERS: Mapping[str, int] = {"none": 1, "bidirectional": 2}
+"""Consistency mode -> decoders trained. "none": one decoder, trained on the painted slices only.
+"bidirectional": two decoders that label the unannotated slices for each other (IDEAL's fine-tuning stage)."""
+CONSISTENCY_MODES = tuple(CONSISTENCY_DECODERS)
+DEFAULT_CONSISTENCY = "none"
+
+
+def check_consistency(mode: str) -> str:
+    """``mode`` when it is a consistency mode; else InputError naming the modes and the nearest one."""
+    return look_up("consistency", mode, CONSISTENCY_MODES)
+
+
+# --------------------------------------------------------------------------------------------- axes
+AXIS_LETTERS = ("k", "j", "i")
+"""Array axis -> the letter the user names it by (``--axis``, the Slicer panel, the run summary). Arrays are
+(z, y, x) = (k, j, i): the letters are ITK's / Slicer's voxel index axes, k being the slices of the third index
+(axial for most scans)."""
+
+
+def axis_index(letter: str) -> int:
+    """The array axis of an axis letter (k -> 0, j -> 1, i -> 2); InputError for anything else."""
+    return AXIS_LETTERS.index(look_up("axis", letter, AXIS_LETTERS))
+
+
+# --------------------------------------------------------------------------------------------- budgets
+ADAPT_STEPS = 100
+"""Default steps of ``--adapt`` (pretraining the encoder on the scan at hand before fine-tuning)."""
+PRETRAIN_STEPS = 2000
+"""Default budget of ``pretrain`` when neither steps nor minutes are given."""
+PRETRAIN_BATCH_SIZE = 16
+"""Default crops per pretraining step and per process (each gives two views)."""
+PRETRAIN_PATCH = 128
+"""Default pretraining crop side in pixels (a multiple of 16)."""
+PRETRAIN_LEARNING_RATE = 1e-3
+"""Default peak AdamW learning rate of pretraining (docs/methods.md, "Pretraining loop")."""
+
+# --------------------------------------------------------------------------------------------- display
+PROGRESS_MODES = ("json", "bar", "none")
+"""``--progress``: JSON lines on stdout (for front ends such as the Slicer module), a bar on stderr, or nothing."""
