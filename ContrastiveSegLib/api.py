@@ -163,10 +163,7 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
     targets = np.moveaxis(annotation.target, annotation.axis, 0)
     training_slices = annotation.slices
     if prior_labels:
-        spacing_zyx = tuple(float(v) for v in spacing)[::-1]
-        prior = build_shape_prior(targets, annotation.num_classes,
-                                  tuple(v for a, v in enumerate(spacing_zyx) if a != annotation.axis),
-                                  spacing_zyx[annotation.axis])
+        prior = shape_prior_of(targets, annotation.num_classes, annotation.axis, spacing)
         if prior is not None:
             targets, training_slices = prior_pseudo_labels(prior, targets, annotation.painted)
     sampler = AnnotatedSliceSampler(stack, targets, training_slices, config.patch,
@@ -221,7 +218,10 @@ def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None
         annotation = _prepare(image, labels, model.axis, model.label_values)
     stack = _stack or SliceStack(normalise_intensity(image, model.spec.window), model.axis, model.spec)
     targets = None if annotation is None else np.moveaxis(annotation.target, annotation.axis, 0)
-    prior = _shape_prior(model, targets, spacing) if targets is not None and shape_prior else None
+    prior = None
+    if targets is not None and shape_prior:
+        prior = shape_prior_of(targets, len(model.label_values), model.axis,
+                               model.spacing if spacing is None else spacing)
     classes, probs = predict_volume(model.network, stack, torch_device, divisor=model.network.config.divisor,
                                     flip_tta=flip_tta, keep_probabilities=probabilities, prior=prior,
                                     progress=progress, cancel=cancel)
@@ -236,11 +236,12 @@ def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None
     return SegmentResult(labels=result_labels, probabilities=probs, model=model, axis=model.axis)
 
 
-def _shape_prior(model: TrainedModel, targets: np.ndarray, spacing):
-    """The shape prior of ``targets`` (stack order) on a scan of ``spacing`` (x, y, z) mm."""
-    spacing_zyx = tuple(float(v) for v in (model.spacing if spacing is None else spacing))[::-1]
-    inplane = tuple(v for a, v in enumerate(spacing_zyx) if a != model.axis)
-    return build_shape_prior(targets, len(model.label_values), inplane, spacing_zyx[model.axis])
+def shape_prior_of(targets: np.ndarray, num_classes: int, axis: int, spacing):
+    """The shape prior of ``targets`` ((S, H, W), slices along array axis ``axis`` first) on a scan of
+    ``spacing`` (x, y, z) mm, or None (fewer than two fully painted slices)."""
+    spacing_zyx = tuple(float(v) for v in spacing)[::-1]
+    inplane = tuple(v for a, v in enumerate(spacing_zyx) if a != axis)
+    return build_shape_prior(targets, num_classes, inplane, spacing_zyx[axis])
 
 
 def self_train_round(model: TrainedModel, stack: SliceStack, annotation: SparseAnnotation, spacing, *,
@@ -256,7 +257,7 @@ def self_train_round(model: TrainedModel, stack: SliceStack, annotation: SparseA
     """
     torch_device = resolve_device(device)
     targets = np.moveaxis(annotation.target, annotation.axis, 0)
-    prior = _shape_prior(model, targets, spacing)
+    prior = shape_prior_of(targets, len(model.label_values), model.axis, spacing)
     emit(progress, "self-train", "labelling the unpainted slices for self-training")
     classes, confidence = predict_volume(model.network, stack, torch_device, divisor=model.network.config.divisor,
                                          prior=prior, keep_confidence=True, progress=progress, cancel=cancel)
