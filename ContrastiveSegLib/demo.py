@@ -2,7 +2,7 @@
 
 The bundled MNI ICBM152 2009 T1 template at 2 mm (:mod:`ContrastiveSegLib.data.sample`) with its grey- and
 white-matter labels plays the clinician's scan: k slices of the reference are "annotated" the way the benchmark
-does it (evenly between 10 % and 90 % of the brain's extent, shared/design/benchmark.md), ContrastiveSeg segments
+does it (evenly between 10 % and 90 % of the brain's extent, benchmarks/README.md), ContrastiveSeg segments
 the whole volume from them, and so do the two Segment Editor tools a Slicer user would reach for instead
 ("Grow from seeds" and "Fill between slices", :mod:`ContrastiveSegLib.baselines`). The demo prints Dice per
 structure and seconds per method and writes, into the output folder::

@@ -16,7 +16,8 @@ def choose_annotated_slices(reference: np.ndarray, axis: int, k: int,
                             labels: Sequence[int] | None = None) -> list[int]:
     """Indices of ``k`` slices evenly spaced between 10 % and 90 % of the structures' extent along ``axis``.
 
-    Follows shared/design/benchmark.md: for several structures the extent is that of their union.
+    Follows the benchmark protocol (benchmarks/README.md): for several structures the extent is that of their
+    union.
     ``k = 1`` gives the middle of the extent.
     """
     if k < 1:

@@ -1,5 +1,5 @@
 """Quality benchmark: ContrastiveSeg against Slicer's "Grow from seeds" and "Fill between slices" on the same
-sparse annotations (shared/design/benchmark.md).
+sparse annotations (the protocol: benchmarks/README.md).
 
     python benchmarks/run_benchmark.py --out benchmarks/results                 # everything
     python benchmarks/run_benchmark.py --tasks mni2mm-gmwm-axial --k 3 --seeds 0  # a subset

@@ -1,4 +1,4 @@
-"""Speed and memory benchmark (shared/design/benchmark.md):
+"""Speed and memory benchmark (benchmarks/README.md):
 
 - end-to-end seconds and peak resident memory of ``contrastiveseg segment`` (a fresh process, as a user runs it)
   on the 1 mm MNI brain (197 x 233 x 189) and a CT-sized phantom (512 x 512 x 300 at 0.8 x 0.8 x 2.5 mm), with

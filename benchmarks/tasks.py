@@ -1,4 +1,4 @@
-"""What the quality benchmark runs (shared/design/benchmark.md): tasks and our method's variants, as data.
+"""What the quality benchmark runs (benchmarks/README.md): tasks and our method's variants, as data.
 
 Each task is a volume, a reference label map and an annotation axis; ``run_benchmark.py`` hides all but k
 slices of the reference and scores every method on the whole volume. Arrays are (z, y, x): axis 0 is axial,

@@ -1,4 +1,4 @@
-"""Throughput ratios of the benchmark protocol (shared/design/benchmark.md), measured side by side in one process.
+"""Throughput ratios of the benchmark protocol (benchmarks/README.md), measured side by side in one process.
 
 - loop ratio: slices/s of the library's fine-tuning loop (crop sampling, batched augmentation, loss, optimiser,
   progress) divided by slices/s of a plain PyTorch loop over pre-made tensors on the device (same network, batch,

@@ -1,5 +1,5 @@
 """What a Slicer user would pick instead of ContrastiveSeg: the Segment Editor's auto-complete effects, run on
-the same sparse labels (shared/design/benchmark.md).
+the same sparse labels (benchmarks/README.md).
 
 Both are optional dependencies (``pip install contrastiveseg[baselines]``); each function raises ImportError
 with a one-line ``pip install ...`` hint when its package is missing, so callers can skip that baseline.

@@ -3,7 +3,7 @@ coordinate channels.
 
 Why coordinates: with a handful of annotated slices, look-alike structures elsewhere in the plane (the same
 nucleus in the other hemisphere, another organ of the same density) are the main error
-(shared/design/benchmark.md). Per-pixel normalised (y, x) coordinates let the network use *where* the annotation
+(measured on a real brain MR, see inference/postprocess.py). Per-pixel normalised (y, x) coordinates let the network use *where* the annotation
 is, not only what it looks like; they travel with the pixels through spatial augmentation.
 """
 from __future__ import annotations

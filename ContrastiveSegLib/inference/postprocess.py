@@ -1,8 +1,8 @@
 """Post-processing that uses where the user annotated, not only what it looks like.
 
 With a few annotated slices most errors are look-alike structures away from the annotation (the same nucleus in
-the other hemisphere, another organ of similar density; shared/design/benchmark.md measured Dice 0.47 -> 0.87 from
-this step alone). A predicted component of class c that never touches an annotated voxel of class c is therefore
+the other hemisphere, another organ of similar density; a plain 2.5D U-Net on a real 1 mm brain MR went from Dice
+0.47 to 0.87 with this step alone). A predicted component of class c that never touches an annotated voxel of class c is therefore
 dropped. The annotated voxels themselves are the user's word and are copied into the result.
 """
 from __future__ import annotations

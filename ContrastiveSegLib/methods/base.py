@@ -1,4 +1,4 @@
-"""The one interface every pretraining method implements (shared/design/architecture.md).
+"""The one interface every pretraining method implements.
 
 A method owns the encoder (what fine-tuning loads) and whatever heads or light decoders its losses need, and maps
 a batch of two augmented views to one scalar loss. ``forward`` is the whole contract, so DDP, autocast and
