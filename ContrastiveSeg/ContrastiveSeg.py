@@ -72,8 +72,9 @@ class ContrastiveSeg(ScriptedLoadableModule):
             "or two and press Segment again to refine: the run continues from the last model. 'Suggest next "
             "slice' shows where the model is least sure. Details: the 'Use in 3D Slicer' section of the README.")
         self.parent.acknowledgementText = _(
-            "Contrastive pretraining follows Chaitanya et al. (NeurIPS 2020), Zeng et al. (MICCAI 2021) and "
-            "related work; networks and losses are built on MONAI.")
+            "Contrastive pretraining implements SimCLR (Chen et al., ICML 2020), self-paced contrast with "
+            "meta-labels (Peng et al., NeurIPS 2021), IDEAL (Basak et al., ICASSP 2023), LRC (Yan et al., MICCAI "
+            "2023) and MixCL (Li et al., 2022); networks and losses are built on MONAI.")
 
 
 @parameterNodeWrapper
