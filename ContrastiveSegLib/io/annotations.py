@@ -26,7 +26,8 @@ def _labelled(labels: np.ndarray) -> np.ndarray:
 
 
 def find_annotation_axis(labels: np.ndarray) -> int:
-    """The axis along which the labelled voxels fall in the fewest slices (ties: the last axis, i.e. z)."""
+    """The axis along which the labelled voxels fall in the fewest slices (ties: array axis 0, i.e. axial for most
+    scans): the single-plane rule, used when the painting needs no second plane."""
     labelled = _labelled(labels)
     if not labelled.any():
         raise InputError("no annotated slice: the label map holds no labelled voxel")
