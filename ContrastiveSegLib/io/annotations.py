@@ -56,19 +56,20 @@ def _has_square(marked: np.ndarray, axis: int) -> np.ndarray:
 def find_painted_planes(labels: np.ndarray) -> dict[int, np.ndarray]:
     """The painted slices of a label map, per axis: {axis: sorted slice indices}, only axes with a painted slice.
 
-    A greedy set cover of the marked voxels (non-zero, :data:`IGNORE` included: scribble maps mark the rest of a
-    painted slice with it): repeatedly take the slice, in any plane, that holds the most marked voxels not yet
-    explained, among slices holding a painted area (:func:`_has_square`), until every marked voxel is explained.
+    A greedy set cover of the labelled voxels (non-zero and not :data:`IGNORE`; a map that marks every unknown
+    voxel 255 would otherwise make the whole volume a candidate): repeatedly take the slice, in any plane, that
+    holds the most labelled voxels not yet explained, among slices holding a painted area (:func:`_has_square`),
+    until every labelled voxel is explained.
     A painted slice holds a whole cross-section, while another plane's painting meets it in a thin line, so the
     painted slices are taken first. When the cover needs one plane only, or no cover is found (structures one
     voxel thin), this is the single-plane rule: every slice along :func:`find_annotation_axis` holding a labelled
     voxel.
     """
-    marked = labels != 0
-    if not _labelled(labels).any():
+    marked = _labelled(labels)
+    if not marked.any():
         raise InputError("no annotated slice: the label map holds no labelled voxel")
     eligible = [_has_square(marked, axis) for axis in range(3)]
-    points = np.argwhere(marked)
+    points = np.argwhere(marked).astype(np.int32)  # half the memory of int64 on a large painted volume
     uncovered = np.ones(len(points), bool)
     chosen: dict[int, list[int]] = {0: [], 1: [], 2: []}
     single = find_annotation_axis(labels)
