@@ -4,14 +4,16 @@ What "Fill between slices" knows and a slice-wise network does not: how an outli
 to the next. Each fully painted slice along the annotation axis gives, per structure, an in-plane signed
 distance map (mm, negative inside; Raya & Udupa's shape-based interpolation, IEEE TMI 1990). Between two painted
 slices the maps are blended linearly; beyond the first and the last one the end slice's map is kept and grows by
-``end_slope`` mm per mm (the structure tapers off: a rounded end, not a cylinder). A structure present on one
+:data:`END_SLOPE` mm per mm (the structure tapers off: a rounded end, not a cylinder). A structure present on one
 painted slice and absent from the next vanishes between them.
 
 The interpolated distance ``d`` becomes a probability ``sigmoid(-d / tau)``, with the boundary's uncertainty
-``tau = tau0 + beta * (distance in mm to the nearest painted slice)``: exact on a painted slice, vaguer half way.
-``beta`` is learnt from the painted slices themselves, by predicting each of them from the others
-(leave-one-out) and keeping the value that explains them best: a smooth structure (a deep nucleus, an organ) gets
-a sharp prior, a convoluted one (the cortex) a vague one that leaves the decision to the image.
+``tau = tau0 + beta * gap / 10 mm`` growing with ``gap``, the distance to the nearest painted slice: exact on a
+painted slice, vaguer half way. ``beta`` is learnt from the painted slices themselves, by predicting each of them
+from the others (leave-one-out) and keeping the value that explains them best (class-balanced), separately
+between painted slices and beyond them: a smooth structure (a deep nucleus, an organ) gets a sharp prior, a
+convoluted one (the cortex) a vague one that leaves the decision to the image. Prediction multiplies the
+network's class probabilities by the prior's (:mod:`ContrastiveSegLib.inference.predict`).
 """
 from __future__ import annotations
 
@@ -29,8 +31,7 @@ END_SLOPE = 1.0  # mm of outline shrinkage per mm beyond the last painted slice
 DEFAULT_BETA = 4.0  # between two painted slices, when no painted slice lies between two others to learn it from
 MIN_SLICES = 2  # painted slices needed for a prior: one slice says nothing about how the outline moves
 BETAS = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0)  # leave-one-out search grid (mm)
-GAP_POWER = 1.0  # how the boundary uncertainty grows with the distance to the nearest painted slice
-REFERENCE_GAP = 10.0  # mm: beta is the uncertainty at this distance
+REFERENCE_GAP = 10.0  # mm: beta is the uncertainty this far from the nearest painted slice
 
 
 def signed_distance(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
@@ -110,7 +111,7 @@ class ShapePrior:
 
     def tau(self, gap: float, beta: float) -> float:
         """Boundary uncertainty (mm) at ``gap`` mm from the nearest painted slice."""
-        return self.tau0 + beta * (gap / REFERENCE_GAP) ** GAP_POWER
+        return self.tau0 + beta * gap / REFERENCE_GAP
 
 
 def _log_categorical(distances: torch.Tensor, tau: float, informative: torch.Tensor) -> torch.Tensor:
