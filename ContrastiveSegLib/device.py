@@ -1,5 +1,6 @@
-"""Pick the torch device from a user string: auto | cpu | cuda | cuda:N | mps (the forms and their check live in
-:mod:`ContrastiveSegLib.options`, which the Slicer GUI uses without torch; here is only what needs torch)."""
+"""Pick the torch device from a user string (auto | cpu | cuda | cuda:N | mps), and the mixed precision that goes
+with it. The device forms and their check live in :mod:`ContrastiveSegLib.options`, which the Slicer GUI uses
+without torch; here is only what needs torch."""
 from __future__ import annotations
 
 import torch
@@ -29,3 +30,10 @@ def resolve_device(name: str = DEFAULT_DEVICE) -> torch.device:
             raise InputError("device 'mps' asked for, but Apple's MPS backend is not available")
         return torch.device("mps")
     raise AssertionError(f"check_device let through {name!r}")  # pragma: no cover
+
+
+def autocast_context(device: torch.device):
+    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); a no-op elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)

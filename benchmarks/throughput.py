@@ -24,7 +24,8 @@ from ContrastiveSegLib.inference.predict import predict_volume
 from ContrastiveSegLib.io.annotations import decode_annotation
 from ContrastiveSegLib.losses.segmentation import MaskedDiceCELoss
 from ContrastiveSegLib.networks import NetworkConfig, build_network
-from ContrastiveSegLib.training.finetune import FinetuneConfig, autocast_context, finetune
+from ContrastiveSegLib.device import autocast_context
+from ContrastiveSegLib.training.finetune import FinetuneConfig, finetune
 
 
 def _sync(device: torch.device) -> None:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ContrastiveSegLib.data.slices import SliceStack
 from ContrastiveSegLib.inference.shape_prior import PRIOR_WEIGHT
 from ContrastiveSegLib.progress import ProgressCallback, StageProgress
-from ContrastiveSegLib.training.finetune import autocast_context
+from ContrastiveSegLib.device import autocast_context
 
 
 def _pad_to(x: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple[int, int]]:

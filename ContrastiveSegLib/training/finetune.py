@@ -18,6 +18,7 @@ import torch
 
 from ContrastiveSegLib.data.augment import BatchAugmenter
 from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler, UnannotatedSliceSampler
+from ContrastiveSegLib.device import autocast_context
 from ContrastiveSegLib.losses.segmentation import MaskedDiceCELoss
 from ContrastiveSegLib.progress import ProgressCallback, StageProgress, emit
 
@@ -38,13 +39,6 @@ class FinetuneConfig:
         for name in ("steps", "batch_size", "patch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-
-
-def autocast_context(device: torch.device):
-    """bf16 autocast on CUDA (no loss scaling needed, unlike fp16); a no-op elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
 
 
 def consistency_ramp(step: int, config: FinetuneConfig) -> float:

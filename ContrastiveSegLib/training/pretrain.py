@@ -34,7 +34,7 @@ from ContrastiveSegLib.progress import ProgressCallback, StageProgress, emit
 from ContrastiveSegLib.training import distributed
 from ContrastiveSegLib.training.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint, save_encoder
 from ContrastiveSegLib.training.distributed import DistributedContext
-from ContrastiveSegLib.training.finetune import autocast_context
+from ContrastiveSegLib.device import autocast_context
 
 
 @dataclass
