@@ -4,10 +4,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import torch
+
 from ContrastiveSegLib.data.slices import InputSpec
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.networks import NetworkConfig, SegmentationNet, build_network
-from ContrastiveSegLib.zoo.weights import load_weights, save_weights
+from ContrastiveSegLib.zoo.weights import check_tensors, read_tensors, read_weights_header, save_weights
 
 
 @dataclass
@@ -50,21 +52,30 @@ class TrainedModel:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainedModel":
-        """Read a model written by :meth:`save`; InputError when the file is not a usable model."""
-        tensors, header = load_weights(path, kind="model", what="model")
+        """Read a model written by :meth:`save`; InputError (one line) when the file is not a usable model.
+
+        The header is checked field by field and the network it declares is compared, shape by shape, with the
+        tensors in the file before the network is built: a crafted header cannot make this allocate more than
+        the file holds.
+        """
+        header, found = read_weights_header(path, kind="model", what="model")
+        net = header["network"]  # every field below was checked by read_weights_header
+        config = NetworkConfig(in_channels=net["in_channels"], num_classes=net["num_classes"],
+                               features=tuple(net["features"]), decoder_features=net["decoder_features"],
+                               norm=net.get("norm", "batch"), decoders=net.get("decoders", 1))
+        spec = InputSpec.from_dict(header["input"])
+        with torch.device("meta"):  # shapes and dtypes only, no memory
+            expected = build_network(config).state_dict()
+        check_tensors(f"model {path}", found, expected)
+        tensors = read_tensors(path, what="model")
+        network = build_network(config)
         try:
-            net = header["network"]
-            config = NetworkConfig(in_channels=int(net["in_channels"]), num_classes=int(net["num_classes"]),
-                                   features=tuple(net["features"]), decoder_features=int(net["decoder_features"]),
-                                   norm=str(net.get("norm", "batch")), decoders=int(net.get("decoders", 1)))
-            spec = InputSpec.from_dict(header["input"])
-            network = build_network(config)
             network.load_state_dict(tensors, strict=True)
-            return cls(network, tuple(int(v) for v in header["label_values"]), int(header["axis"]), spec,
-                       tuple(float(v) for v in header["spacing"]), str(header.get("encoder", "none")))
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        except RuntimeError as error:  # not expected after check_tensors; still the user's file, still one line
             raise InputError(f"model {path} does not match this version's network "
                              f"({str(error).splitlines()[0][:120]})") from None
+        return cls(network, tuple(header["label_values"]), header["axis"], spec,
+                   tuple(float(v) for v in header["spacing"]), header.get("encoder", "none"))
 
 
 def load_encoder_into(network: SegmentationNet, path: str | os.PathLike, spec: InputSpec) -> None:
@@ -75,18 +86,24 @@ def load_encoder_into(network: SegmentationNet, path: str | os.PathLike, spec: I
 
 def load_encoder_weights(encoder, path: str | os.PathLike, spec: InputSpec) -> None:
     """Copy the encoder file ``path`` into ``encoder`` (an :class:`~ContrastiveSegLib.networks.unet.Encoder`, of a
-    segmentation network or of a pretraining method); InputError when its input channels, widths or weights do
-    not match."""
-    tensors, header = load_weights(path, kind="encoder", what="encoder")
+    segmentation network or of a pretraining method); InputError when its header is unusable or its input
+    channels, widths or weights do not match. The tensors' shapes are compared before any tensor is read."""
+    header, found = read_weights_header(path, kind="encoder", what="encoder")
     expected_channels = encoder.in_channels
-    channels = header.get("input_channels") or header.get("network", {}).get("in_channels")
-    if channels is not None and int(channels) != expected_channels:
+    # Checked by read_weights_header: integers and lists of 5 widths where present.
+    network = header.get("network", {})
+    channels = header.get("input_channels", network.get("in_channels"))
+    if channels is None and "input" in header:
+        channels = InputSpec.from_dict(header["input"]).in_channels
+    if channels is not None and channels != expected_channels:
         raise InputError(f"encoder {path} takes {channels} input channels, this image gives {expected_channels} "
                          f"({spec.to_dict()})")
-    features = header.get("features") or header.get("network", {}).get("features")
+    features = header.get("features", network.get("features"))
     if features is not None and tuple(features) != tuple(encoder.features):
         raise InputError(f"encoder {path} has widths {tuple(features)}, the network expects "
                          f"{tuple(encoder.features)}")
+    check_tensors(f"encoder {path}", found, encoder.state_dict(), against="the encoder it is loaded into")
+    tensors = read_tensors(path, what="encoder")
     try:
         encoder.load_state_dict(tensors, strict=True)
     except RuntimeError as error:

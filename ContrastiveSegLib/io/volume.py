@@ -196,7 +196,8 @@ def read_volume(path: str | os.PathLike, *, what: str = "image") -> Volume:
     """Read a 3D volume (NIfTI, NRRD, MHA/MHD, a DICOM file or a folder holding one DICOM series).
 
     Raises InputError with one line for a missing, unreadable, truncated or non-regular file (FIFO, device), a
-    DICOM series with unevenly spaced slices, a volume that is not 3D, or a multi-component (vector/RGB) image.
+    singular direction matrix, a DICOM series with unevenly spaced slices, a volume that is not 3D, or a
+    multi-component (vector/RGB) image.
     """
     path = Path(path)
     if not path.exists():
@@ -212,6 +213,11 @@ def read_volume(path: str | os.PathLike, *, what: str = "image") -> Volume:
     except InputError:
         raise
     except Exception as error:  # SimpleITK raises RuntimeError with a multi-line ITK trace
+        if "determinant is 0" in str(error):
+            # ITK's text ends with the matrix it refused, so its last line would read "0 0 1".
+            raise InputError(f"cannot read {what} {path}: the image's direction matrix is singular (its axes are "
+                             "not independent, so voxels have no place in space); fix the file's orientation (NRRD "
+                             "'space directions', MetaImage 'TransformMatrix', NIfTI qform/sform)") from None
         raise InputError(f"cannot read {what} {path}: {_library_reason(error, printed)}") from None
     if image.GetDimension() != 3:
         raise InputError(f"{what} {path} is {image.GetDimension()}D; a 3D volume is needed")

@@ -32,11 +32,35 @@ def default_encoder(directory: Path | None = None) -> str:
     return defaults[0] if defaults else "none"
 
 
+def _entry_file(entry: dict, directory: Path) -> Path:
+    """The file of a models.json entry, confined to the models folder: an absolute path, a ".." or a linked folder
+    that leads out of it would make a manifest (edited, or shipped by someone else) load any file on the machine."""
+    name = entry.get("file")
+    if not isinstance(name, str) or not name:
+        raise InputError(f"shipped encoder '{entry.get('name')}' names no file in {directory / 'models.json'}")
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts or relative.drive:
+        raise InputError(f"shipped encoder '{entry.get('name')}' names the file {name!r}, outside the models folder "
+                         f"{directory}; models.json may only name files inside it")
+    path = directory / relative
+    # The folders on the way must stay inside (a linked subfolder must not lead elsewhere); the file itself may be
+    # a link, as a link-tree editable install makes every packaged file, and its contents are pinned by sha256.
+    try:
+        inside = path.parent.resolve().is_relative_to(directory.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if not inside:
+        raise InputError(f"shipped encoder '{entry.get('name')}' file {path} leads outside the models folder "
+                         f"{directory}")
+    return path
+
+
 def resolve_encoder(name_or_path: str | None, directory: Path | None = None) -> Path | None:
     """The encoder file for ``name_or_path``; None for random initialisation ("none", "random"). ``None`` means
     the shipped default (:func:`default_encoder`).
 
-    A shipped name is checked against its sha256; a path must exist. Unknown names list the known ones.
+    A shipped name is checked against its sha256 and must name a file inside the models folder; a path must
+    exist. Unknown names list the known ones.
     """
     if name_or_path is None:
         name_or_path = default_encoder(directory)
@@ -45,8 +69,8 @@ def resolve_encoder(name_or_path: str | None, directory: Path | None = None) -> 
     directory = directory or models_dir()
     entries = {entry["name"]: entry for entry in shipped_encoders(directory)}
     if name_or_path in entries:
+        path = _entry_file(entries[name_or_path], directory)
         entry = entries[name_or_path]
-        path = directory / entry["file"]
         if not path.is_file():
             raise InputError(f"shipped encoder '{name_or_path}' is missing its file {path}")
         if sha256(path) != entry["sha256"]:

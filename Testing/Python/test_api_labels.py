@@ -3,7 +3,6 @@ beyond 16 bits survive, and a label map painted in several planes is segmented a
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from ContrastiveSegLib import api
 from ContrastiveSegLib.data.slices import InputSpec

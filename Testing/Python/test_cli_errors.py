@@ -227,7 +227,7 @@ def test_refine_a_model_trained_along_another_axis(phantom_files, capsys):
     (lambda p: p.write_bytes(b"") or p, "is not a readable safetensors file"),
     (lambda p: p.with_name("absent.safetensors"), "model not found"),
     (lambda p: save_weights(p, Encoder(5).state_dict(), {"kind": "encoder"}) or p, "holds a encoder, not a model"),
-    (lambda p: save_weights(p, {"w": torch.zeros(2)}, {"kind": "model"}) or p, "does not match this version"),
+    (lambda p: save_weights(p, {"w": torch.zeros(2)}, {"kind": "model"}) or p, "header field 'network' is missing"),
 ])
 def test_unusable_model_file(phantom_files, capsys, make_model, phrase):
     f = phantom_files

@@ -310,6 +310,26 @@ def test_truncated_metaimage_gives_the_real_reason(tmp_path, capfd):
     assert capfd.readouterr().err == ""  # MetaIO's own lines do not reach the terminal
 
 
+@pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
+def test_singular_direction_gives_the_reason(tmp_path, capfd, suffix):
+    """ITK refuses a direction matrix with determinant 0 with a text whose last line is the matrix ("0 0 1")."""
+    voxels = np.zeros((4, 5, 6), np.int16).tobytes()
+    path = tmp_path / f"singular{suffix}"
+    if suffix == ".mha":
+        head = ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+                "TransformMatrix = 1 0 0 1 0 0 0 0 1\nOffset = 0 0 0\nElementSpacing = 1 1 1\nDimSize = 6 5 4\n"
+                "ElementType = MET_SHORT\nElementDataFile = LOCAL\n")
+    else:
+        head = ("NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 6 5 4\n"
+                "space directions: (1,0,0) (1,0,0) (0,0,1)\nencoding: raw\nendian: little\n"
+                "space origin: (0,0,0)\n\n")
+    path.write_bytes(head.encode() + voxels)
+    with pytest.raises(InputError, match="the image's direction matrix is singular") as info:
+        read_volume(path)
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert capfd.readouterr().err == ""
+
+
 # ----------------------------------------------------------------------------------------------- non-regular files
 def test_device_is_refused_before_opening(tmp_path):
     with pytest.raises(InputError, match=r"image /dev/null is a device; give a regular file"):

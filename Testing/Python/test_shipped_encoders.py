@@ -16,6 +16,7 @@ from ContrastiveSegLib.methods import METHODS
 from ContrastiveSegLib.model import TrainedModel, load_encoder_into
 from ContrastiveSegLib.networks import NetworkConfig, build_network
 from ContrastiveSegLib.paths import models_dir
+from ContrastiveSegLib.training.checkpoint import absolute_paths
 from ContrastiveSegLib.zoo.registry import default_encoder, resolve_encoder, shipped_encoders
 from ContrastiveSegLib.zoo.weights import load_weights, sha256
 from test_cli_errors import assert_bad_input
@@ -45,6 +46,46 @@ def test_manifest_entry_is_true_to_its_file(entry):
     load_encoder_into(network, resolve_encoder(entry["name"]), InputSpec())
     torch.testing.assert_close(network.encoder.stem.conv_0.conv.weight, tensors["stem.conv_0.conv.weight"])
     assert not torch.allclose(network.encoder.stem.conv_0.conv.weight, initial)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e["name"] for e in ENTRIES])
+def test_headers_record_no_build_machine_paths(entry):
+    """Issue 10: the shipped headers named the build machine's folders (site-packages, /tmp, the checkout)."""
+    _, header = load_weights(models_dir() / entry["file"], kind="encoder")
+    assert absolute_paths(header) == []
+    assert all("/" not in name and "\\" not in name for name in header["data"]["names"])
+    assert len(header["data"]["names"]) == header["data"]["volumes"]
+
+
+def test_encoder_writer_records_file_names_only(tmp_path):
+    from ContrastiveSegLib.methods import get_method
+    from ContrastiveSegLib.training.checkpoint import save_encoder
+
+    names = ["/home/someone/scans/a.nii.gz", "/tmp/tmpx/ct_phantom_101.nii.gz", "C:\\data\\b.nrrd", "array"]
+    save_encoder(tmp_path / "enc.safetensors", get_method("none", features=(8, 8, 16, 16, 32)),
+                 {"data": {"volumes": 4, "names": names}})
+    _, header = load_weights(tmp_path / "enc.safetensors", kind="encoder")
+    assert header["data"]["names"] == ["a.nii.gz", "ct_phantom_101.nii.gz", "b.nrrd", "array"]
+
+
+@pytest.mark.parametrize("file", ["/etc/passwd", "../outside.safetensors", "sub/../../outside.safetensors",
+                                  "linked/simclr.safetensors"])
+def test_manifest_entries_are_confined_to_the_models_folder(tmp_path, file):
+    copy = tmp_path / "Models"
+    shutil.copytree(models_dir(), copy, ignore=shutil.ignore_patterns("*.py"))
+    outside = tmp_path / "outside.safetensors"
+    shutil.copy(copy / ENTRIES[0]["file"], outside)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(copy / ENTRIES[0]["file"], elsewhere / "simclr.safetensors")
+    (copy / "linked").symlink_to(elsewhere, target_is_directory=True)
+    entries = [dict(e) for e in ENTRIES]
+    entries[0]["file"] = file  # the checksum still matches: only the place is wrong
+    (copy / "models.json").write_text(json.dumps(entries))
+    with pytest.raises(InputError, match="outside the models folder") as error:
+        resolve_encoder(entries[0]["name"], copy)
+    assert "\n" not in str(error.value)
+    assert resolve_encoder(entries[1]["name"], copy) == copy / entries[1]["file"]  # the others still resolve
 
 
 def test_encoders_command_lists_them(capsys):
