@@ -84,9 +84,15 @@ def main() -> None:
 
     from throughput import inference_throughput_ratio, loop_throughput_ratio
 
+    from ContrastiveSegLib.threads import choose_threads
+
     args.out.mkdir(parents=True, exist_ok=True)
+    # The CLI runs choose their own thread count (--threads absent: OMP_NUM_THREADS, else the default rule), which is
+    # what a default install gets; the throughput ratios run in this process with torch's own count.
+    torch.set_num_threads(choose_threads(None))
     machine = (f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-               f"{torch.get_num_threads()} threads" +
+               f"{choose_threads(None)} thread(s) for the CLI runs and the ratios "
+               f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')})" +
                (f", {torch.cuda.get_device_name(0)}" if args.device.startswith("cuda") else ""))
     rows = []
     with tempfile.TemporaryDirectory() as folder:
