@@ -73,9 +73,12 @@ class ShapePrior:
     beta_end: float = DEFAULT_BETA
 
     def _depth(self) -> np.ndarray:
-        """(C - 1,) deepest inside distance (mm, positive) of each class over the painted slices."""
-        finite = np.where(np.isfinite(self.distances), self.distances, 0.0)
-        return np.maximum(-finite.min(axis=(0, 2, 3)), self.tau0)
+        """(C - 1,) deepest inside distance (mm, positive) of each class over the painted slices (computed once:
+        every slice of a volume asks for it)."""
+        if getattr(self, "_depth_cache", None) is None:
+            finite = np.where(np.isfinite(self.distances), self.distances, 0.0)
+            self._depth_cache = np.maximum(-finite.min(axis=(0, 2, 3)), self.tau0)
+        return self._depth_cache
 
     def interpolate(self, s: int, keys: np.ndarray | None = None) -> tuple[np.ndarray, float, bool]:
         """(C - 1, H, W) interpolated signed distances at slice ``s``, the distance (mm) from ``s`` to the
