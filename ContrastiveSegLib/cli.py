@@ -241,20 +241,20 @@ def _read_inputs(image_path: Path, labels_path: Path | None, reference_path: Pat
     from ContrastiveSegLib.io.volume import grid_difference, read_volume
 
     image = read_volume(image_path, what="image")
-    labels = reference = None
-    if labels_path is not None:
-        labels = read_volume(labels_path, what="labels")
-        difference = grid_difference(image, labels)
+
+    def label_map(path: Path | None, what: str, description: str, map_hint: str):
+        """The label map at ``path`` on the image's grid and looking like a label map, or None."""
+        if path is None:
+            return None
+        volume = read_volume(path, what=what)
+        difference = grid_difference(image, volume)
         if difference is not None:
-            raise InputError(f"image and labels are on different grids: {difference}")
-        _check_label_map(labels, labels_path, "labels", hint)
-    if reference_path is not None:
-        reference = read_volume(reference_path, what="reference")
-        difference = grid_difference(image, reference)
-        if difference is not None:
-            raise InputError(f"image and reference are on different grids: {difference}")
-        _check_label_map(reference, reference_path, "reference labels", _REFERENCE_HINT)
-    return image, labels, reference
+            raise InputError(f"image and {what} are on different grids: {difference}")
+        _check_label_map(volume, path, description, map_hint)
+        return volume
+
+    return (image, label_map(labels_path, "labels", "labels", hint),
+            label_map(reference_path, "reference", "reference labels", _REFERENCE_HINT))
 
 
 def _check_outputs(*paths: Path | None, volumes=(), models=(), pictures=()) -> None:
