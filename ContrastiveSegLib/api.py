@@ -311,7 +311,7 @@ def segment(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, a
     timings: dict[str, float] = {}
     start = time.perf_counter()
     annotation = _prepare(image, labels, axis)
-    if not (annotation.target == 255).any():
+    if not (annotation.target == IGNORE).any():
         message = f"every slice along axis {annotation.axis} is annotated: nothing to segment"
         emit(progress, "done", message)
         return SegmentResult(labels=labels.copy(), axis=annotation.axis, message=message)
