@@ -22,7 +22,8 @@ from ContrastiveSegLib.device import resolve_device
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
 from ContrastiveSegLib.inference.predict import predict_volume
-from ContrastiveSegLib.inference.shape_prior import build_shape_prior, prior_pseudo_labels
+from ContrastiveSegLib.inference.shape_prior import (PSEUDO_SLICES, build_shape_prior, evenly_spread,
+                                                     prior_pseudo_labels)
 from ContrastiveSegLib.io.annotations import IGNORE, SparseAnnotation, decode_annotation
 from ContrastiveSegLib.model import TrainedModel, load_encoder_into
 from ContrastiveSegLib.networks import NetworkConfig, build_network
@@ -35,7 +36,6 @@ from ContrastiveSegLib.zoo.registry import default_encoder, resolve_encoder
 
 DEFAULT_SPEC = InputSpec(context=1, coordinates=True)
 PSEUDO_CONFIDENCE = 0.9  # fused probability a voxel needs to become a self-training target
-PSEUDO_SLICES = 24  # unpainted slices labelled for self-training (evenly spread; bounds memory on a large CT)
 SELF_TRAIN_LR = 0.3  # self-training learning rate as a fraction of the preset's
 
 
@@ -263,8 +263,7 @@ def self_train_round(model: TrainedModel, stack: SliceStack, annotation: SparseA
                                          prior=prior, keep_confidence=True, progress=progress, cancel=cancel)
     classes = keep_annotated_components(classes, targets, len(model.label_values))
     unpainted = np.setdiff1d(np.arange(stack.num_slices), annotation.painted)
-    chosen = unpainted[np.unique(np.linspace(0, len(unpainted) - 1, min(PSEUDO_SLICES, len(unpainted))).round()
-                                 .astype(int))] if len(unpainted) else unpainted
+    chosen = evenly_spread(unpainted, PSEUDO_SLICES)
     pseudo = targets.copy()
     for s in chosen:
         known = targets[s] != IGNORE

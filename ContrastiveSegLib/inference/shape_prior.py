@@ -206,7 +206,14 @@ def _best_beta(prior: ShapePrior, cases: list, betas) -> float:
 
 
 PSEUDO_CONFIDENCE = 0.95  # prior probability a voxel needs to become a training target
-PSEUDO_SLICES = 24  # unpainted slices labelled by the prior (evenly spread; bounds memory on a large CT)
+PSEUDO_SLICES = 24  # unpainted slices given pseudo-labels (evenly spread; bounds memory on a large CT)
+
+
+def evenly_spread(indices: np.ndarray, count: int) -> np.ndarray:
+    """At most ``count`` of ``indices``, evenly spread over them (first and last included)."""
+    if len(indices) == 0:
+        return indices
+    return indices[np.unique(np.linspace(0, len(indices) - 1, min(count, len(indices))).round().astype(int))]
 
 
 def prior_pseudo_labels(prior: ShapePrior, targets: np.ndarray, painted,
@@ -225,7 +232,7 @@ def prior_pseudo_labels(prior: ShapePrior, targets: np.ndarray, painted,
     between = np.setdiff1d(between, painted)
     if len(between) == 0:
         return targets, np.flatnonzero((targets != IGNORE).reshape(len(targets), -1).any(axis=1))
-    chosen = between[np.unique(np.linspace(0, len(between) - 1, min(max_slices, len(between))).round().astype(int))]
+    chosen = evenly_spread(between, max_slices)
     out = targets.copy()
     threshold = float(np.log(confidence))
     for s in chosen:
