@@ -4,6 +4,10 @@ The CLI and the Slicer module both call these; neither re-implements a step. Arr
 and Slicer return them; ``spacing`` is (x, y, z) in mm. ``progress`` receives event dicts (see
 :mod:`ContrastiveSegLib.progress`); setting the ``cancel`` event (a ``threading.Event``) stops the run with
 :class:`~ContrastiveSegLib.errors.Cancelled` at the next step.
+
+Each public function turns its arrays into a :class:`~ContrastiveSegLib.data.case.PreparedCase` and hands it to
+the stage functions (:func:`finetune_case`, :func:`predict_case`, :func:`self_train_round`); :func:`segment`
+prepares the case once for all its stages.
 """
 from __future__ import annotations
 
@@ -15,16 +19,15 @@ import numpy as np
 import torch
 
 from ContrastiveSegLib.data.augment import BatchAugmenter
-from ContrastiveSegLib.data.intensity import check_finite, foreground_window, normalise_intensity
+from ContrastiveSegLib.data.case import DEFAULT_SPEC, PreparedCase, check_image, read_annotation, spec_for
 from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler, UnannotatedSliceSampler
-from ContrastiveSegLib.data.slices import InputSpec, SliceStack
 from ContrastiveSegLib.device import resolve_device
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
 from ContrastiveSegLib.inference.predict import predict_volume
 from ContrastiveSegLib.inference.shape_prior import (PSEUDO_SLICES, build_shape_prior, evenly_spread,
                                                      prior_pseudo_labels)
-from ContrastiveSegLib.io.annotations import IGNORE, SparseAnnotation, decode_annotation
+from ContrastiveSegLib.io.annotations import IGNORE, SparseAnnotation
 from ContrastiveSegLib.model import TrainedModel, load_encoder_into
 from ContrastiveSegLib.networks import NetworkConfig, build_network
 from ContrastiveSegLib.options import (ADAPT_STEPS, CONSISTENCY_DECODERS, DEFAULT_CONSISTENCY, DEFAULT_DEVICE,
@@ -34,7 +37,9 @@ from ContrastiveSegLib.progress import ProgressCallback, emit
 from ContrastiveSegLib.training.finetune import finetune as run_finetune
 from ContrastiveSegLib.zoo.registry import default_encoder, resolve_encoder
 
-DEFAULT_SPEC = InputSpec(context=1, coordinates=True)
+__all__ = ["DEFAULT_SPEC", "PreparedCase", "SegmentResult", "check_image", "finetune", "finetune_case", "predict",
+           "predict_case", "segment", "self_train_round"]
+
 PSEUDO_CONFIDENCE = 0.9  # fused probability a voxel needs to become a self-training target
 SELF_TRAIN_LR = 0.3  # self-training learning rate as a fraction of the preset's
 
@@ -60,46 +65,25 @@ class SegmentResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def check_image(image: np.ndarray) -> None:
-    """InputError unless ``image`` is a finite 3D numeric array."""
-    if not isinstance(image, np.ndarray):
-        raise InputError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.ndim != 3:
-        raise InputError(f"image must be a 3D volume, got {image.ndim}D of shape {image.shape}")
-    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
-        raise InputError(f"image must be numeric, got dtype {image.dtype}")
-    check_finite(image)
-
-
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
 
 
-def _input_spec(image: np.ndarray, annotation: SparseAnnotation, init_model: TrainedModel | None) -> InputSpec:
-    """A refinement keeps its model's input spec; a new model windows intensities around the annotated
-    structures (see :mod:`ContrastiveSegLib.data.intensity`)."""
-    if init_model is not None:
-        return init_model.spec
-    foreground = (annotation.target != 0) & (annotation.target != 255)
-    return dataclasses.replace(DEFAULT_SPEC, window=foreground_window(image, foreground))
-
-
-def _prepare(image: np.ndarray, labels: np.ndarray, axis: int | None,
-             label_values: tuple[int, ...] | None = None) -> SparseAnnotation:
-    check_image(image)
-    if not isinstance(labels, np.ndarray) or labels.shape != image.shape:
-        shape = getattr(labels, "shape", None)
-        raise InputError(f"labels of shape {shape} do not match the image's shape {image.shape}")
-    return decode_annotation(labels, axis, label_values)
+def prepare_training_case(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *,
+                          axis: int | None = None, init_model: TrainedModel | None = None) -> PreparedCase:
+    """The case a model trains on: a refinement keeps its model's input spec, a new model windows the
+    intensities around the painted structures (:func:`~ContrastiveSegLib.data.case.spec_for`)."""
+    annotation = read_annotation(image, labels, axis)
+    spec = init_model.spec if init_model is not None else spec_for(image, annotation)
+    return PreparedCase.build(image, annotation, spacing, spec)
 
 
 def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, axis: int | None = None,
              preset: str = DEFAULT_PRESET, encoder: str | None = None, init_model: TrainedModel | None = None,
              device: str = DEFAULT_DEVICE, seed: int = 0, steps: int | None = None, batch_size: int | None = None,
              adapt: str | None = None, adapt_steps: int = ADAPT_STEPS, consistency: str = DEFAULT_CONSISTENCY,
-             prior_labels: bool = False, progress: ProgressCallback = None, cancel=None,
-             _annotation: SparseAnnotation | None = None, _stack: SliceStack | None = None) -> TrainedModel:
+             prior_labels: bool = False, progress: ProgressCallback = None, cancel=None) -> TrainedModel:
     """Fine-tune a 2.5D U-Net on the annotated slices of ``labels``.
 
     Args:
@@ -120,8 +104,17 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
     Returns:
         the fine-tuned :class:`TrainedModel`.
     """
-    annotation = _annotation or _prepare(image, labels, axis)
-    config = preset_config(preset, refine=init_model is not None, steps=steps, batch_size=batch_size)
+    _check_training_options(init_model, adapt, adapt_steps, consistency)
+    resolve_device(device)  # fail on a missing GPU before normalising a large volume
+    case = prepare_training_case(image, labels, spacing, axis=axis, init_model=init_model)
+    return finetune_case(case, preset=preset, encoder=encoder, init_model=init_model, device=device, seed=seed,
+                         steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
+                         consistency=consistency, prior_labels=prior_labels, progress=progress, cancel=cancel)
+
+
+def _check_training_options(init_model: TrainedModel | None, adapt: str | None, adapt_steps: int,
+                            consistency: str) -> None:
+    """InputError for option combinations that cannot train, before any work."""
     check_consistency(consistency)
     if init_model is not None and (adapt or CONSISTENCY_DECODERS[consistency] > 1):
         raise InputError("--adapt and --consistency apply to a new model, not to a refinement (--init-model)")
@@ -134,55 +127,80 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
             method_class(adapt)
         except ValueError as error:
             raise InputError(str(error)) from None
+
+
+def _check_refinement(init_model: TrainedModel, annotation: SparseAnnotation) -> None:
+    """InputError when a model to refine does not fit this painting (other classes, other plane)."""
+    if tuple(init_model.label_values) != annotation.label_values:
+        raise InputError(f"model classes {list(init_model.label_values)} do not match the labels' values "
+                         f"{list(annotation.label_values)}")
+    if init_model.axis != annotation.axis:
+        raise InputError(f"model was trained along axis {init_model.axis}, the labels are annotated along "
+                         f"axis {annotation.axis}")
+
+
+def finetune_case(case: PreparedCase, *, preset: str = DEFAULT_PRESET, encoder: str | None = None,
+                  init_model: TrainedModel | None = None, device: str = DEFAULT_DEVICE, seed: int = 0,
+                  steps: int | None = None, batch_size: int | None = None, adapt: str | None = None,
+                  adapt_steps: int = ADAPT_STEPS, consistency: str = DEFAULT_CONSISTENCY,
+                  prior_labels: bool = False, progress: ProgressCallback = None, cancel=None) -> TrainedModel:
+    """:func:`finetune` on a prepared case (same options)."""
+    _check_training_options(init_model, adapt, adapt_steps, consistency)
+    annotation = case.annotation
+    config = preset_config(preset, refine=init_model is not None, steps=steps, batch_size=batch_size)
     torch_device = resolve_device(device)
     encoder = default_encoder() if encoder is None else encoder
     encoder_path = resolve_encoder(encoder)
     _seed_everything(seed)
-    spec = _stack.spec if _stack is not None else _input_spec(image, annotation, init_model)
-    stack = _stack or SliceStack(normalise_intensity(image, spec.window), annotation.axis, spec)
     if init_model is not None:
-        if tuple(init_model.label_values) != annotation.label_values:
-            raise InputError(f"model classes {list(init_model.label_values)} do not match the labels' values "
-                             f"{list(annotation.label_values)}")
-        if init_model.axis != annotation.axis:
-            raise InputError(f"model was trained along axis {init_model.axis}, the labels are annotated along "
-                             f"axis {annotation.axis}")
-        network = init_model.network
-        encoder_name = init_model.encoder
+        _check_refinement(init_model, annotation)
+        network, encoder_name = init_model.network, init_model.encoder
     else:
-        network = build_network(NetworkConfig(in_channels=spec.in_channels, num_classes=annotation.num_classes,
-                                              decoders=CONSISTENCY_DECODERS[consistency]))
-        encoder_name = "none"
-        if encoder_path is not None:
-            load_encoder_into(network, encoder_path, spec)
-            encoder_name = str(encoder)
+        network, encoder_name = _new_network(case, consistency, encoder, encoder_path)
         if adapt:
-            adapt_encoder(network, image, annotation, spec, adapt, adapt_steps, config.patch, encoder_path,
-                          seed, device, progress, cancel)
+            adapt_encoder(network, case.image, annotation, case.spec, adapt, adapt_steps, config.patch,
+                          encoder_path, seed, device, progress, cancel)
             encoder_name = f"{encoder_name}+adapt:{adapt}"
-    targets = np.moveaxis(annotation.target, annotation.axis, 0)
-    training_slices = annotation.slices
+    targets, training_slices = case.targets, annotation.slices
     if prior_labels:
-        prior = shape_prior_of(targets, annotation.num_classes, annotation.axis, spacing)
+        prior = shape_prior_of(targets, annotation.num_classes, annotation.axis, case.spacing)
         if prior is not None:
             targets, training_slices = prior_pseudo_labels(prior, targets, annotation.painted)
-    sampler = AnnotatedSliceSampler(stack, targets, training_slices, config.patch,
+    sampler = AnnotatedSliceSampler(case.stack, targets, training_slices, config.patch,
                                     divisor=network.config.divisor, seed=seed)
-    unannotated = None
-    if network.config.decoders == 2:
-        try:
-            unannotated = UnannotatedSliceSampler(stack, annotation.painted, config.patch,
-                                                  divisor=network.config.divisor, seed=seed, centres=sampler.centre)
-        except ValueError as error:
-            raise InputError(str(error)) from None
-    augmenter = BatchAugmenter(image_channels=2 * spec.context + 1, seed=seed)
+    unannotated = _unannotated_sampler(case, network, sampler, config.patch, seed)
+    augmenter = BatchAugmenter(image_channels=2 * case.spec.context + 1, seed=seed)
     emit(progress, "finetune", f"fine-tuning on {describe_planes(annotation)} ({torch_device.type})")
     run_finetune(network, sampler, config, torch_device, augmenter, progress, cancel, unannotated)
-    return TrainedModel(network.cpu(), annotation.label_values, annotation.axis, spec,
-                        tuple(float(v) for v in spacing), encoder_name)
+    return TrainedModel(network.cpu(), annotation.label_values, annotation.axis, case.spec, case.spacing,
+                        encoder_name)
 
 
-def adapt_encoder(network, image: np.ndarray, annotation: SparseAnnotation, spec: InputSpec, method: str,
+def _new_network(case: PreparedCase, consistency: str, encoder: str, encoder_path) -> tuple[torch.nn.Module, str]:
+    """A fresh network for ``case`` (one decoder, or two for bidirectional consistency), with the encoder's
+    weights loaded when one is chosen; and the encoder's name as the model records it."""
+    network = build_network(NetworkConfig(in_channels=case.spec.in_channels,
+                                          num_classes=case.annotation.num_classes,
+                                          decoders=CONSISTENCY_DECODERS[consistency]))
+    if encoder_path is None:
+        return network, "none"
+    load_encoder_into(network, encoder_path, case.spec)
+    return network, str(encoder)
+
+
+def _unannotated_sampler(case: PreparedCase, network, sampler: AnnotatedSliceSampler, patch: int,
+                         seed: int) -> UnannotatedSliceSampler | None:
+    """The unpainted slices' sampler of a two-decoder network (None for one decoder)."""
+    if network.config.decoders != 2:
+        return None
+    try:
+        return UnannotatedSliceSampler(case.stack, case.annotation.painted, patch, divisor=network.config.divisor,
+                                       seed=seed, centres=sampler.centre)
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
+def adapt_encoder(network, image: np.ndarray, annotation: SparseAnnotation, spec, method: str,
                   steps: int, patch: int, encoder_path, seed: int, device: str, progress: ProgressCallback = None,
                   cancel=None) -> None:
     """Pretrain ``network.encoder`` in place with ``method`` for ``steps`` steps on this scan alone (slices along
@@ -201,8 +219,8 @@ def adapt_encoder(network, image: np.ndarray, annotation: SparseAnnotation, spec
 
 def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None = None,
             spacing=None, device: str = DEFAULT_DEVICE, probabilities: bool = False, flip_tta: bool = False,
-            postprocess: bool = True, shape_prior: bool = True, progress: ProgressCallback = None, cancel=None,
-            _stack: SliceStack | None = None, _annotation: SparseAnnotation | None = None) -> SegmentResult:
+            postprocess: bool = True, shape_prior: bool = True, progress: ProgressCallback = None,
+            cancel=None) -> SegmentResult:
     """Segment ``image`` with ``model``.
 
     With ``labels`` (the sparse annotation of this scan, decoded against the model's label values) the painted
@@ -212,17 +230,24 @@ def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None
     the raw prediction is returned. ``spacing`` (x, y, z) mm is this scan's (default: the training scan's).
     """
     check_image(image)
+    resolve_device(device)
+    annotation = None if labels is None else read_annotation(image, labels, model.axis, model.label_values)
+    case = PreparedCase.build(image, annotation, model.spacing if spacing is None else spacing, model.spec,
+                              axis=model.axis)
+    return predict_case(model, case, device=device, probabilities=probabilities, flip_tta=flip_tta,
+                        postprocess=postprocess, shape_prior=shape_prior, progress=progress, cancel=cancel)
+
+
+def predict_case(model: TrainedModel, case: PreparedCase, *, device: str = DEFAULT_DEVICE,
+                 probabilities: bool = False, flip_tta: bool = False, postprocess: bool = True,
+                 shape_prior: bool = True, progress: ProgressCallback = None, cancel=None) -> SegmentResult:
+    """:func:`predict` on a prepared case (same options; the case's stack must use ``model``'s input spec)."""
     torch_device = resolve_device(device)
-    annotation = _annotation
-    if annotation is None and labels is not None:
-        annotation = _prepare(image, labels, model.axis, model.label_values)
-    stack = _stack or SliceStack(normalise_intensity(image, model.spec.window), model.axis, model.spec)
-    targets = None if annotation is None else np.moveaxis(annotation.target, annotation.axis, 0)
+    targets = case.targets
     prior = None
     if targets is not None and shape_prior:
-        prior = shape_prior_of(targets, len(model.label_values), model.axis,
-                               model.spacing if spacing is None else spacing)
-    classes, probs = predict_volume(model.network, stack, torch_device, divisor=model.network.config.divisor,
+        prior = shape_prior_of(targets, len(model.label_values), model.axis, case.spacing)
+    classes, probs = predict_volume(model.network, case.stack, torch_device, divisor=model.network.config.divisor,
                                     flip_tta=flip_tta, keep_probabilities=probabilities, prior=prior,
                                     progress=progress, cancel=cancel)
     if targets is not None:
@@ -244,8 +269,8 @@ def shape_prior_of(targets: np.ndarray, num_classes: int, axis: int, spacing):
     return build_shape_prior(targets, num_classes, inplane, spacing_zyx[axis])
 
 
-def self_train_round(model: TrainedModel, stack: SliceStack, annotation: SparseAnnotation, spacing, *,
-                     device: str = DEFAULT_DEVICE, preset: str = DEFAULT_PRESET, steps: int = 100, seed: int = 0,
+def self_train_round(model: TrainedModel, case: PreparedCase, *, device: str = DEFAULT_DEVICE,
+                     preset: str = DEFAULT_PRESET, steps: int = 100, seed: int = 0,
                      progress: ProgressCallback = None, cancel=None) -> None:
     """Propagate the painting into the unpainted slices and train on it (in place).
 
@@ -256,8 +281,8 @@ def self_train_round(model: TrainedModel, stack: SliceStack, annotation: SparseA
     2025; the confidence threshold plays the role of the self-paced weighting).
     """
     torch_device = resolve_device(device)
-    targets = np.moveaxis(annotation.target, annotation.axis, 0)
-    prior = shape_prior_of(targets, len(model.label_values), model.axis, spacing)
+    annotation, stack, targets = case.annotation, case.stack, case.targets
+    prior = shape_prior_of(targets, len(model.label_values), model.axis, case.spacing)
     emit(progress, "self-train", "labelling the unpainted slices for self-training")
     classes, confidence = predict_volume(model.network, stack, torch_device, divisor=model.network.config.divisor,
                                          prior=prior, keep_confidence=True, progress=progress, cancel=cancel)
@@ -309,30 +334,29 @@ def segment(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, a
     """
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    annotation = _prepare(image, labels, axis)
+    annotation = read_annotation(image, labels, axis)
     if not (annotation.target == IGNORE).any():
         message = f"every slice along axis {annotation.axis} is annotated: nothing to segment"
         emit(progress, "done", message)
         return SegmentResult(labels=labels.copy(), axis=annotation.axis, message=message)
+    _check_training_options(init_model, adapt, adapt_steps, consistency)
     resolve_device(device)  # fail on a missing GPU before normalising a large volume
-    spec = _input_spec(image, annotation, init_model)
-    stack = SliceStack(normalise_intensity(image, spec.window), annotation.axis, spec)
+    spec = init_model.spec if init_model is not None else spec_for(image, annotation)
+    case = PreparedCase.build(image, annotation, spacing, spec)
     timings["prepare"] = time.perf_counter() - start
     start = time.perf_counter()
-    model = finetune(image, labels, spacing, preset=preset, encoder=encoder, init_model=init_model, device=device,
-                     seed=seed, steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
-                     consistency=consistency, prior_labels=prior_labels, progress=progress, cancel=cancel,
-                     _annotation=annotation, _stack=stack)
+    model = finetune_case(case, preset=preset, encoder=encoder, init_model=init_model, device=device, seed=seed,
+                          steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
+                          consistency=consistency, prior_labels=prior_labels, progress=progress, cancel=cancel)
     timings["finetune"] = time.perf_counter() - start
     if self_train and shape_prior:
         start = time.perf_counter()
-        self_train_round(model, stack, annotation, spacing, device=device, preset=preset, steps=self_train,
-                         seed=seed, progress=progress, cancel=cancel)
+        self_train_round(model, case, device=device, preset=preset, steps=self_train, seed=seed,
+                         progress=progress, cancel=cancel)
         timings["self-train"] = time.perf_counter() - start
     start = time.perf_counter()
-    result = predict(model, image, spacing=spacing, device=device, probabilities=probabilities, flip_tta=flip_tta,
-                     postprocess=postprocess, shape_prior=shape_prior, progress=progress, cancel=cancel, _stack=stack,
-                     _annotation=annotation)
+    result = predict_case(model, case, device=device, probabilities=probabilities, flip_tta=flip_tta,
+                          postprocess=postprocess, shape_prior=shape_prior, progress=progress, cancel=cancel)
     timings["predict"] = time.perf_counter() - start
     result.seconds = timings
     return result
