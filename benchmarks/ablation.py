@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's library, not an installed one
 from tasks import ABLATION  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent

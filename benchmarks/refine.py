@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tasks import TASKS  # noqa: E402
 
 from ContrastiveSegLib import api  # noqa: E402
-from ContrastiveSegLib.evaluation import choose_annotated_slices, mean_dice, sparse_annotation  # noqa: E402
+from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, mean_dice, sparse_annotation  # noqa: E402
 
 FIELDS = ["task", "seed", "fresh_dice", "fresh_seconds", "refine_dice", "refine_seconds", "k3_dice"]
 DEFAULT_TASKS = ["mni2mm-gmwm-axial", "ct-lookalike-axial", "mni2mm-ventricles-coronal"]

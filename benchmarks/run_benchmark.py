@@ -29,7 +29,8 @@ from tasks import ABLATION, CANDIDATES, OUR_METHODS, TASKS  # noqa: E402
 
 from ContrastiveSegLib import api  # noqa: E402
 from ContrastiveSegLib.demo import FILL, GROW, run_baseline  # noqa: E402
-from ContrastiveSegLib.evaluation import choose_annotated_slices, dice_per_label, sparse_annotation  # noqa: E402
+from ContrastiveSegLib.evaluation.metrics import (  # noqa: E402
+    choose_annotated_slices, dice_per_label, sparse_annotation)
 
 FIELDS = ["task", "method", "k", "seed", "mean_dice", "dice", "seconds", "preset"]
 
@@ -109,7 +110,7 @@ def run(tasks: list[str], ks: list[int], seeds: list[int], out: Path, preset: st
                     print(json.dumps(row), flush=True)
                     layers[method] = prediction
             if overlays and k == 3:
-                from ContrastiveSegLib.visualize import montage_slices, overlay_montage
+                from ContrastiveSegLib.evaluation.pictures import montage_slices, overlay_montage
 
                 overlay_montage(image, layers, task.axis, montage_slices(reference, task.axis, slices), out /
                                 f"overlay-{name}-k{k}.png", spacing=spacing, direction=direction,
@@ -122,7 +123,7 @@ def run(tasks: list[str], ks: list[int], seeds: list[int], out: Path, preset: st
 
 def summarise(out: Path) -> None:
     """quality.md (mean over seeds, per k, margin of ours over the best baseline) and dice_vs_k.png from the CSV."""
-    from ContrastiveSegLib.visualize import dice_vs_k_plot
+    from ContrastiveSegLib.evaluation.pictures import dice_vs_k_plot
 
     with open(out / "quality.csv") as handle:
         rows = list(csv.DictReader(handle))

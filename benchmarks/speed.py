@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def _volumes(folder: Path, skip_ct: bool) -> dict[str, tuple[Path, Path]]:
     import SimpleITK as sitk
 
-    from ContrastiveSegLib.data.phantoms import make_ct_phantom, phantom_to_sitk
+    from ContrastiveSegLib.evaluation.phantoms import make_ct_phantom, phantom_to_sitk
     from ContrastiveSegLib.data.sample import load_sample
-    from ContrastiveSegLib.evaluation import choose_annotated_slices, sparse_annotation
+    from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, sparse_annotation
 
     cases = {}
     image, labels = load_sample("mni152_1mm")
@@ -110,7 +110,7 @@ def main() -> None:
         import SimpleITK as sitk
 
         from ContrastiveSegLib.data.sample import load_sample
-        from ContrastiveSegLib.evaluation import choose_annotated_slices, sparse_annotation
+        from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, sparse_annotation
 
         device = torch.device(args.device)
         image, labels = load_sample("mni152_1mm")

@@ -7,7 +7,7 @@ slices of the reference and scores every method on the whole volume. Arrays are 
 - MNI152 2009 T1 template (Fonov et al., NeuroImage 2011) with grey/white matter from its tissue probability
   maps and the lateral ventricles (``ventricles_from_sample``) as a small deep structure: at 2 mm (bundled) and
   1 mm (built from nilearn's copy), one structure set per axis.
-- CT-like phantoms (``ContrastiveSegLib.data.phantoms``): CT intensities, anisotropic voxels, look-alike organs
+- CT-like phantoms (``ContrastiveSegLib.evaluation.phantoms``): CT intensities, anisotropic voxels, look-alike organs
   (the two kidneys), a coronal task whose slices are anisotropic in-plane.
 """
 from __future__ import annotations
@@ -96,7 +96,7 @@ def _brain_task(sample: str, structures: str) -> Loaded:
 def _phantom_task(shape: tuple[int, int, int], spacing: tuple[float, float, float], seed: int, organs: int,
                   keep: Sequence[int]) -> Loaded:
     """A CT phantom keeping the organs ``keep`` (label values 1..organs in phantoms.ORGANS order), the rest 0."""
-    from ContrastiveSegLib.data.phantoms import make_ct_phantom
+    from ContrastiveSegLib.evaluation.phantoms import make_ct_phantom
 
     phantom = make_ct_phantom(shape, spacing, seed, num_organs=organs)
     reference = np.where(np.isin(phantom.labels, list(keep)), phantom.labels, 0).astype(np.uint8)
@@ -125,7 +125,7 @@ def _brain_tasks() -> list[Task]:
 
 def _shape_phantom_task(seed: int, keep: Sequence[int]) -> Loaded:
     """A shape phantom (``phantoms.make_shape_phantom``) keeping the structures ``keep``, the rest 0."""
-    from ContrastiveSegLib.data.phantoms import make_shape_phantom
+    from ContrastiveSegLib.evaluation.phantoms import make_shape_phantom
 
     phantom = make_shape_phantom(CT_SHAPE, CT_SPACING, seed)
     reference = np.where(np.isin(phantom.labels, list(keep)), phantom.labels, 0).astype(np.uint8)
@@ -133,7 +133,7 @@ def _shape_phantom_task(seed: int, keep: Sequence[int]) -> Loaded:
 
 
 def _shape_task(name: str, description: str, axis: int, seed: int, keep: Sequence[int]) -> Task:
-    from ContrastiveSegLib.data.phantoms import SHAPE_STRUCTURES
+    from ContrastiveSegLib.evaluation.phantoms import SHAPE_STRUCTURES
 
     return Task(name, description, axis, {value: SHAPE_STRUCTURES[value] for value in keep},
                 functools.partial(_shape_phantom_task, seed, tuple(keep)))

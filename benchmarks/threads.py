@@ -32,7 +32,7 @@ def _inputs(folder: Path) -> tuple[Path, Path]:
     import SimpleITK as sitk
 
     from ContrastiveSegLib.data.sample import load_sample
-    from ContrastiveSegLib.evaluation import choose_annotated_slices, sparse_annotation
+    from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, sparse_annotation
 
     image, labels = load_sample("mni152_2mm")
     reference = sitk.GetArrayFromImage(labels)

@@ -1,1 +1,1 @@
-"""Data for training and testing: slice sampling, intensity handling, the bundled sample and CT-like phantoms."""
+"""Data for training and testing: slice sampling, intensity handling and the bundled sample."""

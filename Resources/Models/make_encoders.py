@@ -5,7 +5,7 @@
 
 The corpus (written to a temporary folder, nothing downloaded):
 - the MNI ICBM152 2009a T1 template at 1 mm (ships inside nilearn) and the bundled 2 mm sample (MR, tag "mr");
-- four CT-like phantoms (``ContrastiveSegLib.data.phantoms``, seeds 101-104: none of the benchmark's seeds 12-14),
+- four CT-like phantoms (``ContrastiveSegLib.evaluation.phantoms``, seeds 101-104: none of the benchmark's seeds 12-14),
   tag "ct".
 The MNI template is also the image of the brain benchmark tasks: pretraining sees its voxels (never its labels),
 which is what ``segment --adapt`` does on any scan; docs/methods.md says so beside the ablation.
@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))  # the checkout's ContrastiveSegLib, not an older installed one
 
-from ContrastiveSegLib.data.phantoms import make_ct_phantom, phantom_to_sitk  # noqa: E402
+from ContrastiveSegLib.evaluation.phantoms import make_ct_phantom, phantom_to_sitk  # noqa: E402
 from ContrastiveSegLib.data.sample import _nilearn_paths  # noqa: E402
 from ContrastiveSegLib.paths import sample_data_dir  # noqa: E402
 from ContrastiveSegLib.training.checkpoint import absolute_paths, file_name  # noqa: E402

@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from ContrastiveSegLib.data.phantoms import ORGANS, make_ct_phantom, phantom_to_sitk
+from ContrastiveSegLib.evaluation.phantoms import ORGANS, make_ct_phantom, phantom_to_sitk
 from ContrastiveSegLib.errors import InputError
 
 # Organ volume as a percentage of the default 64 x 96 x 96 volume. Measured over seeds 0-19: liver 1.9-3.3,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from ContrastiveSegLib.visualize import DPI, PANEL_INCHES, dice_vs_k_plot, montage_slices, overlay_montage
+from ContrastiveSegLib.evaluation.pictures import DPI, PANEL_INCHES, dice_vs_k_plot, montage_slices, overlay_montage
 
 
 def _volume() -> tuple[np.ndarray, np.ndarray]:

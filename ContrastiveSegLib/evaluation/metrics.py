@@ -1,4 +1,4 @@
-"""The benchmark's protocol in code: choose annotated slices the way a person would, hide the rest, score.
+"""The benchmark's protocol in code: choose annotated slices the way a person would, hide the rest, score (Dice).
 
 Arrays are (z, y, x) = (k, j, i), the order SimpleITK's ``GetArrayFromImage`` and Slicer's ``arrayFromVolume``
 return; ``axis`` is an axis of that array.
@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+import torch
+from monai.metrics import compute_dice
 
 from ContrastiveSegLib.io.annotations import IGNORE
 
@@ -49,17 +51,27 @@ def sparse_annotation(reference: np.ndarray, axis: int, slices: Sequence[int]) -
 
 def dice_per_label(prediction: np.ndarray, reference: np.ndarray,
                    labels: Sequence[int] | None = None) -> dict[int, float]:
-    """Dice of each non-zero label value over the whole volume: 2|P and R| / (|P| + |R|); 1.0 when both are empty."""
+    """Dice of each label value over the whole volume: 2|P and R| / (|P| + |R|); 1.0 when both are empty, 0.0 when
+    only the prediction has it.
+
+    prediction, reference: (z, y, x) (any same shape) integer label maps. ``labels`` default: every value of
+    ``reference`` but 0 and IGNORE. Returns {label value: Dice}.
+    """
     if prediction.shape != reference.shape:
         raise ValueError(f"shape mismatch: prediction {prediction.shape} vs reference {reference.shape}")
     if labels is None:
         labels = [int(v) for v in np.unique(reference) if v not in (0, IGNORE)]
+    shape = (1, 2) + reference.shape
     scores: dict[int, float] = {}
     for value in labels:
-        p = prediction == value
-        r = reference == value
-        denominator = int(p.sum()) + int(r.sum())
-        scores[int(value)] = 1.0 if denominator == 0 else 2.0 * int(np.logical_and(p, r).sum()) / denominator
+        # MONAI wants one-hot (batch, channel, ...) with a background channel; include_background=False never
+        # reads channel 0, so both channels are views of one mask instead of a copy per channel. The reference
+        # is float64 so that MONAI's sums stay exact (float32 holds integers exactly only up to 2**24, a 256^3
+        # volume) and the score is the float64 value the benchmark has always reported; ignore_empty=False gives
+        # 1.0 when both masks are empty and 0.0 when only the prediction has the label.
+        p = torch.from_numpy(np.ascontiguousarray(prediction == value))[None, None].expand(shape)
+        r = torch.from_numpy(np.ascontiguousarray(reference == value, dtype=np.float64))[None, None].expand(shape)
+        scores[int(value)] = float(compute_dice(p, r, include_background=False, ignore_empty=False))
     return scores
 
 
