@@ -4,7 +4,7 @@ summarised into ablation.md.
     python benchmarks/ablation.py [--out benchmarks/results]
 
 Per variant (random initialisation, each shipped encoder, adaptation on the scan, bidirectional consistency):
-mean Dice over seeds per task and k, the mean over tasks at k <= 3 and its difference to ``none`` (the issue's goal:
+mean Dice over seeds per task and k, the mean over tasks at k <= 3 and its difference to ``none`` (the goal:
 +0.03 for the best pretraining), the one-off pretraining cost of a shipped encoder (models.json) and the mean
 seconds of a ``segment`` run as benchmarked.
 """
@@ -91,7 +91,7 @@ def summarise(rows: list[dict], encoders: list[dict]) -> str:
                     spread.append(np.std(found))
     text = ("# Pretraining ablation: mean Dice over structures (mean over seeds " + ", ".join(map(str, seeds)) +
             ")\n\n" + "\n".join(lines) + "\n\n"
-            f"Goal (issue 3): the best pretraining beats `none` by at least {GOAL} Dice averaged over tasks at k <= 3. "
+            f"Goal: the best pretraining beats `none` by at least {GOAL} Dice averaged over tasks at k <= 3. "
             f"Median standard deviation over seeds of one (variant, task, k) cell: "
             f"{np.median(spread) if spread else float('nan'):.3f}. Pretraining of the shipped encoders: "
             "Resources/Models/make_encoders.py (one CPU thread each, equal time budget); fine-tuning: the default "

@@ -5,7 +5,7 @@
 Per task and seed: fine-tune on k = 3 slices (the benchmark's choice), then paint one more slice (the middle of
 the widest gap between painted slices, where a user would look first) and segment again, once starting from the
 k = 3 model (a third of the steps, ``presets.REFINE_FRACTION``) and once from scratch with the default preset.
-Writes ``results/refine.csv`` and ``results/refine.md``: Dice and seconds of both, side by side. The issue's goal:
+Writes ``results/refine.csv`` and ``results/refine.md``: Dice and seconds of both, side by side. The goal:
 the refinement at most a third of a fresh run's time and at least as good.
 """
 from __future__ import annotations

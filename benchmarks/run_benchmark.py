@@ -4,7 +4,7 @@ sparse annotations (the protocol: benchmarks/README.md).
     python benchmarks/run_benchmark.py --out benchmarks/results                 # everything
     python benchmarks/run_benchmark.py --tasks mni2mm-gmwm-axial --k 3 --seeds 0  # a subset
     python benchmarks/run_benchmark.py --ablation --no-baselines                 # pretraining ablation
-    python benchmarks/run_benchmark.py --candidates --no-baselines --k 3 5       # issue 8's candidates
+    python benchmarks/run_benchmark.py --candidates --no-baselines --k 3 5       # the shape candidates
 
 Per task, k and seed: k slices evenly spaced over 10-90 % of the structures' extent are kept, the rest hidden;
 every method segments the volume; Dice per structure is scored over the whole volume. Rows are appended to
@@ -233,7 +233,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 lets two runs share 2 cores)")
     parser.add_argument("--ablation", action="store_true", help="run the pretraining ablation variants into "
                         "ablation.csv instead of quality.csv (summarise with benchmarks/ablation.py)")
-    parser.add_argument("--candidates", action="store_true", help="run issue 8's candidates (tasks.CANDIDATES) "
+    parser.add_argument("--candidates", action="store_true", help="run the shape candidates (tasks.CANDIDATES) "
                         "into candidates.csv (summarise with benchmarks/ablation.py --candidates)")
     parser.add_argument("--variants", nargs="+", help="only these variants (names in tasks.py)")
     args = parser.parse_args()

@@ -21,13 +21,13 @@ import numpy as np
 # Our method's variants: (name in the tables, keyword arguments for ContrastiveSegLib.api.segment beyond the
 # preset and seed the harness sets). "ContrastiveSeg" is the default configuration (random initialisation, the
 # shape prior weighed in at prediction); "no shape prior" is the same trained network predicting alone (the
-# default before issue 8 apart from the encoder), so the two rows cost one training.
+# earlier default apart from the encoder), so the two rows cost one training.
 OUR_METHODS: list[tuple[str, dict]] = [
     ("ContrastiveSeg", {}),
     ("no shape prior", {"shape_prior": False}),
 ]
 
-# Issue 8's candidates beyond the shape prior, each a row of candidates.md (run_benchmark.py --candidates):
+# The shape candidates beyond the shape prior, each a row of candidates.md (run_benchmark.py --candidates):
 # the self-training round, training on the prior's sure voxels between painted slices, the previous default
 # encoder (simclr), IDEAL's bidirectional consistency.
 CANDIDATES: list[tuple[str, dict]] = [
@@ -39,7 +39,7 @@ CANDIDATES: list[tuple[str, dict]] = [
     ("shape prior + bidirectional", {"consistency": "bidirectional"}),
 ]
 
-# The pretraining ablation (issue 3): the same fine-tuning from random initialisation, from each shipped encoder,
+# The pretraining ablation: the same fine-tuning from random initialisation, from each shipped encoder,
 # adapted on the scan at hand (from random weights), and with IDEAL's bidirectional consistency (from random
 # weights, and from the simclr encoder). Names are the columns of ablation.md. Every variant names its encoder, so
 # the shipped default does not leak into them.
