@@ -34,7 +34,7 @@ from ContrastiveSegLib.options import (ADAPT_STEPS, CONSISTENCY_DECODERS, DEFAUL
                                        DEFAULT_PRESET, check_consistency)
 from ContrastiveSegLib.presets import preset_config
 from ContrastiveSegLib.progress import ProgressCallback, emit
-from ContrastiveSegLib.training.finetune import finetune as run_finetune
+from ContrastiveSegLib.training.finetune import train_segmentation
 from ContrastiveSegLib.zoo.registry import default_encoder, resolve_encoder
 
 __all__ = ["DEFAULT_SPEC", "PreparedCase", "SegmentResult", "check_image", "finetune", "finetune_case", "predict",
@@ -171,7 +171,7 @@ def finetune_case(case: PreparedCase, *, preset: str = DEFAULT_PRESET, encoder: 
     unannotated = _unannotated_sampler(case, network, sampler, config.patch, seed)
     augmenter = BatchAugmenter(image_channels=2 * case.spec.context + 1, seed=seed)
     emit(progress, "finetune", f"fine-tuning on {describe_planes(annotation)} ({torch_device.type})")
-    run_finetune(network, sampler, config, torch_device, augmenter, progress, cancel, unannotated)
+    train_segmentation(network, sampler, config, torch_device, augmenter, progress, cancel, unannotated)
     return TrainedModel(network.cpu(), annotation.label_values, annotation.axis, case.spec, case.spacing,
                         encoder_name)
 
@@ -300,7 +300,7 @@ def self_train_round(model: TrainedModel, case: PreparedCase, *, device: str = D
     sampler = AnnotatedSliceSampler(stack, pseudo, slices, config.patch, divisor=model.network.config.divisor,
                                     seed=seed + 1)
     augmenter = BatchAugmenter(image_channels=2 * model.spec.context + 1, seed=seed + 1)
-    run_finetune(model.network, sampler, config, torch_device, augmenter, progress, cancel)
+    train_segmentation(model.network, sampler, config, torch_device, augmenter, progress, cancel)
     model.network.cpu()
 
 

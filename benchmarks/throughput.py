@@ -25,7 +25,7 @@ from ContrastiveSegLib.io.annotations import decode_annotation
 from ContrastiveSegLib.losses.segmentation import MaskedDiceCELoss
 from ContrastiveSegLib.networks import NetworkConfig, build_network
 from ContrastiveSegLib.device import autocast_context
-from ContrastiveSegLib.training.finetune import FinetuneConfig, finetune
+from ContrastiveSegLib.training.finetune import FinetuneConfig, train_segmentation
 
 
 def _sync(device: torch.device) -> None:
@@ -45,10 +45,12 @@ def loop_throughput_ratio(image: np.ndarray, sparse_labels: np.ndarray, device: 
     network = build_network(config)
     sampler = AnnotatedSliceSampler(stack, targets, annotation.slices, patch, config.divisor, seed)
     augmenter = BatchAugmenter(2 * DEFAULT_SPEC.context + 1, seed)
-    finetune(network, sampler, FinetuneConfig(steps=3, batch_size=batch_size, patch=patch), device, augmenter)
+    train_segmentation(network, sampler, FinetuneConfig(steps=3, batch_size=batch_size, patch=patch), device,
+                       augmenter)
     _sync(device)
     start = time.perf_counter()
-    finetune(network, sampler, FinetuneConfig(steps=steps, batch_size=batch_size, patch=patch), device, augmenter)
+    train_segmentation(network, sampler, FinetuneConfig(steps=steps, batch_size=batch_size, patch=patch), device,
+                       augmenter)
     _sync(device)
     ours = steps * batch_size / (time.perf_counter() - start)
 

@@ -1,8 +1,8 @@
-"""Batched augmentation on the training device, with MONAI's batched affine resampler.
+"""Batched augmentation for fine-tuning, on the training device.
 
 Per-sample transforms cost more than the network step on a CPU and serialise a GPU, so the random affine is
-applied to the whole batch at once by :class:`monai.networks.layers.AffineTransform` on whatever device the batch
-lives; intensity jitter is three vectorised tensor operations.
+applied to the whole batch at once (:mod:`ContrastiveSegLib.data.geometry`, shared with the pretraining views) on
+whatever device the batch lives; intensity jitter is three vectorised tensor operations.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-from monai.networks.layers import AffineTransform
 
+from ContrastiveSegLib.data.geometry import affine_theta, warp, warp_ids
 from ContrastiveSegLib.io.annotations import IGNORE
 
 
@@ -47,10 +47,6 @@ class BatchAugmenter:
         self.image_channels = image_channels
         self.config = config
         self.generator = torch.Generator().manual_seed(seed)
-        self.resample_image = AffineTransform(normalized=True, mode="bilinear", padding_mode="zeros",
-                                              align_corners=False)
-        self.resample_label = AffineTransform(normalized=True, mode="nearest", padding_mode="zeros",
-                                              align_corners=False)
 
     def _uniform(self, n: int, low: float, high: float) -> torch.Tensor:
         return torch.rand(n, generator=self.generator) * (high - low) + low
@@ -59,31 +55,27 @@ class BatchAugmenter:
         return torch.rand(n, generator=self.generator) < probability
 
     def affine_matrices(self, n: int) -> torch.Tensor:
-        """(n, 2, 3) normalised sampling matrices: rotation and per-axis scale, identity for unchosen samples."""
+        """(n, 2, 3) sampling matrices (:mod:`~ContrastiveSegLib.data.geometry`'s convention): rotation and
+        per-axis scale, identity for unchosen samples."""
         c = self.config
         angle = self._uniform(n, -c.max_rotation_deg, c.max_rotation_deg) * math.pi / 180
-        scale_y = 1 + self._uniform(n, -c.max_scale, c.max_scale)
         scale_x = 1 + self._uniform(n, -c.max_scale, c.max_scale)
+        scale_y = 1 + self._uniform(n, -c.max_scale, c.max_scale)
         keep = ~self._chosen(n, c.affine_probability)
-        angle[keep], scale_y[keep], scale_x[keep] = 0.0, 1.0, 1.0
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        theta = torch.zeros(n, 2, 3)
-        theta[:, 0, 0], theta[:, 0, 1] = cos * scale_x, -sin * scale_x
-        theta[:, 1, 0], theta[:, 1, 1] = sin * scale_y, cos * scale_y
-        return theta
+        angle[keep], scale_x[keep], scale_y[keep] = 0.0, 1.0, 1.0
+        # -angle: the draws and signs of the former (y, x)-ordered MONAI matrix, so a seed keeps giving the same warp.
+        return affine_theta(-angle, scale_x, scale_y)
 
     def __call__(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs (B, C, H, W) float, targets (B, 1, H, W) int64 -> augmented copies on the same device.
 
-        Labels go through the resampler as (class + 1) with zero padding, so voxels that come from outside the
-        crop become IGNORE rather than background.
+        Voxels that come from outside the crop get zero inputs and IGNORE targets, not background
+        (:func:`~ContrastiveSegLib.data.geometry.warp_ids`).
         """
         n = inputs.shape[0]
         theta = self.affine_matrices(n).to(inputs.device)
-        out = self.resample_image(inputs, theta)
-        shifted = (targets.float() + 1)
-        warped = self.resample_label(shifted, theta).round().long() - 1
-        warped[warped < 0] = IGNORE
+        out, _ = warp(inputs, theta, padding_mode="zeros")
+        warped = warp_ids(targets[:, 0], theta, outside=IGNORE)[:, None]
         c = self.config
         k = self.image_channels
         scale = torch.where(self._chosen(n, c.intensity_probability),

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from monai.transforms.utils import compute_divisible_spatial_size
 
-from ContrastiveSegLib.data.slices import SliceStack
+from ContrastiveSegLib.data.slices import SliceStack, pad_end
 from ContrastiveSegLib.io.annotations import IGNORE
 
 FOREGROUND_FRACTION = 0.5
@@ -32,7 +33,7 @@ class AnnotatedSliceSampler:
         self.slice_indices = np.asarray(slice_indices)
         self.rng = np.random.default_rng(seed)
         height, width = stack.height, stack.width
-        self.patch = (_round_up(min(patch, height), divisor), _round_up(min(patch, width), divisor))
+        self.patch = compute_divisible_spatial_size((min(patch, height), min(patch, width)), divisor)
         self.inputs = stack.inputs(self.slice_indices)  # (k, C, H, W), the only slices training ever reads
         self.targets = torch.from_numpy(np.ascontiguousarray(targets[self.slice_indices])).long()  # (k, H, W)
         # Voxel positions per class (and of all annotated voxels) for crop centres.
@@ -63,10 +64,9 @@ class AnnotatedSliceSampler:
         target = self.targets[s]
         height, width = target.shape
         # Pad (image with its minimum, target with IGNORE) when the slice is smaller than the patch.
-        pad_h, pad_w = max(0, ph - height), max(0, pw - width)
-        if pad_h or pad_w:
-            image = torch.nn.functional.pad(image, (0, pad_w, 0, pad_h), value=float(image.min()))
-            target = torch.nn.functional.pad(target, (0, pad_w, 0, pad_h), value=IGNORE)
+        if height < ph or width < pw:
+            image = pad_end(image, ph, pw, value=float(image.min()))
+            target = pad_end(target, ph, pw, value=IGNORE)
             height, width = target.shape
         top, left = _jittered_start(self.rng, y, ph, height), _jittered_start(self.rng, x, pw, width)
         return image[:, top:top + ph, left:left + pw], target[top:top + ph, left:left + pw]
@@ -101,7 +101,7 @@ class UnannotatedSliceSampler:
         if len(self.slice_indices) == 0:
             raise ValueError("every slice is annotated: there is nothing for the consistency term")
         self.rng = np.random.default_rng(seed + 1)
-        self.patch = (_round_up(min(patch, stack.height), divisor), _round_up(min(patch, stack.width), divisor))
+        self.patch = compute_divisible_spatial_size((min(patch, stack.height), min(patch, stack.width)), divisor)
         self.centres = centres
 
     def batch(self, batch_size: int) -> torch.Tensor:
@@ -110,9 +110,8 @@ class UnannotatedSliceSampler:
         ph, pw = self.patch
         slices = self.rng.choice(self.slice_indices, size=batch_size)
         images = self.stack.inputs(slices)
-        pad_h, pad_w = max(0, ph - images.shape[-2]), max(0, pw - images.shape[-1])
-        if pad_h or pad_w:
-            images = torch.nn.functional.pad(images, (0, pad_w, 0, pad_h), value=float(images.min()))
+        if images.shape[-2] < ph or images.shape[-1] < pw:
+            images = pad_end(images, ph, pw, value=float(images.min()))
         height, width = images.shape[-2:]
         crops = []
         for image in images:
@@ -129,7 +128,3 @@ def _jittered_start(rng: np.random.Generator, centre: int, patch: int, size: int
     """First index of a ``patch``-long window around ``centre``, shifted by up to a quarter patch either way and
     kept inside ``size``."""
     return int(np.clip(centre - patch // 2 + rng.integers(-patch // 4, patch // 4 + 1), 0, size - patch))
-
-
-def _round_up(value: int, divisor: int) -> int:
-    return -(-value // divisor) * divisor

@@ -2,9 +2,12 @@
 coordinate channels.
 
 Why coordinates: with a handful of annotated slices, look-alike structures elsewhere in the plane (the same
-nucleus in the other hemisphere, another organ of the same density) are the main error
-(measured on a real brain MR, see inference/postprocess.py). Per-pixel normalised (y, x) coordinates let the network use *where* the annotation
-is, not only what it looks like; they travel with the pixels through spatial augmentation.
+nucleus in the other hemisphere, another organ of the same density) are the main error (measured on a real brain
+MR, see inference/postprocess.py). Per-pixel normalised (y, x) coordinates let the network use *where* the
+annotation is, not only what it looks like; they travel with the pixels through spatial augmentation.
+
+This module is also the one home of how inputs are padded: at the bottom and right, so that pixel (0, 0) stays
+put and ``[..., :h, :w]`` crops back (to a multiple of the network's divisor, or to a patch size).
 """
 from __future__ import annotations
 
@@ -12,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from monai.transforms.croppad.functional import pad_nd
+from monai.transforms.utils import compute_divisible_spatial_size
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ class SliceStack:
         # (S, H, W) view with slices first; contiguous so slice reads are cheap.
         self.slices = torch.from_numpy(np.ascontiguousarray(np.moveaxis(volume, axis, 0)))
         self.num_slices, self.height, self.width = self.slices.shape
-        self._coordinates = _coordinate_channels(self.height, self.width) if spec.coordinates else None
+        self._coordinates = coordinate_channels(self.height, self.width) if spec.coordinates else None
 
     def inputs(self, indices) -> torch.Tensor:
         """Network inputs for slices ``indices``: (len(indices), in_channels, H, W) float32.
@@ -71,9 +76,45 @@ class SliceStack:
         return x
 
 
-def _coordinate_channels(height: int, width: int) -> torch.Tensor:
-    """(1, 2, H, W): y and x scaled to [-1, 1] across the slice."""
+def coordinate_channels(height: int, width: int) -> torch.Tensor:
+    """(1, 2, H, W): y and x scaled to [-1, 1] across the slice (-1 at the first pixel, +1 at the last)."""
     ys = torch.linspace(-1.0, 1.0, height)
     xs = torch.linspace(-1.0, 1.0, width)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([grid_y, grid_x])[None]
+
+
+def coordinate_window(height: int, width: int, top: int, left: int, size: int) -> torch.Tensor:
+    """(2, size, size): :func:`coordinate_channels` of rows ``top..`` and columns ``left..`` of a ``height`` x
+    ``width`` slice, continued linearly beyond it (a crop that overhangs a small slice still says where each
+    pixel lies).
+
+    Computed as -1 + 2 i / (n - 1) rather than cut from ``linspace``, which differs in the last bit for some sizes:
+    the pretraining stream has always used this form, so its runs repeat exactly.
+    """
+    ys = -1.0 + 2.0 * torch.arange(top, top + size, dtype=torch.float32) / max(height - 1, 1)
+    xs = -1.0 + 2.0 * torch.arange(left, left + size, dtype=torch.float32) / max(width - 1, 1)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([grid_y, grid_x])
+
+
+def pad_end(x: torch.Tensor, height: int, width: int, value: float | None = None) -> torch.Tensor:
+    """Pad (..., h, w) ``x`` at the bottom and right to (..., max(h, height), max(w, width)).
+
+    The padding is the constant ``value``, or with ``value=None`` a copy of the last row and column. ``x`` itself
+    is returned when it is large enough already.
+    """
+    h, w = x.shape[-2:]
+    pad_h, pad_w = max(0, height - h), max(0, width - w)
+    if not (pad_h or pad_w):
+        return x
+    mode, kwargs = ("replicate", {}) if value is None else ("constant", {"value": value})
+    # MONAI pads channel-first (C, H, W): any leading dimensions are folded into C.
+    padded = pad_nd(x.reshape(-1, h, w), [(0, 0), (0, pad_h), (0, pad_w)], mode=mode, **kwargs)
+    return padded.reshape(*x.shape[:-2], h + pad_h, w + pad_w)
+
+
+def pad_to_divisor(x: torch.Tensor, divisor: int) -> torch.Tensor:
+    """Pad (..., h, w) ``x`` at the bottom and right, repeating its last row and column, to the next multiples of
+    ``divisor`` (whole slices through the network)."""
+    return pad_end(x, *compute_divisible_spatial_size(x.shape[-2:], divisor))

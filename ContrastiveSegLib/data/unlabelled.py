@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ContrastiveSegLib.data.intensity import check_finite, normalise_intensity
-from ContrastiveSegLib.data.slices import InputSpec, SliceStack
+from ContrastiveSegLib.data.slices import InputSpec, SliceStack, coordinate_window, pad_end
 from ContrastiveSegLib.data.superpixels import SuperpixelParams, cached_superpixels
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.annotations import IGNORE
@@ -402,14 +402,14 @@ class SliceStream:
         cols = slice(left, left + p)
         k = 2 * self.spec.context + 1
         image = stack.inputs([s])[0]
-        image = _pad(image[:k], p, resident.low)[:, rows, cols]
+        image = pad_end(image[:k], p, p, resident.low)[:, rows, cols]
         if self.spec.coordinates:
             # Coordinates continue linearly into the padding, so they still say where a pixel lies in the slice.
-            coords = _coordinates(height, width, top, left, p)
+            coords = coordinate_window(height, width, top, left, p)
             image = torch.cat([image, coords])
         ids = labels = None
         if self.config.superpixels:
-            crop = _pad(resident.superpixels[s][None], p, -1)[0, rows, cols].long()
+            crop = pad_end(resident.superpixels[s], p, p, -1)[rows, cols].long()
             # Renumber 0.. per crop: ids only need to be unique within an image, and small ids stay exact in the
             # float resampling of the spatial augmentation.
             values, inverse = torch.unique(crop, return_inverse=True)
@@ -419,22 +419,5 @@ class SliceStream:
             if resident.labels is None:
                 labels = torch.full((p, p), IGNORE, dtype=torch.int64)
             else:
-                labels = _pad(resident.labels[s][None], p, IGNORE)[0, rows, cols].long()
+                labels = pad_end(resident.labels[s], p, p, IGNORE)[rows, cols].long()
         return image, ids, labels
-
-
-def _pad(x: torch.Tensor, p: int, value: float) -> torch.Tensor:
-    """Pad (C, H, W) at the bottom/right to at least (C, p, p) with ``value``."""
-    pad_h, pad_w = max(0, p - x.shape[1]), max(0, p - x.shape[2])
-    if not (pad_h or pad_w):
-        return x
-    return torch.nn.functional.pad(x, (0, pad_w, 0, pad_h), value=value)
-
-
-def _coordinates(height: int, width: int, top: int, left: int, p: int) -> torch.Tensor:
-    """(2, p, p) y and x of rows top.. and columns left.. on the scale of SliceStack's coordinate channels
-    (-1 at the first pixel, +1 at the last), extrapolated beyond the slice."""
-    ys = -1.0 + 2.0 * torch.arange(top, top + p, dtype=torch.float32) / max(height - 1, 1)
-    xs = -1.0 + 2.0 * torch.arange(left, left + p, dtype=torch.float32) / max(width - 1, 1)
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([grid_y, grid_x])

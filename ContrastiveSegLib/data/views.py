@@ -2,9 +2,9 @@
 
 Contrastive pretraining compares two random views of the same image (SimCLR, Chen et al. 2020). The dense and
 region losses (IDEAL, Basak et al. 2023; LRC, Yan et al. 2023) also need to know which location of one view is
-which location of the other. Each view here is a random affine (rotation, zoom-in crop, flip) sampled with one
-``torch.nn.functional.affine_grid``; the matrix ``theta`` (B, 2, 3) maps a view's normalised output coordinates
-to the crop's (grid_sample's convention, ``align_corners=False``), so
+which location of the other. Each view here is a random affine (rotation, zoom-in crop, flip); the matrix
+``theta`` (B, 2, 3) maps a view's normalised output coordinates to the crop's (the convention of
+:mod:`ContrastiveSegLib.data.geometry`, which does the warping for fine-tuning's augmenter too), so
 :func:`align_to_first` resamples any feature map of view 2 onto view 1's grid, whatever its stride. Superpixel
 ids and label maps go through the very same grid with nearest-neighbour sampling. Intensity changes (contrast,
 brightness, noise) touch the intensity channels only; the coordinate channels move with the pixels.
@@ -17,8 +17,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from ContrastiveSegLib.data.geometry import affine_theta, inside, resample, sampling_grid, warp, warp_ids
 from ContrastiveSegLib.io.annotations import IGNORE
 
 
@@ -58,34 +58,6 @@ class ViewConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
-def inside(grid: torch.Tensor) -> torch.Tensor:
-    """(B, h, w, 2) sampling grid -> (B, h, w) bool: the point lies at least half a pixel inside the source, so
-    bilinear sampling reads no padding."""
-    h, w = grid.shape[1:3]
-    return (grid[..., 0].abs() <= 1 - 1 / w) & (grid[..., 1].abs() <= 1 - 1 / h)
-
-
-def warp(x: torch.Tensor, theta: torch.Tensor, mode: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
-    """Resample (B, C, H, W) ``x`` by ``theta`` (B, 2, 3) onto a grid of the same size.
-
-    Returns the warped map (border padding) and the (B, H, W) bool mask of output locations that fall inside
-    ``x``.
-    """
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    out = F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
-    return out, inside(grid)
-
-
-def warp_ids(ids: torch.Tensor, theta: torch.Tensor, outside: int) -> torch.Tensor:
-    """Nearest-neighbour resampling of an integer map (B, H, W) by ``theta``; locations from outside the map get
-    ``outside``. Ids go through float32, exact below 2**24 (the stream renumbers superpixels per crop)."""
-    shifted = (ids + 1).to(torch.float32)[:, None]
-    grid = F.affine_grid(theta.to(torch.float32), list(shifted.shape), align_corners=False)
-    out = F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    out = out[:, 0].round().long() - 1
-    return torch.where(out < 0, torch.full_like(out, outside), out)
-
-
 def align_to_first(f2: torch.Tensor, theta1: torch.Tensor, theta2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Resample view 2's map onto view 1's grid: location p of the result shows the crop point that location p of
     view 1 shows.
@@ -104,10 +76,9 @@ def align_to_first(f2: torch.Tensor, theta1: torch.Tensor, theta2: torch.Tensor)
     inverse = torch.linalg.inv(a2)
     relative = torch.cat([inverse @ a1, inverse @ (b1 - b2)], dim=2)  # view-1 point -> view-2 point
     # Grids in float32 even under autocast: bf16 coordinates would be off by a quarter pixel on a 64-pixel map.
-    shape = list(f2.shape)
-    grid = F.affine_grid(relative, shape, align_corners=False)
-    aligned = F.grid_sample(f2.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    in_crop = inside(F.affine_grid(theta1.float(), shape, align_corners=False))
+    grid = sampling_grid(relative, f2.shape)
+    aligned = resample(f2.float(), grid)
+    in_crop = inside(sampling_grid(theta1.float(), f2.shape))
     return aligned, inside(grid) & in_crop
 
 
@@ -150,21 +121,18 @@ class TwoViews:
     def sample_theta(self, n: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """(n, 2, 3) random affines: zoom-in crop, rotation, flip; the identity when ``spatial`` is off."""
         device = torch.device(device)
-        theta = torch.zeros(n, 2, 3, device=device)
         if not self.config.spatial:
+            theta = torch.zeros(n, 2, 3, device=device)
             theta[:, 0, 0] = theta[:, 1, 1] = 1.0
             return theta
         c = self.config
         scale = self._uniform(n, c.crop_scale[0], c.crop_scale[1], device)
         angle = self._uniform(n, -c.max_rotation_deg, c.max_rotation_deg, device) * (math.pi / 180)
         flip = torch.where(self._uniform(n, 0, 1, device) < c.flip_probability, -1.0, 1.0)
-        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
-        theta[:, 0, 0], theta[:, 0, 1] = cos * flip, -sin
-        theta[:, 1, 0], theta[:, 1, 1] = sin * flip, cos
         # The zoomed square stays inside the crop before rotation: a centre offset of at most 1 - scale.
-        theta[:, 0, 2] = self._uniform(n, -1, 1, device) * (1 - scale)
-        theta[:, 1, 2] = self._uniform(n, -1, 1, device) * (1 - scale)
-        return theta
+        shift_x = self._uniform(n, -1, 1, device) * (1 - scale)
+        shift_y = self._uniform(n, -1, 1, device) * (1 - scale)
+        return affine_theta(angle, scale, scale, flip, torch.stack([shift_x, shift_y], dim=1))
 
     def _intensity(self, x: torch.Tensor) -> torch.Tensor:
         c, n, device = self.config, x.shape[0], x.device

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from monai.transforms.utils import compute_divisible_spatial_size
 
 from ContrastiveSegLib.data.slices import InputSpec
 from ContrastiveSegLib.data.unlabelled import MIN_IN_PLANE, SliceStream, StreamConfig, VolumeSource, check_sources
@@ -91,7 +92,11 @@ class PretrainConfig:
         return max(by_steps, by_time)
 
     def learning_rate_at(self, fraction: float) -> float:
-        """Linear warm-up, then cosine decay from ``learning_rate`` to 1 % of it."""
+        """Linear warm-up, then cosine decay from ``learning_rate`` to 1 % of it.
+
+        A function of the budget's fraction, not a ``torch.optim.lr_scheduler``: under a ``minutes`` budget the
+        fraction comes from the clock, and a scheduler only counts steps.
+        """
         if self.warmup_fraction and fraction < self.warmup_fraction:
             return self.learning_rate * max(fraction / self.warmup_fraction, 0.01)
         progress = (fraction - self.warmup_fraction) / max(1.0 - self.warmup_fraction, 1e-8)
@@ -262,7 +267,7 @@ def pretrain_encoder(sources: Sequence[VolumeSource], method: str, output: str |
 
             load_encoder_weights(pretrain_method.encoder, init_encoder, spec)
         largest = max(max(s for a, s in enumerate(shape) if a != axis) for shape in info.shapes)
-        patch = min(patch, -(-largest // MIN_IN_PLANE) * MIN_IN_PLANE)
+        patch = min(patch, compute_divisible_spatial_size((largest,), MIN_IN_PLANE)[0])
         keys = pretrain_method.required_keys
         stream = replace(stream, patch=patch, superpixels="superpixels1" in keys, labels="labels1" in keys)
         emit(progress if context.is_main else None, "pretrain",

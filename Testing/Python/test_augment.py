@@ -124,3 +124,38 @@ def test_intensity_jitter_touches_image_channels_only():
     torch.testing.assert_close(out[:, 1:], inputs[:, 1:], rtol=0, atol=1e-5)
     assert torch.equal(warped, targets)
     assert (out[:, :1] - inputs[:, :1]).abs().mean() > 0.01
+
+
+def test_shared_warp_geometry_flip_shift_and_outside_ids():
+    """data/geometry's convention: theta maps output (x, y) to source (x, y); ids read from outside get ``outside``."""
+    from ContrastiveSegLib.data.geometry import affine_theta, warp, warp_ids
+
+    image = torch.arange(H * W, dtype=torch.float32).reshape(1, 1, H, W)
+    zero, one = torch.zeros(1), torch.ones(1)
+    flipped, valid = warp(image, affine_theta(zero, one, one, flip=-one))
+    torch.testing.assert_close(flipped, image.flip(-1), rtol=0, atol=1e-3)  # bilinear at pixel centres
+    assert valid.all()
+    # Source x = output x + 4 pixels (normalised: 2 / W per pixel): the map moves 4 pixels left.
+    shift = torch.tensor([[4 * 2 / W, 0.0]])
+    moved, valid = warp(image, affine_theta(zero, one, one, shift=shift), mode="nearest", padding_mode="zeros")
+    assert torch.equal(moved[..., :W - 4], image[..., 4:]) and not valid[0, :, W - 4:].any()
+    ids = torch.randint(0, 5, (1, H, W))
+    out = warp_ids(ids, affine_theta(zero, one, one, shift=shift), outside=-7)
+    assert torch.equal(out[:, :, :W - 4], ids[:, :, 4:]) and (out[:, :, W - 4:] == -7).all()
+
+
+def test_padding_keeps_the_origin_and_reaches_the_divisor():
+    from ContrastiveSegLib.data.slices import coordinate_channels, coordinate_window, pad_end, pad_to_divisor
+
+    x = torch.randn(2, 3, 17, 30)
+    padded = pad_to_divisor(x, 16)
+    assert padded.shape == (2, 3, 32, 32) and torch.equal(padded[..., :17, :30], x)
+    assert torch.equal(padded[..., 17:, :30], x[..., 16:17, :].expand(-1, -1, 15, -1))  # last row repeated
+    assert pad_to_divisor(padded, 16) is padded  # already divisible: untouched
+    labels = torch.zeros(17, 30, dtype=torch.int64)
+    out = pad_end(labels, 32, 16, value=IGNORE)
+    assert out.shape == (32, 30) and out.dtype == torch.int64 and (out[17:] == IGNORE).all() and (out[:17] == 0).all()
+    # The stream's crop coordinates are the slice's coordinate channels, continued beyond the slice.
+    window = coordinate_window(17, 30, 0, 0, 32)
+    torch.testing.assert_close(window[:, :17, :30], coordinate_channels(17, 30)[0], rtol=0, atol=1e-6)
+    torch.testing.assert_close(window[0, 31, 0], torch.tensor(1.0 + 15 * 2 / 16))

@@ -218,7 +218,7 @@ def test_crafted_encoder_header_is_refused(phantom_files, capsys, monkeypatch, c
     f = phantom_files
     header, tensors, phrase = ENCODER_CASES[case]
     encoder = rewrite(_encoder(f.folder), header, tensors)
-    monkeypatch.setattr(api, "run_finetune", trained)  # refused when loaded, before any step
+    monkeypatch.setattr(api, "train_segmentation", trained)  # refused when loaded, before any step
     line = assert_bad_input(["segment", f.image, f.labels, "-o", f.folder / "out.nii.gz", "--encoder", encoder,
                              *FAST], capsys, phrase, f.folder)
     assert str(encoder) in line

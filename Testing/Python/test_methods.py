@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ContrastiveSegLib.data.views import TwoViews, ViewConfig, align_to_first, warp_ids
+from ContrastiveSegLib.data.geometry import warp_ids
+from ContrastiveSegLib.data.views import TwoViews, ViewConfig, align_to_first
 from ContrastiveSegLib.io.annotations import IGNORE
 from ContrastiveSegLib.methods import METHODS, get_method, method_parameters
 from ContrastiveSegLib.methods.selfpaced import partition_labels
