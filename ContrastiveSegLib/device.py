@@ -1,12 +1,13 @@
-"""Pick the torch device from a user string (auto | cpu | cuda | cuda:N | mps), and the mixed precision that goes
-with it. The device forms and their check live in :mod:`ContrastiveSegLib.options`, which the Slicer GUI uses
-without torch; here is only what needs torch."""
+"""Pick the torch device from a user string (auto | cpu | cuda | cuda:N | mps), the mixed precision that goes
+with it, and what to do when the device runs out of memory. The device forms and their check live in
+:mod:`ContrastiveSegLib.options`, which the Slicer GUI uses without torch; here is only what needs torch."""
 from __future__ import annotations
 
 import torch
 
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.options import DEFAULT_DEVICE, check_device
+from ContrastiveSegLib.progress import ProgressCallback, emit
 
 
 def resolve_device(name: str = DEFAULT_DEVICE) -> torch.device:
@@ -37,3 +38,37 @@ def autocast_context(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
+
+
+class OutOfMemory(MemoryError):
+    """The device ran out of memory even at batch size 1. A MemoryError, so the CLI reports it as out of memory
+    in one line (exit code 1) like running out of host memory; the message says what ran out and what to do."""
+
+
+def halve_batch(batch_size: int, what: str, progress: ProgressCallback = None, stage: str | None = None) -> int:
+    """The batch size to retry a step with after it raised ``torch.OutOfMemoryError`` at ``batch_size``.
+
+    This is the one place that handles running out of GPU memory: fine-tuning
+    (:func:`~ContrastiveSegLib.training.finetune.train_segmentation`) and prediction
+    (:func:`~ContrastiveSegLib.inference.predict.predict_volume`) call it from their ``except
+    torch.OutOfMemoryError`` and retry the step with the size it returns; front ends (the CLI, the Slicer module)
+    only report. Call it inside the ``except`` after dropping the step's own tensors: it empties the CUDA cache
+    so that the retry starts from free memory, and says so through ``progress`` (as ``stage``): "out of GPU
+    memory: retrying with batch size N".
+
+    Args:
+        batch_size: the batch size that did not fit.
+        what: the work, for the final message ("fine-tuning", "prediction").
+    Returns:
+        ``batch_size // 2`` (at least 1).
+    Raises:
+        OutOfMemory: ``batch_size`` was already 1 (one line: nothing smaller to try; use the CPU or the 'fast'
+            preset).
+    """
+    if batch_size <= 1:
+        raise OutOfMemory(f"out of memory while {what} even at batch size 1: use the CPU (--device cpu) or the "
+                          "'fast' preset")
+    torch.cuda.empty_cache()  # a no-op unless CUDA was used
+    smaller = max(1, batch_size // 2)
+    emit(progress, stage or what, f"out of GPU memory: retrying with batch size {smaller}")
+    return smaller

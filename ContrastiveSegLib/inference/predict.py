@@ -1,27 +1,18 @@
 """Predict every slice of a volume in batches of whole slices, back on the original grid.
 
-Whole slices (padded to a multiple of 16) instead of sliding windows: a 2D network's receptive field is far
-smaller than a slice, so one pass per slice gives the same answer as overlapping windows at a fraction of the
-work. Only the arg-max (and, when asked, the probabilities) is kept, so memory stays at one label volume.
+Whole slices (padded to a multiple of the network's divisor) instead of sliding windows: a 2D network's receptive
+field is far smaller than a slice, so one pass per slice gives the same answer as overlapping windows at a fraction
+of the work. Only the arg-max (and, when asked, the probabilities) is kept, so memory stays at one label volume.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from ContrastiveSegLib.data.slices import SliceStack
+from ContrastiveSegLib.data.slices import SliceStack, pad_to_divisor
 from ContrastiveSegLib.inference.shape_prior import PRIOR_WEIGHT
 from ContrastiveSegLib.progress import ProgressCallback, StageProgress
-from ContrastiveSegLib.device import autocast_context
-
-
-def _pad_to(x: torch.Tensor, divisor: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    height, width = x.shape[-2:]
-    pad_h, pad_w = (-height) % divisor, (-width) % divisor
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
-    return x, (height, width)
+from ContrastiveSegLib.device import autocast_context, halve_batch
 
 
 @torch.no_grad()
@@ -49,7 +40,7 @@ def predict_volume(model: torch.nn.Module, stack: SliceStack, device: torch.devi
     while start < num:
         reporter.check_cancel()
         indices = np.arange(start, min(start + batch_size, num))
-        x, (height, width) = _pad_to(stack.inputs(indices), divisor)
+        x = pad_to_divisor(stack.inputs(indices), divisor)
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
         try:
             with autocast_context(device):
@@ -58,12 +49,10 @@ def predict_volume(model: torch.nn.Module, stack: SliceStack, device: torch.devi
                     # The flipped coordinate channels flip with the image, so each pixel keeps its own position.
                     logits = 0.5 * (logits + model(x.flip(-1)).float().flip(-1))
         except torch.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-            torch.cuda.empty_cache()
-            batch_size = max(1, batch_size // 2)
+            del x  # before the cache is emptied
+            batch_size = halve_batch(batch_size, "predicting", progress, "predict")
             continue
-        log_probs = torch.log_softmax(logits[..., :height, :width], dim=1)
+        log_probs = torch.log_softmax(logits[..., :stack.height, :stack.width], dim=1)
         if prior is not None:
             log_probs = log_probs + PRIOR_WEIGHT * prior.log_probs(indices).to(log_probs.device)
         probs = torch.softmax(log_probs, dim=1)

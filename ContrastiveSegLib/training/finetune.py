@@ -2,7 +2,7 @@
 
 One short loop: sample a batch, forward (bf16 autocast on CUDA), masked Dice + CE, AdamW step, polynomial
 learning-rate decay (nnU-Net's schedule, which suits short runs without a warm-up). On CUDA out-of-memory the
-batch is halved and the step retried, and the user is told.
+batch is halved and the step retried, and the user is told (:func:`ContrastiveSegLib.device.halve_batch`).
 
 With a two-decoder network and an :class:`~ContrastiveSegLib.data.sampler.UnannotatedSliceSampler`, each step
 also runs IDEAL's bidirectional consistency (Basak & Yin, 2023, fine-tuning stage): crops of unannotated slices go
@@ -18,18 +18,23 @@ import torch
 
 from ContrastiveSegLib.data.augment import BatchAugmenter
 from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler, UnannotatedSliceSampler
-from ContrastiveSegLib.device import autocast_context
+from ContrastiveSegLib.device import autocast_context, halve_batch
 from ContrastiveSegLib.losses.segmentation import MaskedDiceCELoss
-from ContrastiveSegLib.progress import ProgressCallback, StageProgress, emit
+from ContrastiveSegLib.options import DEFAULT_PRESET, PRESETS
+from ContrastiveSegLib.progress import ProgressCallback, StageProgress
+
+_DEFAULT = PRESETS[DEFAULT_PRESET]
+POLY_POWER = 0.9  # learning rate = initial * (1 - step / steps) ** POLY_POWER, nnU-Net's schedule
 
 
 @dataclass
 class FinetuneConfig:
-    """Fine-tuning hyper-parameters (the presets in :mod:`ContrastiveSegLib.presets` fill these)."""
+    """Fine-tuning hyper-parameters. ``steps``, ``batch_size`` and ``patch`` default to the default preset's
+    numbers (:data:`ContrastiveSegLib.options.PRESETS`); :mod:`ContrastiveSegLib.presets` fills them per preset."""
 
-    steps: int = 300
-    batch_size: int = 8
-    patch: int = 128
+    steps: int = _DEFAULT.steps
+    batch_size: int = _DEFAULT.batch_size
+    patch: int = _DEFAULT.patch
     learning_rate: float = 1e-2
     weight_decay: float = 1e-4
     consistency_weight: float = 0.5  # final weight of the bidirectional consistency term
@@ -82,11 +87,13 @@ def _unannotated_logits(model, crops: torch.Tensor, augmenter: BatchAugmenter | 
     return [l.float() for l in logits]
 
 
-def finetune(model: torch.nn.Module, sampler: AnnotatedSliceSampler, config: FinetuneConfig,
-             device: torch.device, augmenter: BatchAugmenter | None = None, progress: ProgressCallback = None,
-             cancel=None, unannotated: UnannotatedSliceSampler | None = None) -> list[float]:
-    """Train ``model`` in place on batches from ``sampler``, augmented on ``device`` by ``augmenter`` (None: no
-    augmentation); returns the loss of every step.
+def train_segmentation(model: torch.nn.Module, sampler: AnnotatedSliceSampler, config: FinetuneConfig,
+                       device: torch.device, augmenter: BatchAugmenter | None = None,
+                       progress: ProgressCallback = None, cancel=None,
+                       unannotated: UnannotatedSliceSampler | None = None) -> list[float]:
+    """The fine-tuning loop (behind :func:`ContrastiveSegLib.api.finetune`): train ``model`` in place on batches
+    from ``sampler``, augmented on ``device`` by ``augmenter`` (None: no augmentation); returns the loss of every
+    step.
 
     With ``unannotated`` (and a network with two decoders) each step adds the bidirectional consistency term on
     as many unannotated crops as annotated ones. Raises Cancelled when ``cancel`` is set (checked every step).
@@ -100,7 +107,9 @@ def finetune(model: torch.nn.Module, sampler: AnnotatedSliceSampler, config: Fin
     criterion = MaskedDiceCELoss()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                                   foreach=True)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / config.steps) ** 0.9)
+    # LambdaLR, not PolynomialLR: that one multiplies the rate by a per-step factor, which drifts from this closed
+    # form in the last bits (about 1e-18 at 1e-2), which would move the trained weights.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / config.steps) ** POLY_POWER)
     reporter = StageProgress("finetune", config.steps, progress, cancel)
     batch_size = config.batch_size
     losses: list[float] = []
@@ -124,13 +133,9 @@ def finetune(model: torch.nn.Module, sampler: AnnotatedSliceSampler, config: Fin
             loss.backward()
             optimizer.step()
         except torch.OutOfMemoryError:
-            if batch_size == 1:
-                raise
-            optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)  # gradients and batch go before the cache is emptied
             del inputs, targets
-            torch.cuda.empty_cache()
-            batch_size = max(1, batch_size // 2)
-            emit(progress, "finetune", f"out of GPU memory: retrying with batch size {batch_size}")
+            batch_size = halve_batch(batch_size, "fine-tuning", progress, "finetune")
             continue
         scheduler.step()
         step += 1
