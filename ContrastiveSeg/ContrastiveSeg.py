@@ -45,7 +45,7 @@ from ContrastiveSegLib.options import (AXIS_LETTERS, DEFAULT_CONSISTENCY, DEFAUL
 from ContrastiveSegLib.slicer import environment  # noqa: E402
 from ContrastiveSegLib.slicer.geometry import slice_center_ras  # noqa: E402
 from ContrastiveSegLib.slicer.childrun import private_state_dir  # noqa: E402
-from ContrastiveSegLib.slicer.pretraining import DEFAULT_METHOD, METHOD_NAMES, scene_scans  # noqa: E402
+from ContrastiveSegLib.slicer.pretraining import DEFAULT_METHOD, OFFERED_METHODS, scene_scans  # noqa: E402
 from ContrastiveSegLib.slicer.runner import Progress, overall_fraction, python_executable  # noqa: E402
 
 DEFAULT_ENCODER = "default"
@@ -101,7 +101,7 @@ class ContrastiveSegParameterNode:
     # Pretraining: an encoder from unlabelled scans; on success it becomes encoderFile (the next Segment's).
     pretrainSource: Annotated[str, Choice([FROM_SCENE, FROM_FOLDER])] = FROM_SCENE
     pretrainFolder: pathlib.Path
-    pretrainMethod: Annotated[str, Choice(list(METHOD_NAMES))] = DEFAULT_METHOD
+    pretrainMethod: Annotated[str, Choice(list(OFFERED_METHODS))] = DEFAULT_METHOD
     pretrainSteps: Annotated[int, WithinRange(1, 1000000)] = PRETRAIN_STEPS
     pretrainMinutes: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0  # 0: no time limit
     pretrainOutput: pathlib.Path  # empty: a new file in the module's encoders folder
@@ -133,7 +133,9 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._observedSegmentation = None
         self._summaryTimer = None
-        self._notes = []  # remarks of the current run that must stay visible (e.g. a retry after out of memory)
+        # Remarks of the current run that must stay visible, e.g. the child's "out of GPU memory: retrying with
+        # batch size N" (the child halves its batch itself; the panel only reports).
+        self._notes = []
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -494,16 +496,16 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         """Self-supervised pretraining of an encoder on unlabelled scans (``python -m ContrastiveSegLib pretrain``).
 
         ``data``: a volume node or a list of them (None: every scan in the scene), or a folder (str or path) that
-        the CLI searches for NIfTI, NRRD, MHA and DICOM series. ``method``: one of ``METHOD_NAMES`` (see
+        the CLI searches for NIfTI, NRRD, MHA and DICOM series. ``method``: one of ``OFFERED_METHODS`` (see
         docs/methods.md). ``outputPath``: the .safetensors file to write (None: a new file in
         :meth:`encoderDirectory`). ``steps`` / ``minutes``: the budget (neither: ``options.PRETRAIN_STEPS``;
         both: whichever ends first). On success the encoder becomes the parameter node's ``encoderFile`` (so
         Segment starts from it) and is remembered for new scenes. Returns the
-        :class:`~ContrastiveSegLib.slicer.pretraining.PretrainResult` when ``waitForCompletion``, else the running
+        :class:`~ContrastiveSegLib.slicer.pretraining.PretrainOutcome` when ``waitForCompletion``, else the running
         job. Raises InputError (one line) for unusable input before anything starts; the CLI's refusals (an
         unknown method, too small a scan) come back as a failed result with its one-line message.
         """
-        from ContrastiveSegLib.slicer.pretraining import PretrainJob, PretrainOptions, scene_scans
+        from ContrastiveSegLib.slicer.pretraining import PretrainOptions, PretrainRun, scene_scans
 
         if data is None:
             data = scene_scans(slicer.mrmlScene)
@@ -512,7 +514,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         options = PretrainOptions(method=method, steps=steps, minutes=minutes, device=device, batch_size=batchSize,
                                   seed=seed)
         output = outputPath or self.encoderDirectory() / f"{method}-{time.strftime('%Y%m%d-%H%M%S')}.safetensors"
-        job = PretrainJob(data, output, options, state_dir=self.stateDirectory(), python=python_executable(),
+        job = PretrainRun(data, output, options, state_dir=self.stateDirectory(), python=python_executable(),
                           env=slicer.util.startupEnvironment())
         return self._launch(job, "pretrain", waitForCompletion, progressCallback, completedCallback, timeout,
                             self._rememberEncoder)

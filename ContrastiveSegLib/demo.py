@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ContrastiveSegLib import options
-from ContrastiveSegLib.errors import Cancelled, InputError
+from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.progress import ProgressCallback, emit
 
 SAMPLE = "mni152_2mm"
@@ -111,8 +111,9 @@ def run_baseline(name: str, image: np.ndarray, sparse: np.ndarray, axis: int, sp
         RuntimeError: the tool failed or its process died (message: why, one line).
         Cancelled: ``cancel`` was set while it ran.
     """
-    import subprocess
     import tempfile
+
+    from ContrastiveSegLib import childprocess
 
     package_root = str(Path(__file__).resolve().parent.parent)  # so a source checkout works uninstalled
     env = dict(os.environ)
@@ -124,32 +125,22 @@ def run_baseline(name: str, image: np.ndarray, sparse: np.ndarray, axis: int, sp
     with tempfile.TemporaryDirectory(prefix="contrastiveseg-baseline-") as folder:
         np.savez(Path(folder) / "inputs.npz", name=name, image=image, sparse=sparse, axis=int(axis),
                  spacing=np.asarray(spacing, float))
-        with open(Path(folder) / "log.txt", "wb") as log:
-            process = subprocess.Popen([sys.executable, "-c", code, folder], stdin=subprocess.DEVNULL,
-                                       stdout=log, stderr=subprocess.STDOUT, env=env)
-            try:
-                while process.poll() is None:
-                    if cancel is not None and cancel.is_set():
-                        raise Cancelled("cancelled")
-                    time.sleep(0.2)
-            finally:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
+        # A cancel kills the child and whatever it started (Fill between slices' own ITK worker) at once.
+        done = childprocess.run([sys.executable, "-c", code, folder], env=env, cancel=cancel, poll_s=0.2)
         message_path = Path(folder) / "message.txt"
         message = message_path.read_text().strip() if message_path.is_file() else ""
-        if process.returncode == 0:
+        if done.returncode == 0:
             return np.load(Path(folder) / "labels.npy")
-        if process.returncode == 3:
+        if done.returncode == 3:
             raise ImportError(message)
         if not message:
-            lines = (Path(folder) / "log.txt").read_text(errors="replace").strip().splitlines()
-            message = f"its process ended with exit code {process.returncode}" + (f": {lines[-1]}" if lines else "")
+            last = done.last_line()
+            message = f"its process ended with exit code {done.returncode}" + (f": {last}" if last else "")
         raise RuntimeError(message)
 
 
 def _score(prediction: np.ndarray, reference: np.ndarray, names: dict[int, str]) -> dict[str, float]:
-    from ContrastiveSegLib.evaluation import dice_per_label
+    from ContrastiveSegLib.evaluation.metrics import dice_per_label
 
     scores = dice_per_label(prediction, reference, list(names))
     return {names[value]: round(float(score), 4) for value, score in scores.items()}
@@ -173,7 +164,7 @@ def run_demo(args, progress: ProgressCallback, cancel) -> int:
     from ContrastiveSegLib import api
     from ContrastiveSegLib.data.sample import LABEL_NAMES, load_sample
     from ContrastiveSegLib.device import resolve_device
-    from ContrastiveSegLib.evaluation import choose_annotated_slices, sparse_annotation
+    from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, sparse_annotation
     from ContrastiveSegLib.io.volume import from_sitk
     from ContrastiveSegLib.presets import preset_config
 
@@ -251,7 +242,7 @@ def _write_outputs(folder: Path, image, reference, sparse: np.ndarray, layers: d
     """Write the volumes, the overlay and results.json (last: its presence marks a complete folder)."""
     from ContrastiveSegLib.data.sample import LABEL_NAMES
     from ContrastiveSegLib.io.volume import atomic_write, write_volume
-    from ContrastiveSegLib.visualize import montage_slices, overlay_montage
+    from ContrastiveSegLib.evaluation.pictures import montage_slices, overlay_montage
 
     emit(progress, "write", f"writing {folder}")
     folder.mkdir(exist_ok=True)

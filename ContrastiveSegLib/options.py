@@ -25,7 +25,7 @@ from ContrastiveSegLib.threads import choose_threads, default_threads  # noqa: F
 
 __all__ = [
     "ADAPT_STEPS", "AXIS_LETTERS", "CONSISTENCY_DECODERS", "CONSISTENCY_MODES", "DEFAULT_CONSISTENCY",
-    "DEFAULT_DEVICE", "DEFAULT_PRESET", "DEVICE_FORMS", "DEVICE_KINDS", "PRESETS", "PRESET_NAMES",
+    "DEFAULT_DEVICE", "DEFAULT_PRESET", "DEVICE_FORMS", "DEVICE_KINDS", "METHOD_NAMES", "PRESETS", "PRESET_NAMES",
     "PRETRAIN_BATCH_SIZE", "PRETRAIN_LEARNING_RATE", "PRETRAIN_PATCH", "PRETRAIN_STEPS", "PROGRESS_MODES",
     "REFINE_FRACTION", "Preset", "axis_index", "check_consistency", "check_device", "check_preset",
     "choose_threads", "default_threads", "device_help", "look_up", "preset_help", "requirements",
@@ -148,6 +148,12 @@ def axis_index(letter: str) -> int:
     """The array axis of an axis letter (k -> 0, j -> 1, i -> 2); InputError for anything else."""
     return AXIS_LETTERS.index(look_up("axis", letter, AXIS_LETTERS))
 
+
+# --------------------------------------------------------------------------------------------- methods
+METHOD_NAMES = ("none", "simclr", "selfpaced", "ideal", "lrc", "mixcl")
+"""The pretraining methods by name, in the order users see them: the keys of
+:data:`ContrastiveSegLib.methods.METHODS`, which is built from this tuple ("none" is random initialisation). Here so
+that the Slicer panel can list them without importing torch."""
 
 # --------------------------------------------------------------------------------------------- budgets
 ADAPT_STEPS = 100

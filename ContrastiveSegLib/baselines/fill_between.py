@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ContrastiveSegLib import childprocess
 from ContrastiveSegLib.baselines.common import check_spacing, compact_labels
 
 INSTALL_HINT = ("Fill between slices needs ITK's contour interpolator: "
@@ -53,12 +53,12 @@ def _run_worker(backend: str, compact: np.ndarray, itk_axis: int, spacing: tuple
         env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")
         command = [sys.executable, str(_WORKER), backend, str(source), str(target), str(itk_axis),
                    *(repr(s) for s in spacing)]
-        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+        done = childprocess.run(command, env=env, timeout=timeout)
         if done.returncode == _MISSING_PACKAGE:
             return None
         if done.returncode != 0 or not target.is_file():
-            tail = done.stderr.strip().splitlines()[-1:] or ["no message"]
-            raise RuntimeError(f"fill between slices ({backend}) failed with exit code {done.returncode}: {tail[0]}")
+            tail = done.last_line() or "no message"
+            raise RuntimeError(f"fill between slices ({backend}) failed with exit code {done.returncode}: {tail}")
         return np.load(target)
 
 
@@ -73,7 +73,7 @@ def fill_between_slices(sparse_labels: np.ndarray, axis: int, spacing: Sequence[
         axis: the annotation axis of the array.
         spacing: voxel size (x, y, z) in mm, given to ITK as Slicer does (the settings used ignore it).
         backend: "slicer", "itk", or "auto" (slicer-core when installed, else ITK's Python wrapping).
-        timeout: seconds before the child process is killed.
+        timeout: seconds before the child process is killed (then ``subprocess.TimeoutExpired``).
     Returns:
         (z, y, x) label map with the input's label values and dtype; 0 = background.
     Raises:

@@ -1,8 +1,9 @@
 """Pretraining methods: one file each behind :class:`~ContrastiveSegLib.methods.base.PretrainMethod`.
 
-The registry is the explicit dict :data:`METHODS` (no decorators, no import magic); :func:`get_method` builds a
-method by name with keyword hyper-parameters. What each method does and why its defaults are what they are:
-docs/methods.md.
+The registry is the explicit dict :data:`METHODS` (no decorators, no import magic): the method classes listed
+below, keyed and ordered by :data:`ContrastiveSegLib.options.METHOD_NAMES`, the names' torch-free home (the Slicer
+panel lists them from there); :func:`get_method` builds a method by name with keyword hyper-parameters. What each
+method does and why its defaults are what they are: docs/methods.md.
 """
 from __future__ import annotations
 
@@ -17,16 +18,12 @@ from ContrastiveSegLib.methods.mixcl import MixCL
 from ContrastiveSegLib.methods.none import RandomInit
 from ContrastiveSegLib.methods.selfpaced import SelfPaced
 from ContrastiveSegLib.methods.simclr import SimCLR
-from ContrastiveSegLib.options import unknown_message
+from ContrastiveSegLib.options import METHOD_NAMES, unknown_message
 
-METHODS: dict[str, type[PretrainMethod]] = {
-    "none": RandomInit,
-    "simclr": SimCLR,
-    "selfpaced": SelfPaced,
-    "ideal": IDEAL,
-    "lrc": LRC,
-    "mixcl": MixCL,
-}
+_CLASSES = {cls.name: cls for cls in (RandomInit, SimCLR, SelfPaced, IDEAL, LRC, MixCL)}
+if set(_CLASSES) != set(METHOD_NAMES):  # a method added on one side only: fail on import, not in a user's run
+    raise ImportError(f"options.METHOD_NAMES {METHOD_NAMES} and the method classes {tuple(_CLASSES)} differ")
+METHODS: dict[str, type[PretrainMethod]] = {name: _CLASSES[name] for name in METHOD_NAMES}
 
 _BASE_ARGUMENTS = ("self", "spec", "features", "norm")
 

@@ -1,7 +1,10 @@
-"""What every module run has in common: one CLI child at a time, followed by polling, cancelled as a tree, and
-retried with half the batch size when the GPU runs out of memory.
+"""What every module run has in common: one CLI child at a time, followed by polling, cancelled as a tree.
 
-:class:`~.job.Job` (Segment, Predict only) and :class:`~.pretraining.PretrainJob` (Pretrain) subclass
+Out of GPU memory is handled in the child, not here: fine-tuning and prediction halve their batch and retry the
+step (:func:`ContrastiveSegLib.device.halve_batch`), announcing it as a progress message; a child that runs out of
+memory all the same ends with a one-line message, which the run's result carries (:func:`~.runner.exit_message`).
+
+:class:`~.job.Job` (Segment, Predict only) and :class:`~.pretraining.PretrainRun` (Pretrain) subclass
 :class:`ChildRun` and say only what to write before (:meth:`ChildRun.prepare`), what to run
 (:meth:`ChildRun.command`) and what to read after (:meth:`ChildRun.finish`). The module's Logic drives any of them
 the same way: from a ``qt.QTimer`` (``poll`` every 200 ms until ``running`` is False, then ``finish``) or, in a
@@ -16,11 +19,9 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.options import check_device
 from ContrastiveSegLib.slicer.runner import CliProcess, Progress, RunResult
 
-_OOM_RETRIES = 2
 _STATE_DIRS: dict[str, Path] = {}  # parent folder -> this process' private folder in it
 
 
@@ -53,31 +54,17 @@ class ChildRun:
     """One run of the CLI in a child process, from start to a :class:`~.runner.RunResult`.
 
     Args:
-        device: the run's device; a failure with "out of memory" on anything but the CPU is retried (twice at
-            most) with half the batch size, and the retry is announced as a progress message.
-        batch_size: the batch size passed to the CLI (None: the CLI's own default).
+        device: the run's device; "cpu" hides every GPU from the child.
         python, env: the child's interpreter and base environment (see :class:`~.runner.CliProcess`).
     """
 
-    default_batch_size = 2
-    """What a retry halves when ``batch_size`` is None (the CLI's default for this kind of run)."""
-
-    retries_with_smaller_batch = True
-    """False for a command without ``--batch-size`` (``predict``): it gets no retry. The CLI would refuse the
-    option, and prediction already halves its own batch of slices when memory runs out."""
-
-    def __init__(self, device: str, batch_size: int | None, python: str | None,
-                 env: Mapping[str, str] | None) -> None:
-        device = check_device(device)  # the CLI's check; normalised, so "cpu" below means the CPU however typed
-        if batch_size is not None and batch_size < 1:
-            raise InputError(f"batch size must be at least 1, got {batch_size}")
-        self.device, self.python, self.env = device, python, env
+    def __init__(self, device: str, python: str | None, env: Mapping[str, str] | None) -> None:
+        self.device = check_device(device)  # the CLI's check; normalised, so "cpu" means the CPU however typed
+        self.python, self.env = python, env
         self.paths: dict[str, Path] = {}  # filled by prepare(); empty means "not prepared yet"
         self.cwd: Path | None = None  # the child's working folder (None: this process')
-        self._batch_size = batch_size
         self._process: CliProcess | None = None
         self._run: RunResult | None = None
-        self._retries = 0
         self._started = 0.0
 
     # ----------------------------------------------------------------------------- what subclasses give
@@ -86,7 +73,7 @@ class ChildRun:
         raise NotImplementedError
 
     def command(self) -> list[str]:
-        """The CLI command line (uses ``self._batch_size``, which a retry halves)."""
+        """The CLI command line."""
         raise NotImplementedError
 
     def finish(self) -> object:
@@ -99,9 +86,6 @@ class ChildRun:
         if not self.paths:
             self.prepare()
         self._started = self._started or time.monotonic()
-        self._spawn()
-
-    def _spawn(self) -> None:
         self._process = CliProcess(self.command(), force_cpu=self.device == "cpu", env=self.env, cwd=self.cwd)
         self._process.start()
 
@@ -112,32 +96,19 @@ class ChildRun:
 
     @property
     def seconds(self) -> float:
-        """Wall time since the first start (retries included)."""
+        """Wall time since the start."""
         return time.monotonic() - self._started if self._started else 0.0
 
     def poll(self) -> list[Progress | str]:
-        """New events of the child; when it has ended, retries an out-of-memory failure or records the result."""
+        """New events of the child (never blocks); when it has ended, also records its result."""
         if self._process is None or self._run is not None:
             return []
         events = self._process.events()
         result = self._process.result()
-        if result is None:
-            return events
-        events += self._process.events()
-        if self._should_retry(result):
-            self._retries += 1
-            self._batch_size = max(1, (self._batch_size or self.default_batch_size) // 2)
-            note = f"out of GPU memory: retrying with batch size {self._batch_size}"
-            events.append(Progress("load", message=note))
-            self._spawn()
-        else:
+        if result is not None:
+            events += self._process.events()  # the last lines, read before the result was made
             self._run = result
         return events
-
-    def _should_retry(self, result: RunResult) -> bool:
-        return (self.retries_with_smaller_batch and not result.ok and not result.cancelled
-                and "out of memory" in result.message.lower() and self.device != "cpu"
-                and self._retries < _OOM_RETRIES and self._batch_size != 1)
 
     def cancel(self) -> None:
         """Stop the child and its children; nothing is written."""

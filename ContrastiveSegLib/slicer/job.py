@@ -5,9 +5,8 @@
 
 The module's Logic drives a :class:`Job` from a ``qt.QTimer`` (``poll`` every 200 ms) and a batch script with
 :meth:`Job.run` (both from :class:`~.childrun.ChildRun`). Nothing in the scene changes until the child has
-succeeded, so a cancelled or failed run leaves the user's segmentation as it was. Out of GPU memory: a Segment
-run is retried with half the batch size, and says so. Predict only has no batch size to halve (``predict`` takes
-no ``--batch-size``), and its prediction already shrinks its own batch of slices when memory runs out.
+succeeded, so a cancelled or failed run leaves the user's segmentation as it was. Out of GPU memory: the child
+halves its own batch (of crops when fine-tuning, of slices when predicting) and says so; the run is not restarted.
 """
 from __future__ import annotations
 
@@ -141,8 +140,7 @@ class Job(ChildRun):
         self.options = options or JobOptions()
         if kind == "predict" and self.options.batch_size is not None:
             raise InputError("Predict only has no batch size: the batch size is a fine-tuning option")
-        super().__init__(self.options.device, self.options.batch_size, python, env)
-        self.retries_with_smaller_batch = kind == "segment"
+        super().__init__(self.options.device, python, env)
         self.kind, self.volume_node, self.segmentation_node = kind, volume_node, segmentation_node
         self.output_node, self.uncertainty_node = output_node, uncertainty_node
         self.model_path = Path(model_path) if model_path else None
@@ -185,7 +183,7 @@ class Job(ChildRun):
         return cli_command("segment", paths["image"], paths["labels"], python=self.python,
                            axis=None if axis is None else AXIS_LETTERS[axis], seed=o.seed, encoder=o.encoder or None,
                            preset=o.preset, steps=o.steps, model_out=paths["model"],
-                           init_model=o.init_model or None, batch_size=self._batch_size,
+                           init_model=o.init_model or None, batch_size=o.batch_size,
                            # a refinement continues its model: adaptation and a second decoder apply to new ones
                            adapt=None if o.init_model else o.adapt,
                            consistency=None if o.init_model or o.consistency == DEFAULT_CONSISTENCY else o.consistency,

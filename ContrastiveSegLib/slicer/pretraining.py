@@ -5,7 +5,9 @@
     or a folder of scans (NIfTI, NRRD, MHA, DICOM series) --------/
 
 The child is ``python -m ContrastiveSegLib pretrain`` (``cli_pretrain.py``), so the GUI stays responsive and a
-cancel kills the whole process tree exactly as for Segment (:class:`~.childrun.ChildRun`). The encoder it writes
+cancel kills the whole process tree exactly as for Segment (:class:`~.childrun.ChildRun`). :class:`PretrainRun`
+and :class:`PretrainOutcome` are this module's run and its result; the library's own pretraining job is
+:class:`ContrastiveSegLib.training.pretrain.PretrainJob`. The encoder it writes
 (safetensors, header ``kind: "encoder"``) is what ``segment --encoder FILE`` starts from; the module's Logic makes
 it the encoder of the next Segment run. The work folder with the exported scans is removed at the end; the CLI
 writes the encoder atomically, so a cancelled or failed run leaves no file behind.
@@ -22,16 +24,15 @@ from pathlib import Path
 
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.volume import write_volume
-from ContrastiveSegLib.options import DEFAULT_DEVICE, PRETRAIN_BATCH_SIZE, check_device
+from ContrastiveSegLib.options import DEFAULT_DEVICE, METHOD_NAMES, check_device
 from ContrastiveSegLib.slicer import nodes
 from ContrastiveSegLib.slicer.childrun import ChildRun, private_state_dir
 from ContrastiveSegLib.slicer.job import ROLE_ATTRIBUTE
 from ContrastiveSegLib.slicer.runner import ChildOutcome, RunResult, cli_command
 
-METHOD_NAMES = ("simclr", "selfpaced", "ideal", "lrc", "mixcl")
-"""The pretraining methods the module offers: ``ContrastiveSegLib.methods.METHODS`` without "none" (random
-initialisation is not worth a run). Spelled out here because importing the registry imports torch, which the
-Slicer GUI process must not do; a test keeps the two in step. What each does: docs/methods.md."""
+OFFERED_METHODS = tuple(name for name in METHOD_NAMES if name != "none")
+"""The pretraining methods the module offers: :data:`ContrastiveSegLib.options.METHOD_NAMES` (the registry's
+names, torch-free) without "none" (random initialisation is not worth a run). What each does: docs/methods.md."""
 DEFAULT_METHOD = "simclr"
 
 
@@ -51,7 +52,7 @@ class PretrainOptions:
     def __post_init__(self) -> None:
         # The method name itself is checked by the CLI, whose message lists the known ones and the nearest.
         if not isinstance(self.method, str) or not self.method.strip():
-            raise InputError(f"choose a pretraining method ({', '.join(METHOD_NAMES)})")
+            raise InputError(f"choose a pretraining method ({', '.join(OFFERED_METHODS)})")
         self.device = check_device(self.device)
         if self.steps is not None and self.steps < 1:
             raise InputError(f"steps must be at least 1, got {self.steps}")
@@ -62,7 +63,7 @@ class PretrainOptions:
 
 
 @dataclass
-class PretrainResult(ChildOutcome):
+class PretrainOutcome(ChildOutcome):
     """How a pretraining run ended; ``encoder_path`` is the written encoder (None unless it succeeded)."""
 
     encoder_path: Path | None = None
@@ -90,7 +91,7 @@ def _file_name(index: int, node_name: str) -> str:
     return f"{index:02d}-{safe}.nrrd"
 
 
-class PretrainJob(ChildRun):
+class PretrainRun(ChildRun):
     """Pretrain an encoder on ``sources`` and write it to ``output``.
 
     Args:
@@ -101,13 +102,11 @@ class PretrainJob(ChildRun):
         python, env: the child's interpreter and base environment (see :class:`~.runner.CliProcess`).
     """
 
-    default_batch_size = PRETRAIN_BATCH_SIZE  # what the CLI uses without --batch-size: what a retry halves
-
     def __init__(self, sources: Sequence | str | os.PathLike, output: str | os.PathLike,
                  options: PretrainOptions | None = None, *, state_dir: str | os.PathLike | None = None,
                  python: str | None = None, env: Mapping[str, str] | None = None) -> None:
         self.options = options or PretrainOptions()
-        super().__init__(self.options.device, self.options.batch_size, python, env)
+        super().__init__(self.options.device, python, env)
         self.output = Path(output).absolute()
         if not self.output.name.endswith(".safetensors"):
             raise InputError(f"the encoder file must end in .safetensors, got '{self.output.name}'")
@@ -151,14 +150,14 @@ class PretrainJob(ChildRun):
         """``python -m ContrastiveSegLib pretrain DATA... --method M -o OUTPUT [--steps N] [--minutes M] ...``."""
         o = self.options
         return cli_command("pretrain", *self.paths.values(), python=self.python, method=o.method, o=self.output,
-                           steps=o.steps, minutes=o.minutes, batch_size=self._batch_size, seed=o.seed,
+                           steps=o.steps, minutes=o.minutes, batch_size=o.batch_size, seed=o.seed,
                            device=o.device)
 
-    def finish(self) -> PretrainResult:
+    def finish(self) -> PretrainOutcome:
         """The result, with the encoder path when the child succeeded; removes the exported scans."""
         run = self._ended()
         try:
-            outcome = PretrainResult(run, seconds=self.seconds, notes=list(run.notes))
+            outcome = PretrainOutcome(run, seconds=self.seconds, notes=list(run.notes))
             if run.ok:
                 if not self.output.is_file():
                     outcome.run = RunResult(1, f"the pretraining ended without writing {self.output}", False,

@@ -16,14 +16,15 @@ TORCH = "torch>=2.1"
 """Installed by the PyTorch extension (its wheel matches the NVIDIA driver), never by pip. It is checked before
 anything else is installed."""
 
-PIP = ("monai>=1.3", "nibabel>=4", "scikit-image>=0.21", "scipy>=1.9", "safetensors>=0.4")
+PIP = ("monai>=1.3", "nibabel>=4", "scikit-image>=0.21", "scipy>=1.9", "safetensors>=0.4", "platformdirs>=3")
 """Installed with pip, after one confirmation, when missing."""
 
 FROM_SLICER = ("numpy", "SimpleITK")
 """In pyproject.toml but shipped with Slicer, built for it: never installed or replaced by the module."""
 
-NOT_FOR_SLICER = ("matplotlib",)
-"""In pyproject.toml only for the demo's and the benchmarks' pictures, which no Slicer run draws."""
+NOT_FOR_SLICER = ("matplotlib", "tqdm")
+"""In pyproject.toml only for the demo's and the benchmarks' pictures and for the CLI's terminal progress bar, which
+no Slicer run draws (the module reads the CLI's JSON progress lines)."""
 
 PINNED = ("torch", "SimpleITK", "numpy")
 """Held at their installed version while pip installs :data:`PIP` (a constraints file): pip may resolve around

@@ -11,7 +11,8 @@ Two reader threads turn stdout into :class:`Progress` events in a queue and keep
 drains the queue from its own thread (Slicer's widget with a ``qt.QTimer``, a batch script by :meth:`wait`).
 Slicer's ``launchConsoleProcess(blocking=False)`` is not used because it starts the child in Slicer's own process
 group, so cancel could not reach the child's children (data-loader workers); here the child leads a new process
-group (POSIX session / Windows process group) and cancel ends the whole group.
+group (POSIX session / Windows process group) and cancel ends the whole group
+(:class:`ContrastiveSegLib.childprocess.ChildProcess`, which the demo and the baselines use too).
 
 No MRML, no Qt, no ``slicer`` import: tested with a real child process in plain pytest.
 """
@@ -22,7 +23,6 @@ import os
 import queue
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ContrastiveSegLib.childprocess import PIPE, ChildProcess
 from ContrastiveSegLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK
 
 _NOTE_PREFIX = "contrastiveseg: "
@@ -142,6 +143,8 @@ def exit_message(exit_code: int, error: str = "", cancelled: bool = False) -> st
         return "Done."
     if exit_code == EXIT_BAD_INPUT:
         return error or "The input was rejected (exit code 2)."
+    if error.lower().startswith("out of memory"):  # the CLI's own last word: it already says what to try
+        return error[0].upper() + error[1:]
     if "out of memory" in error.lower():
         return f"Out of memory: {error} Try the CPU, the 'fast' preset or a smaller batch size."
     if exit_code == EXIT_INTERNAL:
@@ -216,7 +219,7 @@ class CliProcess:
         self.force_cpu = force_cpu
         self._base_env = dict(os.environ if env is None else env)
         self.cwd = cwd
-        self._process: subprocess.Popen | None = None
+        self._process: ChildProcess | None = None
         self._queue: queue.Queue = queue.Queue()
         self._stderr: deque[str] = deque(maxlen=_STDERR_LINES)
         self._threads: list[threading.Thread] = []
@@ -238,18 +241,12 @@ class CliProcess:
         return env
 
     def start(self) -> None:
-        """Start the child in its own process group. Raises RuntimeError when already started."""
+        """Start the child in its own process group (:class:`~ContrastiveSegLib.childprocess.ChildProcess`).
+        Raises RuntimeError when already started."""
         if self._process is not None:
             raise RuntimeError("this process was already started")
-        kwargs: dict = {}
-        if os.name == "nt":
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
-        else:
-            kwargs["start_new_session"] = True  # own session and process group: killpg reaches grandchildren
-        self._process = subprocess.Popen(
-            self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-            env=self.environment(), cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1,
-            **kwargs)
+        self._process = ChildProcess(self.command, env=self.environment(), cwd=self.cwd, stdout=PIPE,
+                                     stderr=PIPE).start()
         for stream, handler in ((self._process.stdout, self._on_stdout), (self._process.stderr, self._on_stderr)):
             thread = threading.Thread(target=self._read, args=(stream, handler), daemon=True)
             thread.start()
@@ -261,7 +258,7 @@ class CliProcess:
 
     @property
     def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._process is not None and self._process.running
 
     def cancel(self, grace_s: float = 5.0) -> None:
         """Stop the child and everything it started: SIGTERM to the group (the CLI then exits 130 without
@@ -269,31 +266,7 @@ class CliProcess:
         if self._process is None:
             return
         self._cancelled = True
-        if self._process.poll() is None:
-            self._signal_group(graceful=True)
-            try:
-                self._process.wait(timeout=grace_s)
-            except subprocess.TimeoutExpired:
-                pass
-        # Children of the child may outlive it (they are in the group, not in the child): end them too.
-        self._signal_group(graceful=False)
-        self._process.wait()
-
-    def _signal_group(self, graceful: bool) -> None:
-        pid = self._process.pid
-        if os.name == "nt":
-            if graceful:
-                try:
-                    self._process.send_signal(signal.CTRL_BREAK_EVENT)
-                except OSError:
-                    pass
-            else:
-                subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True, check=False)
-            return
-        try:
-            os.killpg(pid, signal.SIGTERM if graceful else signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass  # the whole group is gone already
+        self._process.stop(grace_s)
 
     # -------------------------------------------------------------------------------------------- output
     def _read(self, stream, handler: Callable[[str], None]) -> None:
@@ -337,11 +310,11 @@ class CliProcess:
     # ------------------------------------------------------------------------------------------- results
     def result(self) -> RunResult | None:
         """How the child ended, or None while it runs. Waits for the reader threads to see the last line."""
-        if self._process is None or self._process.poll() is None:
+        code = None if self._process is None else self._process.poll()
+        if code is None:
             return None
         for thread in self._threads:
             thread.join(timeout=5.0)
-        code = self._process.returncode
         error = self._error
         if not error and code not in (EXIT_OK, EXIT_BAD_INPUT) and self._stderr:
             error = self._stderr[-1]  # e.g. the last line of a traceback

@@ -18,7 +18,7 @@ import pytest
 import ContrastiveSegLib.baselines.fill_between as fill_between_module
 from ContrastiveSegLib.baselines import fill_between_slices, grow_from_seeds
 from ContrastiveSegLib.errors import InputError
-from ContrastiveSegLib.evaluation import choose_annotated_slices, dice_per_label, sparse_annotation
+from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, dice_per_label, sparse_annotation
 from ContrastiveSegLib.io.annotations import IGNORE
 
 SHAPE = (28, 36, 44)  # (z, y, x): different sizes, so a wrong axis order cannot pass

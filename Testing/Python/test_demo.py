@@ -23,8 +23,8 @@ from ContrastiveSegLib import demo as demo_module
 from ContrastiveSegLib.cli import main
 from ContrastiveSegLib.data.sample import load_sample
 from ContrastiveSegLib.errors import Cancelled
-from ContrastiveSegLib.evaluation import choose_annotated_slices, dice_per_label
-from ContrastiveSegLib.visualize import DPI, PANEL_INCHES
+from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, dice_per_label
+from ContrastiveSegLib.evaluation.pictures import DPI, PANEL_INCHES
 
 OUTPUTS = ["image.nii.gz", "overlay.png", "reference.nii.gz", "results.json", "segmentation.nii.gz",
            "sparse_labels.nii.gz"]

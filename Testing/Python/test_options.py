@@ -97,7 +97,7 @@ def test_the_training_configs_are_built_from_the_presets():
         config = preset_config(name)
         assert (config.steps, config.batch_size, config.patch) == (numbers.steps, numbers.batch_size, numbers.patch)
     assert list(PRESETS) == list(options.PRESET_NAMES)
-    # FinetuneConfig's own defaults (training/finetune.py) are the default preset's numbers: kept in step here.
+    # FinetuneConfig's own defaults are the default preset's numbers (taken from options.PRESETS).
     default, plain = options.PRESETS[options.DEFAULT_PRESET], FinetuneConfig()
     assert (plain.steps, plain.batch_size, plain.patch) == (default.steps, default.batch_size, default.patch)
     assert PretrainConfig().steps == options.PRETRAIN_STEPS

@@ -1,7 +1,9 @@
-"""The child-process runner (ContrastiveSegLib.slicer.runner) with real child processes.
+"""The child-process runner (ContrastiveSegLib.slicer.runner) and the helper under it
+(ContrastiveSegLib.childprocess) with real child processes.
 
-A small fake CLI (written to a temporary file) checks parsing, exit codes and cancel in well under a second each;
-the real CLI then runs on a phantom (a bright sphere, 3 annotated slices) for cancel and a bad input. A whole real
+A small fake CLI (written to a temporary file) checks parsing, exit codes, cancel and timeouts in well under a
+second each; the real CLI then runs on a phantom (a bright sphere, 3 annotated slices) for cancel, a bad input and
+running out of GPU memory (simulated in the child: the library halves its batch, the runner only reports). A whole real
 run (progress lines, result, Dice) is in test_slicer_bridge.py, from Slicer nodes to segments, and a real
 pretraining run in test_slicer_pretrain.py. "No process survives" is checked in /proc: every process of the
 child's group must be gone (or a zombie).
@@ -11,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -19,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ContrastiveSegLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, InputError
+from ContrastiveSegLib import childprocess
+from ContrastiveSegLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, Cancelled, InputError
 from ContrastiveSegLib.slicer.runner import CliProcess, Progress, cli_command, exit_message, format_duration
 
 FAKE_CLI = textwrap.dedent('''
@@ -78,6 +82,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _gone(pid: int, within_s: float = 2.0) -> bool:
+    """True once ``pid`` has ended, waiting up to ``within_s`` (a killed process takes a moment to die)."""
+    deadline = time.monotonic() + within_s
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return not _alive(pid)
+
+
 def _group_members(pgid: int) -> list[int]:
     members = []
     for entry in Path("/proc").iterdir():
@@ -124,6 +136,8 @@ def test_progress_description_and_fraction():
     (1, "CUDA out of memory. Tried to allocate 2 GiB", False,
      "Out of memory: CUDA out of memory. Tried to allocate 2 GiB Try the CPU, the 'fast' preset or a smaller "
      "batch size."),
+    (1, "out of memory; try --preset fast, a smaller --batch-size, or a GPU", False,  # the CLI's own last word
+     "Out of memory; try --preset fast, a smaller --batch-size, or a GPU"),
     (7, "", False, "The worker process failed with exit code 7."),
 ])
 def test_exit_codes_map_to_one_line_messages(code, error, cancelled, expected):
@@ -205,6 +219,75 @@ def test_cancel_kills_the_whole_process_tree(fake_cli, mode, expected_code):
     assert _group_members(process.pid) == []
 
 
+# ------------------------------------------------------------------------- the helper: ContrastiveSegLib.childprocess
+def test_the_slicer_side_of_a_run_loads_neither_torch_nor_numpy():
+    # The Slicer GUI process imports these: torch there would take seconds and may not even be installed yet.
+    code = ("import sys; import ContrastiveSegLib.childprocess, ContrastiveSegLib.slicer.runner, "
+            "ContrastiveSegLib.slicer.childrun; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    done = childprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2])
+    assert (done.returncode, done.stdout.strip()) == (0, "[]"), done.stderr
+
+
+def test_run_returns_the_exit_code_and_the_output():
+    code = "import sys; print('result'); print('one\\nlast words', file=sys.stderr); sys.exit(3)"
+    done = childprocess.run([sys.executable, "-c", code], env=dict(os.environ, ANSWER="42"))
+    assert (done.returncode, done.stdout, done.last_line()) == (3, "result\n", "last words")
+    done = childprocess.run([sys.executable, "-c", "import os; print(os.environ['ANSWER'])"],
+                            env=dict(os.environ, ANSWER="42"))
+    assert (done.returncode, done.stdout.strip(), done.stderr) == (0, "42", "")
+
+
+def _hanging_child(fake_cli, mode: str) -> tuple[childprocess.ChildProcess, int]:
+    """The fake CLI in ``mode`` (hang, stubborn), started; and the pid of the worker it started."""
+    import json
+
+    child = childprocess.ChildProcess([sys.executable, str(fake_cli), mode], stdout=childprocess.PIPE).start()
+    worker = int(json.loads(child.stdout.readline())["message"])
+    assert _alive(worker) and set(_group_members(child.pid)) == {child.pid, worker}
+    return child, worker
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("ending", ["timeout", "cancel", "interrupt"])
+def test_a_wait_that_ends_early_leaves_no_process(fake_cli, ending):
+    import threading
+
+    class Interrupted(threading.Event):
+        """A cancel event whose third check is interrupted, as by Ctrl-C or the CLI's signal handler."""
+        checks = 0
+
+        def is_set(self) -> bool:
+            Interrupted.checks += 1
+            if Interrupted.checks == 3:
+                raise KeyboardInterrupt
+            return super().is_set()
+
+    child, worker = _hanging_child(fake_cli, "stubborn")  # ignores SIGTERM: only the forced stop ends it
+    cancel = Interrupted() if ending == "interrupt" else threading.Event()
+    expected = {"timeout": subprocess.TimeoutExpired, "cancel": Cancelled, "interrupt": KeyboardInterrupt}[ending]
+    if ending == "cancel":
+        threading.Timer(0.3, cancel.set).start()
+    started = time.monotonic()
+    with pytest.raises(expected):
+        child.wait(timeout=0.3 if ending == "timeout" else 30, cancel=cancel, poll_s=0.05)
+    assert time.monotonic() - started < 5
+    assert child.poll() == -signal.SIGKILL and _gone(worker) and _group_members(child.pid) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_stop_is_polite_first(fake_cli):
+    child, worker = _hanging_child(fake_cli, "hang")  # exits 130 on SIGTERM, as the CLI does
+    child.stop(grace_s=10)
+    assert child.poll() == EXIT_CANCELLED and _gone(worker) and _group_members(child.pid) == []
+
+
+def test_run_with_a_timeout_raises_and_keeps_no_child():
+    started = time.monotonic()
+    with pytest.raises(subprocess.TimeoutExpired):
+        childprocess.run([sys.executable, "-c", "import time; time.sleep(60)"], timeout=0.5)
+    assert time.monotonic() - started < 10
+
+
 # ------------------------------------------------------------------------------------------ the real CLI
 needs_cli = pytest.mark.skipif(importlib.util.find_spec("ContrastiveSegLib.cli") is None,
                                reason="ContrastiveSegLib.cli is not there yet")
@@ -265,6 +348,53 @@ def test_real_cli_bad_input_exits_2_with_its_message(phantom, tmp_path):
     result = process.wait(timeout=120)
     assert result.exit_code == EXIT_BAD_INPUT and not (tmp_path / "out.nrrd").exists()
     assert "--axis" in result.message and "'q'" in result.message and "\n" not in result.message
+
+
+# The real CLI, with a GPU that has room for at most LIMIT crops or slices per forward pass: every convolution of a
+# bigger batch raises torch.OutOfMemoryError, as CUDA would.
+GREEDY_CLI = """
+import sys, torch
+LIMIT = int(sys.argv[1])
+forward = torch.nn.Conv2d.forward
+def greedy(self, x):
+    if x.shape[0] > LIMIT:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+    return forward(self, x)
+torch.nn.Conv2d.forward = greedy
+from ContrastiveSegLib.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@needs_cli
+def test_real_cli_out_of_memory_halves_the_batch_in_the_child_and_the_runner_only_reports(phantom, tmp_path):
+    image, labels, sphere = phantom
+    out = tmp_path / "result.nrrd"
+    command = cli_command("segment", image, labels, python=sys.executable, o=out, preset="fast", steps=3,
+                          batch_size=8, device="cpu", encoder="none")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    process = CliProcess([sys.executable, "-c", GREEDY_CLI, "2", *command[3:]], force_cpu=True, env=env)
+    process.start()
+    events = []
+    result = process.wait(timeout=300, on_event=events.append)
+    assert result.ok, (result.message, result.stderr_tail)
+    notes = [(e.stage, e.message) for e in events if isinstance(e, Progress) and "out of GPU memory" in e.message]
+    # fine-tuning: 8 -> 4 -> 2 crops; prediction: its 16 slices per batch -> 8 -> 4 -> 2
+    assert notes == [("finetune", "out of GPU memory: retrying with batch size 4"),
+                     ("finetune", "out of GPU memory: retrying with batch size 2"),
+                     ("predict", "out of GPU memory: retrying with batch size 8"),
+                     ("predict", "out of GPU memory: retrying with batch size 4"),
+                     ("predict", "out of GPU memory: retrying with batch size 2")]
+    assert [e.step for e in events if isinstance(e, Progress) and e.stage == "finetune" and e.of] == [1, 2, 3]
+    assert out.is_file()
+
+    # Not even one slice fits: the child stops with one line, and writes nothing.
+    out.unlink()
+    process = CliProcess([sys.executable, "-c", GREEDY_CLI, "0", *command[3:]], force_cpu=True, env=env)
+    process.start()
+    result = process.wait(timeout=300)
+    assert result.exit_code == EXIT_INTERNAL and not out.exists()
+    assert result.message.startswith("Out of memory") and "\n" not in result.message
 
 
 # ------------------------------------------------------------- what the module shows besides the run itself

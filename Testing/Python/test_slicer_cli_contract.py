@@ -2,10 +2,11 @@
 REAL parser (``ContrastiveSegLib.cli.build_parser``, which holds ``pretrain`` too) accepts.
 
 The stand-in CLIs of the other Slicer tests accept any flag, which hid ``predict --batch-size`` (bug 2 of issue 9).
-Here no child process runs: ``CliProcess`` is replaced by a recorder whose child "runs out of GPU memory"
-whenever asked to, so the out-of-memory retries are built by the real retry code. Each command line is then
-parsed by the real parser. The runs cover every option the jobs can emit, built directly and through the
-module's Logic from the panel's parameter node.
+Here no child process runs: ``CliProcess`` is replaced by a recorder whose child fails at once, out of GPU memory
+when asked to. Each command line is then parsed by the real parser. A run starts exactly one child, out of memory
+or not: the child handles running out of memory itself (``ContrastiveSegLib.device.halve_batch``) and the Slicer
+side only reports it, so the batch size on the command line is always the user's. The runs cover every option the
+jobs can emit, built directly and through the module's Logic from the panel's parameter node.
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package is not slicer-core", allow_module_level=True)
 
 from ContrastiveSegLib import options  # noqa: E402
+from ContrastiveSegLib.options import PRETRAIN_BATCH_SIZE  # noqa: E402
 from ContrastiveSegLib.cli import build_parser  # noqa: E402
 from ContrastiveSegLib.errors import InputError  # noqa: E402
 from ContrastiveSegLib.slicer import childrun  # noqa: E402
 from ContrastiveSegLib.slicer.job import Job, JobOptions  # noqa: E402
-from ContrastiveSegLib.slicer.pretraining import METHOD_NAMES, PretrainJob, PretrainOptions  # noqa: E402
+from ContrastiveSegLib.slicer.pretraining import OFFERED_METHODS, PretrainOptions, PretrainRun  # noqa: E402
 from ContrastiveSegLib.slicer.runner import RunResult, exit_message  # noqa: E402
 from test_slicer_bridge import _segmentation, _slab, _volume  # noqa: E402
 
@@ -34,8 +36,8 @@ OOM = "CUDA out of memory. Tried to allocate 9 GiB"
 
 class RecordingProcess:
     """Stands in for :class:`~ContrastiveSegLib.slicer.runner.CliProcess`: records each command line; the "child"
-    fails at once, out of GPU memory when ``out_of_memory`` is set (so the run is retried), else for another
-    reason (so the run ends there and no output is read)."""
+    fails at once, out of GPU memory when ``out_of_memory`` is set, else for another reason (either way the run
+    ends there and no output is read)."""
 
     commands: list[list[str]] = []
     out_of_memory = False
@@ -76,21 +78,14 @@ def _parse(command: list[str]):
 
 
 def _commands(job, recorder, out_of_memory: bool) -> list[list[str]]:
-    """Every command line ``job`` starts: the first and each out-of-memory retry."""
+    """Every command line ``job`` starts (one: a child out of memory is reported, never restarted)."""
     recorder.commands.clear()
     recorder.out_of_memory = out_of_memory
-    assert not job.run(timeout=30, poll_s=0.0).ok
+    result = job.run(timeout=30, poll_s=0.0)
+    assert not result.ok
+    assert result.message.startswith("Out of memory: CUDA out of memory") == out_of_memory
+    assert len(recorder.commands) == 1
     return list(recorder.commands)
-
-
-def _check_batch_sizes(sizes: list, given, retried: bool) -> None:
-    """The first run uses the batch size given (None: the CLI's default); each retry a smaller one."""
-    assert sizes[0] == given
-    if retried:
-        assert len(sizes) > 1 and all(b is not None for b in sizes[1:])
-        assert sizes[1:] == sorted(sizes[1:], reverse=True) and len(set(sizes[1:])) == len(sizes) - 1
-    else:
-        assert len(sizes) == 1
 
 
 @pytest.fixture()
@@ -113,7 +108,7 @@ SEGMENT_OPTIONS = {
     "batch_size": [None, 1, 16],
     "init_model": [None, "/models/last.safetensors"],
     "probabilities": [True, False],
-    "adapt": [None, *METHOD_NAMES],
+    "adapt": [None, *OFFERED_METHODS],
     "consistency": list(options.CONSISTENCY_MODES),
 }
 
@@ -131,15 +126,12 @@ def _segment_cases():
 def test_every_segment_command_line_is_accepted_by_the_cli(scene, inputs, recorder, tmp_path, options):
     volume, painted, _ = inputs
     job = Job("segment", volume, painted, None, JobOptions(**options), state_dir=tmp_path / "state", python="py")
-    commands = _commands(job, recorder, out_of_memory=True)
-    parsed = [_parse(command) for command in commands]
-    given = options.get("batch_size")
-    _check_batch_sizes([args.batch_size for args in parsed], given,
-                       retried=options.get("device", "auto") != "cpu" and given != 1)
-    for args in parsed:
-        assert args.command == "segment" and args.device == options.get("device", "auto")
-        assert args.progress == "json" and (args.probabilities is not None) == options.get("probabilities", True)
-        assert args.adapt == (None if options.get("init_model") else options.get("adapt"))
+    [command] = _commands(job, recorder, out_of_memory=True)
+    args = _parse(command)
+    assert args.batch_size == options.get("batch_size")  # the user's (None: the preset's), never a smaller one
+    assert args.command == "segment" and args.device == options.get("device", "auto")
+    assert args.progress == "json" and (args.probabilities is not None) == options.get("probabilities", True)
+    assert args.adapt == (None if options.get("init_model") else options.get("adapt"))
 
 
 @pytest.mark.parametrize("axis", [None, 0, 1, 2])
@@ -159,16 +151,15 @@ def test_a_painting_in_several_planes_builds_command_lines_the_cli_accepts(scene
 
 
 @pytest.mark.parametrize("device, probabilities", itertools.product(["auto", "cpu", "cuda:0", "mps"], [True, False]))
-def test_predict_only_command_lines_are_accepted_and_never_retried_with_a_batch_size(scene, inputs, recorder,
-                                                                                    tmp_path, device, probabilities):
+def test_predict_only_command_lines_are_accepted_and_have_no_batch_size(scene, inputs, recorder, tmp_path, device,
+                                                                       probabilities):
     volume, _, model = inputs
     options = JobOptions(device=device, probabilities=probabilities)
     for out_of_memory in (False, True):
         job = Job("predict", volume, None, None, options, model_path=model, state_dir=tmp_path / "state",
                   python="py")
         commands = _commands(job, recorder, out_of_memory=out_of_memory)
-        assert len(commands) == 1  # predict halves its own batch of slices; the CLI has no --batch-size
-        args = _parse(commands[0])
+        args = _parse(commands[0])  # predict halves its own batch of slices; the CLI has no --batch-size
         assert args.command == "predict" and args.model == model and args.device == device
         assert "--batch-size" not in commands[0]
 
@@ -183,7 +174,7 @@ def test_predict_only_refuses_a_batch_size_before_anything_runs(scene, inputs, r
 @pytest.mark.parametrize("options", [
     dict(),
     dict(method="lrc", steps=3, minutes=1.5, device="cuda:1", batch_size=4, seed=5),
-    *[dict(method=method, device="cuda") for method in METHOD_NAMES],
+    *[dict(method=method, device="cuda") for method in OFFERED_METHODS],
     dict(device="mps", minutes=0.5),
     dict(device="cpu", batch_size=2),
 ])
@@ -192,18 +183,15 @@ def test_every_pretrain_command_line_is_accepted_by_the_cli(scene, inputs, recor
                                                             from_folder):
     volume, _, _ = inputs
     sources = tmp_path if from_folder else [volume]
-    job = PretrainJob(sources, tmp_path / "out" / "encoder.safetensors", PretrainOptions(**options),
+    job = PretrainRun(sources, tmp_path / "out" / "encoder.safetensors", PretrainOptions(**options),
                       state_dir=tmp_path / "state", python="py")
-    commands = _commands(job, recorder, out_of_memory=True)
-    parsed = [_parse(command) for command in commands]
-    given = options.get("batch_size")
-    # pretrain's --batch-size has a default (16), so the first run reads 16 when the module passes none
-    sizes = [None if "--batch-size" not in commands[0] else parsed[0].batch_size] + [a.batch_size for a in parsed[1:]]
-    _check_batch_sizes(sizes, given, retried=options.get("device", "auto") != "cpu")
-    for args in parsed:
-        assert args.command == "pretrain" and args.method == options.get("method", "simclr")
-        assert args.output == tmp_path / "out" / "encoder.safetensors" and args.device == options.get("device",
-                                                                                                       "auto")
+    [command] = _commands(job, recorder, out_of_memory=True)
+    args = _parse(command)
+    # pretrain's --batch-size has a default (16): the module passes the option only when the user chose one
+    assert ("--batch-size" in command) == ("batch_size" in options)
+    assert args.batch_size == options.get("batch_size", PRETRAIN_BATCH_SIZE)
+    assert args.command == "pretrain" and args.method == options.get("method", "simclr")
+    assert args.output == tmp_path / "out" / "encoder.safetensors" and args.device == options.get("device", "auto")
 
 
 # ----------------------------------------------------------------------- through the module's Logic
@@ -273,13 +261,13 @@ def test_the_panel_builds_command_lines_the_cli_accepts(scene, inputs, module, r
 def test_pretraining_from_the_panel_builds_command_lines_the_cli_accepts(scene, inputs, module, recorder,
                                                                           tmp_path):
     _, logic, node = module
-    for method, device, minutes in itertools.product(METHOD_NAMES, ["auto", "cuda"], [0.0, 2.5]):
+    for method, device, minutes in itertools.product(OFFERED_METHODS, ["auto", "cuda"], [0.0, 2.5]):
         node.pretrainMethod, node.device, node.pretrainMinutes, node.pretrainSteps = method, device, minutes, 3
         node.pretrainOutput = tmp_path / f"{method}.safetensors"
         recorder.commands.clear()
         recorder.out_of_memory = True
         assert not logic.pretrainFromParameterNode(node, waitForCompletion=True, timeout=30).ok
-        assert len(recorder.commands) == 3  # a first run and two retries with smaller batches
+        assert len(recorder.commands) == 1  # out of memory: reported, not restarted
         for command in recorder.commands:
             args = _parse(command)
             assert args.method == method and args.steps == 3 and args.minutes == (minutes or None)

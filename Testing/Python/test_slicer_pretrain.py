@@ -3,8 +3,9 @@
 Two tiny scans in a scene -> NRRD files -> ``python -m ContrastiveSegLib pretrain --method simclr --steps 2`` in a
 child process -> an encoder file that loads as an encoder and becomes the encoder of the next Segment. Also: which
 scene volumes count as scans, the one-line refusals before a child starts and from the CLI (an unknown method),
-and the out-of-GPU-memory retry (with a stand-in CLI). Slicer's Qt-side modules are replaced by the stand-ins of
-test_slicer_ui.py; the widget itself only runs in a real Slicer (Testing/Slicer).
+and how a child that runs out of GPU memory is reported (with a stand-in CLI: the Slicer side does not restart
+it). Slicer's Qt-side modules are replaced by the strict stand-ins of test_slicer_ui.py; the widget itself only
+runs in a real Slicer (Testing/Slicer).
 """
 from __future__ import annotations
 
@@ -23,9 +24,9 @@ from ContrastiveSegLib.errors import EXIT_BAD_INPUT, InputError  # noqa: E402
 from ContrastiveSegLib.io.volume import Volume  # noqa: E402
 from ContrastiveSegLib.slicer import nodes  # noqa: E402
 from ContrastiveSegLib.slicer.job import ROLE_ATTRIBUTE  # noqa: E402
-from ContrastiveSegLib.slicer.pretraining import (METHOD_NAMES, PretrainJob, PretrainOptions,  # noqa: E402
+from ContrastiveSegLib.slicer.pretraining import (OFFERED_METHODS, PretrainOptions, PretrainRun,  # noqa: E402
                                                   scene_scans)
-from ContrastiveSegLib.slicer.runner import Progress, overall_fraction  # noqa: E402
+from ContrastiveSegLib.slicer.runner import overall_fraction  # noqa: E402
 
 OBLIQUE = (0.8, -0.6, 0.0, 0.6, 0.8, 0.0, 0.0, 0.0, 1.0)
 
@@ -69,10 +70,13 @@ def test_the_scans_of_the_scene_leave_out_label_maps_module_volumes_and_empty_no
     assert scene_scans(scene) == [ct, mr]
 
 
-def test_the_method_list_matches_the_library_registry():
+def test_the_method_names_have_one_home_that_the_registry_and_the_panel_use():
     from ContrastiveSegLib.methods import METHODS
+    from ContrastiveSegLib.options import METHOD_NAMES
 
-    assert METHOD_NAMES == tuple(name for name in METHODS if name != "none")
+    assert tuple(METHODS) == METHOD_NAMES  # keys and order
+    assert all(cls.name == name for name, cls in METHODS.items())
+    assert OFFERED_METHODS == ("simclr", "selfpaced", "ideal", "lrc", "mixcl")  # "none" is no run worth offering
 
 
 def test_pretrain_on_the_scene_with_the_real_cli(scene, module, tmp_path):
@@ -125,7 +129,7 @@ def test_an_unknown_method_is_one_line_from_the_cli_and_changes_nothing(scene, m
     assert not result.ok and result.run.exit_code == EXIT_BAD_INPUT and result.encoder_path is None
     assert result.message.startswith("unknown method 'simclrr' (known: ")
     assert result.message.endswith("did you mean 'simclr'?") and "\n" not in result.message
-    assert not output.exists() and node.encoderFile is None and not settings.store
+    assert not output.exists() and node.encoderFile == Path() and not settings.store  # Path(): still unset
 
 
 def test_unusable_input_is_refused_before_any_child_starts(scene, module, tmp_path):
@@ -142,7 +146,7 @@ def test_unusable_input_is_refused_before_any_child_starts(scene, module, tmp_pa
         arguments = {**dict(data=ct, method="simclr", outputPath=tmp_path / "e.safetensors"), **kwargs}
         with pytest.raises(InputError, match=message):
             logic.pretrain(**arguments, waitForCompletion=True)
-    node.pretrainSource, node.pretrainFolder = "A folder", None
+    node.pretrainSource, node.pretrainFolder = "A folder", Path()  # no folder chosen (Slicer refuses None)
     with pytest.raises(InputError, match="choose the folder of scans"):
         logic.pretrainFromParameterNode(node, waitForCompletion=True)
     assert not (tmp_path / "e.safetensors").exists() and not logic.isRunning()
@@ -152,7 +156,7 @@ def test_a_folder_is_passed_to_the_cli_as_it_is(tmp_path):
     folder = tmp_path / "scans"
     folder.mkdir()
     output = tmp_path / "out" / "enc.safetensors"
-    job = PretrainJob(folder, output, PretrainOptions("lrc", steps=3, minutes=1.5, device="cpu"), python="py")
+    job = PretrainRun(folder, output, PretrainOptions("lrc", steps=3, minutes=1.5, device="cpu"), python="py")
     assert job.prepare() == [folder] and output.parent.is_dir()
     assert job.command() == ["py", "-m", "ContrastiveSegLib", "pretrain", str(folder), "--method", "lrc", "-o",
                              str(output), "--steps", "3", "--minutes", "1.5", "--seed", "0", "--device", "cpu",
@@ -166,16 +170,13 @@ arguments = sys.argv[1:]
 with open(sys.argv[0] + ".log", "a") as log:
     log.write(" ".join(arguments) + "\\n")
 build_parser().parse_args(arguments[2:])  # only command lines the real CLI accepts (after -m ContrastiveSegLib)
-if "--batch-size" not in arguments:
-    print(json.dumps({"stage": "error", "message": "CUDA out of memory. Tried to allocate 3 GiB", "exit_code": 1}))
-    sys.exit(1)
-open(arguments[arguments.index("-o") + 1], "wb").write(b"encoder")
-print(json.dumps({"stage": "done", "step": 0, "of": 0, "loss": None, "eta_s": None}))
+print(json.dumps({"stage": "error", "message": "CUDA out of memory. Tried to allocate 3 GiB", "exit_code": 1}))
+sys.exit(1)
 '''
 
 
 @pytest.mark.skipif(os.name == "nt", reason="a POSIX shell stands in for PythonSlicer")
-def test_out_of_gpu_memory_is_retried_with_half_the_batch(scene, tmp_path):
+def test_out_of_gpu_memory_is_reported_in_one_line_and_not_restarted(scene, tmp_path):
     script = tmp_path / "fake_cli.py"
     script.write_text(FAKE_OOM_CLI)
     python = tmp_path / "python"
@@ -183,12 +184,13 @@ def test_out_of_gpu_memory_is_retried_with_half_the_batch(scene, tmp_path):
     python.chmod(0o755)
     ct, _ = _scans(scene)
     output = tmp_path / "enc.safetensors"
-    job = PretrainJob([ct], output, PretrainOptions(device="cuda:0"), state_dir=tmp_path / "state",
+    job = PretrainRun([ct], output, PretrainOptions(device="cuda:0"), state_dir=tmp_path / "state",
                       python=str(python))
-    events = []
-    result = job.run(on_event=events.append, timeout=60)
-    assert result.ok and result.encoder_path == output and output.read_bytes() == b"encoder"
-    assert Progress("load", message="out of GPU memory: retrying with batch size 8") in events
+    result = job.run(timeout=60)
+    assert not result.ok and result.encoder_path is None and not output.exists()
+    assert result.message == ("Out of memory: CUDA out of memory. Tried to allocate 3 GiB Try the CPU, the 'fast' "
+                              "preset or a smaller batch size.")
     calls = Path(str(script) + ".log").read_text().splitlines()
-    assert len(calls) == 2 and "--batch-size" not in calls[0] and "--batch-size 8" in calls[1]
+    assert len(calls) == 1 and "--batch-size" not in calls[0]  # one child, with the user's (unset) batch size
     assert calls[0].split()[3] == "00-CT_oblique.nrrd"  # -m ContrastiveSegLib pretrain SCAN ... (in the work folder)
+    assert not [p for p in (tmp_path / "state").iterdir() if p.name.startswith("pretrain-")]  # scans removed

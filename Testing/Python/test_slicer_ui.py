@@ -5,12 +5,15 @@ pieces replaced by minimal stand-ins (the real widget can only run inside Slicer
 from __future__ import annotations
 
 import ast
+import enum
 import os
+import pathlib
 import re
 import shutil
 import subprocess
 import sys
 import types
+import typing
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -226,6 +229,128 @@ def _selector_offers(selector: ElementTree.Element, node) -> bool:
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel")
 
 
+# ------------------------------------------------- Slicer's parameterNodeWrapper, as strict as Slicer's own
+class _Validator:
+    """Base of the validators below, as ``slicer.parameterNodeWrapper.Validator``."""
+
+    def validate(self, value) -> None:
+        raise NotImplementedError
+
+
+class Choice(_Validator):
+    """``slicer.parameterNodeWrapper.Choice``: the value must be one of ``choices``."""
+
+    def __init__(self, choices):
+        self.choices = choices
+
+    def validate(self, value) -> None:
+        if value not in self.choices:
+            raise ValueError(f"Value is {value}, but must be in one of the following: {self.choices}")
+
+
+class WithinRange(_Validator):
+    """``slicer.parameterNodeWrapper.WithinRange``: ``minimum <= value <= maximum``."""
+
+    def __init__(self, minimum, maximum):
+        self.minimum, self.maximum = minimum, maximum
+
+    def validate(self, value) -> None:
+        if not self.minimum <= value <= self.maximum:
+            raise ValueError(f"Value must be within range [{self.minimum}, {self.maximum}], is {value}")
+
+
+def _serializer(kind):
+    """(check, read back, default) of a parameter of type ``kind``, as Slicer's serializers have them
+    (slicer/parameterNodeWrapper/serializers.py): the value is checked on every write, stored as the parameter
+    node stores it (a string, or a node reference) and converted back on reading; a type Slicer cannot store is an
+    error when the class is made."""
+
+    def instance_of(accepted, none_allowed=False):
+        number = accepted in (int, (int, float))
+
+        def check(value):
+            if value is None and none_allowed:
+                return
+            # True is an int to isinstance, but Slicer stores "True", which int() and float() cannot read back
+            if value is None or not isinstance(value, accepted) or (number and isinstance(value, bool)):
+                raise TypeError(f"Value must be of type '{accepted}', is type '{type(value)}' value '{value}'")
+        return check
+
+    if kind is int:
+        return instance_of(int), lambda text: int(text), 0
+    if kind is float:
+        return instance_of((int, float)), lambda text: float(text), 0
+    if kind is str:
+        return instance_of(str), lambda text: text, ""
+    if kind is bool:
+        return instance_of(bool), lambda text: text == "True", False
+    if kind in (pathlib.Path, pathlib.PurePath, pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath,
+                pathlib.PureWindowsPath):
+        return instance_of(kind), kind, kind()
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        return instance_of(kind), lambda text: kind[text], next(iter(kind))
+    if isinstance(kind, type) and issubclass(kind, slicer.vtkMRMLNode):
+        check_type = instance_of(kind, none_allowed=True)
+
+        def check(value):
+            check_type(value)
+            if value is not None and value.GetID() is None:  # Slicer would keep a reference to nothing
+                raise ValueError(f"node '{value.GetName()}' is not in a scene: a parameter node cannot refer to it")
+        return check, None, None
+    raise TypeError(f"Unable to create serializer for type: {kind}")
+
+
+def _to_text(value) -> str | None:
+    if isinstance(value, enum.Enum):
+        return value.name
+    return str(value)
+
+
+def parameterNodeWrapper(cls):
+    """Stands in for Slicer's ``@parameterNodeWrapper`` and is as strict: typed attributes (an int field refuses
+    "3" and True, a path field a string, a node field a node of another class), Choice and WithinRange checked on
+    every write, every default written (and so checked) when a node is made, values read back as the parameter
+    node stores them (a float field set to 0 reads 0.0). Stricter in one thing: assigning a name that is not a
+    parameter fails (in Slicer it would only be lost with the scene)."""
+    hints = typing.get_type_hints(cls, include_extras=True)  # Slicer resolves the annotations the same way
+    parameters = {}
+    for name, hint in hints.items():
+        kind, extras = hint, []
+        if typing.get_origin(hint) is typing.Annotated:
+            kind, *extras = typing.get_args(hint)
+        if any(not isinstance(extra, _Validator) for extra in extras):
+            raise TypeError(f"{cls.__name__}.{name}: unsupported annotation {extras}")
+        check, read, default = _serializer(kind)
+        parameters[name] = ([check] + [extra.validate for extra in extras], read, getattr(cls, name, default))
+
+    def make_property(name, checks, read):
+        def get(self):
+            stored = self._stored[name]
+            return stored if read is None else read(stored)
+
+        def set_(self, value):
+            for check in checks:
+                check(value)
+            self._stored[name] = value if read is None else _to_text(value)
+        return property(get, set_)
+
+    namespace = {name: make_property(name, checks, read) for name, (checks, read, _) in parameters.items()}
+
+    def __init__(self, parameterNode=None):
+        object.__setattr__(self, "_stored", {})
+        for name, (_, _, default) in parameters.items():
+            setattr(self, name, default)  # Slicer writes each default into a new parameter node: checked here
+
+    def __setattr__(self, name, value):
+        if name not in parameters:
+            raise AttributeError(f"{cls.__name__} has no parameter '{name}'")
+        object.__setattr__(self, name, value)
+
+    namespace.update(__init__=__init__, __setattr__=__setattr__, __doc__=cls.__doc__, __module__=cls.__module__,
+                     __annotations__=cls.__annotations__, allParameters=dict.fromkeys(parameters))
+    return type(cls.__name__, (), namespace)
+
+
 def _stand_ins(monkeypatch, scene, tmp_path):
     """Just enough of Slicer's Qt-side Python (qt, i18n, parameterNodeWrapper, ScriptedLoadableModule) to import
     ContrastiveSeg.py and run its Logic without a GUI, on a slicer-core scene."""
@@ -251,23 +376,6 @@ def _stand_ins(monkeypatch, scene, tmp_path):
     i18n.translate = lambda context, text: text
 
     wrapper = types.ModuleType("slicer.parameterNodeWrapper")
-
-    class Choice:
-        def __init__(self, choices):
-            self.choices = choices
-
-    class WithinRange:
-        def __init__(self, low, high):
-            self.low, self.high = low, high
-
-    def parameterNodeWrapper(cls):
-        defaults = {name: getattr(cls, name, None) for name in cls.__annotations__}
-
-        def __init__(self, node=None):
-            for name, value in defaults.items():
-                setattr(self, name, value)
-        return type(cls.__name__, (), {"__init__": __init__, "__annotations__": cls.__annotations__})
-
     wrapper.Choice, wrapper.WithinRange, wrapper.parameterNodeWrapper = Choice, WithinRange, parameterNodeWrapper
     scripted = types.ModuleType("slicer.ScriptedLoadableModule")
 
@@ -389,7 +497,7 @@ def test_a_new_scene_starts_from_the_first_scan_never_a_label_map(monkeypatch, t
     assert node.device == "cpu"
     fresh = ContrastiveSeg.ContrastiveSegParameterNode()
     logic.setDefaults(fresh, scene, device="tpu", encoderFile=str(tmp_path / "gone.safetensors"))
-    assert fresh.device == "auto" and fresh.encoderFile is None and fresh.inputVolume is scan
+    assert fresh.device == "auto" and fresh.encoderFile == Path() and fresh.inputVolume is scan  # Path(): unset
 
 
 def test_a_label_map_is_refused_as_the_volume_to_segment(scene):
@@ -536,3 +644,70 @@ def test_the_state_folder_is_this_users_own(monkeypatch, tmp_path, scene):
     assert folder.parent == tmp_path / "slicer-tmp" and folder.name.startswith("ContrastiveSeg-")
     assert folder.stat().st_mode & 0o777 == 0o700 and folder.stat().st_uid == os.getuid()
     assert ContrastiveSeg.ContrastiveSegLogic().stateDirectory() == folder  # refine finds the last model
+
+
+# ------------------------------------------------------------------ the parameter node, checked as Slicer does
+def test_the_parameter_node_defaults_pass_slicers_checks(monkeypatch, tmp_path, scene):
+    _stand_ins(monkeypatch, scene, tmp_path)
+    import ContrastiveSeg
+
+    from ContrastiveSegLib import options
+
+    node = ContrastiveSeg.ContrastiveSegParameterNode()  # every default written, so checked (as in Slicer)
+    assert (node.device, node.preset, node.encoder, node.axis) == (options.DEFAULT_DEVICE, options.DEFAULT_PRESET,
+                                                                    ContrastiveSeg.DEFAULT_ENCODER, "auto")
+    assert node.pretrainMethod in options.METHOD_NAMES and node.pretrainSteps == options.PRETRAIN_STEPS
+    assert node.pretrainMinutes == 0.0 and type(node.pretrainMinutes) is float
+    assert node.encoderFile == Path() and node.inputVolume is None  # what Slicer reads back for "not set"
+    node.pretrainMinutes = 2  # an int is a float to Slicer, and reads back as one
+    assert type(node.pretrainMinutes) is float
+
+
+@pytest.mark.parametrize("name, value, error", [
+    ("device", "gpu", ValueError),                 # not a Choice
+    ("pretrainMethod", "none", ValueError),        # random initialisation is not offered as a run
+    ("axis", "x", ValueError),
+    ("gpuIndex", 16, ValueError),                  # outside WithinRange
+    ("pretrainSteps", 0, ValueError),
+    ("pretrainMinutes", -1.0, ValueError),
+    ("steps", "3", TypeError),                     # typed attributes
+    ("steps", True, TypeError),
+    ("steps", 2.5, TypeError),
+    ("showUncertainty", 1, TypeError),
+    ("encoderFile", "encoder.safetensors", TypeError),
+    ("encoderFile", None, TypeError),
+    ("lastModelPath", None, TypeError),
+    ("inputVolume", "segmentation", TypeError),    # a node of another class
+    ("batchsize", 4, AttributeError),              # not a parameter (a typo)
+])
+def test_the_parameter_node_refuses_what_slicer_refuses(monkeypatch, tmp_path, scene, name, value, error):
+    _stand_ins(monkeypatch, scene, tmp_path)
+    import ContrastiveSeg
+
+    node = ContrastiveSeg.ContrastiveSegParameterNode()
+    if value == "segmentation":
+        value = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    before = getattr(node, name, None)
+    with pytest.raises(error):
+        setattr(node, name, value)
+    assert getattr(node, name, None) == before  # a refused value changes nothing
+
+
+def test_a_wrong_default_in_the_module_fails_here(monkeypatch, tmp_path, scene):
+    """What CI catches: a default outside its Choice (here the preset list losing the default preset's name)."""
+    _stand_ins(monkeypatch, scene, tmp_path)
+    from ContrastiveSegLib import options
+
+    monkeypatch.setattr(options, "DEFAULT_PRESET", "quick")
+    import ContrastiveSeg
+
+    with pytest.raises(ValueError, match="Value is quick, but must be in one of the following"):
+        ContrastiveSeg.ContrastiveSegParameterNode()
+
+    class Wrong:
+        steps: typing.Annotated[int, WithinRange(1, 10)] = 0
+
+    with pytest.raises(ValueError, match=r"within range \[1, 10\], is 0"):
+        parameterNodeWrapper(Wrong)()
+    with pytest.raises(TypeError, match="Unable to create serializer"):
+        parameterNodeWrapper(type("Listed", (), {"__annotations__": {"values": set}}))
