@@ -1,9 +1,11 @@
 """``contrastiveseg``: the command line over :mod:`ContrastiveSegLib.api`.
 
 Every failure the user can cause ends in one line on stderr (``contrastiveseg: error: ...``) and exit code 2;
-a cancelled run (Ctrl-C, SIGTERM) exits 130; nothing is written unless the whole run succeeded. With
-``--progress json`` stdout carries one JSON object per line (stage, step, of, loss, eta_s, message) for the
-Slicer module and other front ends; the last one (stage "done") holds the run's summary under ``summary``.
+a cancelled run (Ctrl-C, SIGTERM) exits 130 with a line naming any output already in place (the outputs move
+into place together, after the whole run succeeded). With ``--progress json`` stdout carries one JSON object per
+line (stage, step, of, loss, eta_s, message) for the Slicer module and other front ends; the last one (stage
+"done") holds the run's summary under ``summary``. Off a terminal, ``segment`` logs its stages on stderr
+(:class:`~ContrastiveSegLib.progress.StageLog`), from the point where no input can be refused any more.
 
 ``segment``, ``finetune`` and ``predict`` end with a summary (time per stage, device and threads, encoder, plane,
 volume per label, Dice against ``--reference``, files written): on stdout at a terminal, else on stderr, so that
@@ -26,6 +28,7 @@ import numpy as np
 
 from ContrastiveSegLib import options
 from ContrastiveSegLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, Cancelled, InputError
+from ContrastiveSegLib.progress import Cancellation, ProgressPrinter, writing
 from ContrastiveSegLib.threads import add_threads_option, apply_threads, choose_threads
 
 # A label map of painted structures holds a few values; an image holds hundreds or thousands. More than this many
@@ -43,39 +46,11 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 
 # ----------------------------------------------------------------------------------------------- progress output
-class ProgressPrinter:
-    """Turns progress events into JSON lines (``json``), a one-line terminal bar (``bar``) or nothing."""
-
-    def __init__(self, mode: str):
-        self.mode = mode
-        self._last_bar = 0.0
-
-    def __call__(self, event: dict) -> None:
-        if self.mode == "json":
-            print(json.dumps(event), flush=True)
-        elif self.mode == "bar":
-            now = time.monotonic()
-            final = event.get("step") == event.get("of")
-            if event.get("message"):
-                sys.stderr.write("\r\033[K" + event["message"] + "\n")
-            if event.get("of") and (final or now - self._last_bar > 0.2):
-                self._last_bar = now
-                done = event["step"] / event["of"]
-                bar = "#" * int(done * 30)
-                loss = f" loss {event['loss']:.4f}" if event.get("loss") is not None else ""
-                eta = f" eta {event['eta_s']:.0f}s" if event.get("eta_s") is not None else ""
-                sys.stderr.write(f"\r\033[K{event['stage']:>9} [{bar:<30}] {event['step']}/{event['of']}{loss}{eta}")
-                if final:
-                    sys.stderr.write("\n")
-                sys.stderr.flush()
-
-    def error(self, message: str, code: int) -> None:
-        if self.mode == "json":
-            print(json.dumps({"stage": "error", "message": message, "exit_code": code}), flush=True)
-
-
-def _default_progress() -> str:
-    return "bar" if sys.stderr.isatty() else "none"
+def _default_progress(command: str) -> str:
+    """A bar at a terminal; elsewhere (a log, a pipe) stage lines on stderr for ``segment``, else nothing."""
+    if sys.stderr.isatty():
+        return "bar"
+    return "log" if command == "segment" else "none"
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -113,7 +88,8 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     add_threads_option(parser)
     parser.add_argument("--progress", choices=options.PROGRESS_MODES, default=None,
                         help="progress display: json lines on stdout (for front ends), a bar on stderr, or none "
-                             "(default: a bar on a terminal, else none)")
+                             "(default: a bar on a terminal; else for segment stage lines with the seconds "
+                             "elapsed on stderr, for the other commands none)")
 
 
 def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
@@ -395,9 +371,9 @@ def _verify_png(path: Path) -> None:
 
 
 def _overlay_writer(image, layers: dict, axis: int, annotated, title: str):
-    """``write(path)`` drawing the demo's montage (see :mod:`ContrastiveSegLib.visualize`): the middle annotated
+    """``write(path)`` drawing the demo's montage (:mod:`ContrastiveSegLib.evaluation.pictures`): the middle annotated
     slice and the unannotated slices farthest from any annotation, each label layer over the image."""
-    from ContrastiveSegLib.visualize import montage_slices, overlay_montage
+    from ContrastiveSegLib.evaluation.pictures import montage_slices, overlay_montage
 
     extent = layers.get("reference", next(iter(layers.values())))
     rows = montage_slices(extent, axis, annotated, rows=4)
@@ -426,8 +402,9 @@ def _overlay(args, image, segmentation, reference, labels, axis: int, summary):
     return _overlay_writer(image, layers, axis, annotated, title)
 
 
-def _write_result(result, image, args, *, channels=None, overlay=None) -> list[tuple[str, str]]:
-    """Write the outputs of a segment or predict run together; returns (path, what) of each file written."""
+def _write_result(result, image, args, *, channels=None, overlay=None, cancel=None) -> list[tuple[str, str]]:
+    """Write the outputs of a segment or predict run together; returns (path, what) of each file written. A
+    :class:`~ContrastiveSegLib.progress.Cancellation` ``cancel`` records each file as it moves into place."""
     from ContrastiveSegLib.io.volume import channel_labels_metadata, stage, stage_volume
 
     # Every output is written and read back beside its destination first; only when all of them are complete do
@@ -447,8 +424,10 @@ def _write_result(result, image, args, *, channels=None, overlay=None) -> list[t
             written.append((str(args.overlay), "overlay picture"))
         staged.append(stage_volume(image.like(result.labels), args.output))
         written.append((str(args.output), "label map"))
-        for item in staged:
-            item.commit()
+        with writing(cancel, written) as moved:  # a Ctrl-C now waits until all are in place
+            for item, (path, what) in zip(staged, written):
+                item.commit()
+                moved(path, what)
     finally:
         for item in staged:
             item.discard()
@@ -497,7 +476,7 @@ def cmd_segment(args, progress, cancel) -> int:
     summary.channels = channels
     emit(progress, "write", f"writing {args.output}")
     with clock("write"):
-        summary.files = _write_result(result, image, args, channels=channels,
+        summary.files = _write_result(result, image, args, channels=channels, cancel=cancel,
                                       overlay=_overlay(args, image, result.labels, reference, labels, result.axis,
                                                       summary))
     _finish(summary, clock, progress, f"wrote {args.output}", seconds=result.seconds)
@@ -516,8 +495,9 @@ def cmd_finetune(args, progress, cancel) -> int:
     with clock("finetune"):
         model = api.finetune(image.array, labels.array, image.spacing, device=args.device,
                              **_training_options(args), progress=progress, cancel=cancel)
-    with clock("write"):
+    with clock("write"), writing(cancel, [(args.output, "model")]) as moved:
         model.save(args.output)
+        moved(args.output, "model")
     summary = _new_summary("finetune", args, model, model.axis, labels)
     summary.volumes = label_volumes(labels.array, image.spacing, values=[v for v in model.label_values if v != 0])
     summary.volumes_of = "painted"
@@ -555,7 +535,7 @@ def cmd_predict(args, progress, cancel) -> int:
     channels = None if result.probabilities is None else tuple(model.label_values)
     summary.channels = channels
     with clock("write"):
-        summary.files = _write_result(result, image, args, channels=channels,
+        summary.files = _write_result(result, image, args, channels=channels, cancel=cancel,
                                       overlay=_overlay(args, image, result.labels, reference, labels, model.axis,
                                                       summary))
     _finish(summary, clock, progress, f"wrote {args.output}")
@@ -607,12 +587,9 @@ COMMANDS = {"segment": cmd_segment, "finetune": cmd_finetune, "predict": cmd_pre
 # ----------------------------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 internal error, 2 bad input, 130 cancelled)."""
-    cancel = threading.Event()
+    cancel = Cancellation()  # stops the run; the message says which outputs were already written
     printer = ProgressPrinter("none")
-
-    def _on_signal(signum, frame):  # finish the current step, write nothing, exit 130
-        cancel.set()
-        raise Cancelled("cancelled")
+    _on_signal = cancel.on_signal
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     if threading.current_thread() is threading.main_thread():
@@ -621,17 +598,16 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     try:
         args = build_parser().parse_args(argv)
-        printer = ProgressPrinter(args.progress or _default_progress()) if hasattr(args, "progress") else printer
+        if hasattr(args, "progress"):
+            printer = ProgressPrinter(args.progress or _default_progress(args.command))
         if hasattr(args, "threads"):
             args.threads = choose_threads(args.threads)  # a bad --threads is one line before any work
         _check_choices(args)
         return COMMANDS[args.command](args, printer if printer.mode != "none" else None, cancel)
     except InputError as error:
         return _fail(printer, str(error), EXIT_BAD_INPUT)
-    except Cancelled:
-        return _fail(printer, "cancelled; nothing was written", EXIT_CANCELLED)
-    except KeyboardInterrupt:
-        return _fail(printer, "cancelled; nothing was written", EXIT_CANCELLED)
+    except (Cancelled, KeyboardInterrupt):
+        return _fail(printer, cancel.message(), EXIT_CANCELLED)
     except MemoryError:
         return _fail(printer, "out of memory; try --preset fast, a smaller --batch-size, or a GPU", EXIT_INTERNAL)
     except Exception as error:  # the last resort: one line, the full trace only on request

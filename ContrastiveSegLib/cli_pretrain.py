@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -132,8 +131,9 @@ def read_tags(path: Path, sources: list) -> list:
 def _cache_dir(args) -> Path:
     if args.cache_dir is not None:
         return args.cache_dir
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "contrastiveseg" / "superpixels"
+    from ContrastiveSegLib.paths import user_cache_dir
+
+    return user_cache_dir() / "superpixels"
 
 
 def run_pretrain(args, progress, cancel) -> int:

@@ -1,7 +1,10 @@
-"""Where the bundled resources (sample data, shipped encoders) live, installed or in a checkout."""
+"""Where the bundled resources (sample data, shipped encoders) live, installed or in a checkout, and the user's
+cache folder."""
 from __future__ import annotations
 
 from pathlib import Path
+
+APP_NAME = "contrastiveseg"  # the folder name under the platform's cache folder
 
 
 def resources_dir() -> Path:
@@ -24,3 +27,12 @@ def sample_data_dir() -> Path:
 
 def models_dir() -> Path:
     return resources_dir() / "Models"
+
+
+def user_cache_dir() -> Path:
+    """The user's cache folder for this library, as the platform keeps them (platformdirs): on Linux
+    ``$XDG_CACHE_HOME/contrastiveseg``, by default ``~/.cache/contrastiveseg``; on macOS
+    ``~/Library/Caches/contrastiveseg``; on Windows ``%LOCALAPPDATA%\\contrastiveseg\\Cache``. Not created here."""
+    import platformdirs  # imported when needed: the Slicer module's GUI process never asks for it
+
+    return Path(platformdirs.user_cache_dir(APP_NAME, appauthor=False))

@@ -59,15 +59,17 @@ def reference_scores(labels: np.ndarray, reference: np.ndarray, spacing: Sequenc
     """
     if labels.shape != reference.shape:
         raise ValueError(f"shape mismatch: labels {labels.shape} vs reference {reference.shape}")
+    from ContrastiveSegLib.evaluation.metrics import dice_per_label  # the one Dice (MONAI's), as the benchmark's
+
     predicted, expected = _counts(labels), _counts(reference)
-    agree = labels == reference
-    overlap = _counts(np.asarray(labels)[agree])
+    structures = _structures(predicted, expected, values=values)
+    dice = dice_per_label(labels, reference, structures)
     unit = voxel_ml(spacing)
     scores = []
-    for v in _structures(predicted, expected, values=values):
-        p, r, both = predicted.get(v, 0), expected.get(v, 0), overlap.get(v, 0)
+    for v in structures:
+        p, r = predicted.get(v, 0), expected.get(v, 0)
         difference = (p - r) * unit
-        scores.append({"label": v, "dice": round(1.0 if p + r == 0 else 2.0 * both / (p + r), 4),
+        scores.append({"label": v, "dice": round(dice[v], 4),
                        "ml": round(p * unit, 3), "reference_ml": round(r * unit, 3),
                        "difference_ml": round(difference, 3),
                        "difference_percent": None if r == 0 else round(100.0 * (p - r) / r, 1)})

@@ -79,6 +79,7 @@ def test_two_decoder_network_averages_its_decoders_and_round_trips(tmp_path):
         NetworkConfig(in_channels=5, num_classes=2, decoders=3)
 
 
+@pytest.mark.slow
 def test_bidirectional_finetuning_trains_both_decoders_and_segments(phantom):
     torch.manual_seed(0)
     model = api.finetune(phantom.image, phantom.sparse, consistency="bidirectional", encoder="none", **QUICK)

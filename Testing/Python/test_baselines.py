@@ -122,6 +122,7 @@ def test_fill_between_reproduces_a_cylinder_between_annotated_slices(axis, value
     assert not np.moveaxis(result, axis, 0)[outside].any()  # no extrapolation past the annotated slices
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(slicer_missing or itk_missing, reason="needs both slicer-core and itk")
 def test_fill_between_backends_agree_on_a_changing_shape():
     _, reference = ellipsoids()

@@ -110,10 +110,14 @@ def test_every_slice_annotated_returns_the_labels(phantom_files, capsys):
     out = f.folder / "out.nii.gz"
     code, _, err = run(["segment", f.image, labels, "-o", out, "--axis", "k", *FAST], capsys)
     assert code == 0
-    # One remark for the user; the rest of stderr is the run's summary, which says nothing was trained.
-    remarks = [line for line in err.splitlines() if line.startswith("contrastiveseg: ")]
+    # One remark for the user; the rest of stderr is the stage lines of the log (stderr is not a terminal) and the
+    # run's summary, which says nothing was trained.
+    lines = err.splitlines()
+    remarks = [line for line in lines if line.startswith("contrastiveseg: ")]
     assert len(remarks) == 1 and "nothing to segment" in remarks[0], err
-    assert err.splitlines()[1].startswith("summary of segment") and f"wrote      {out} (label map)" in err
+    summary = next(i for i, line in enumerate(lines) if line.startswith("summary of segment"))
+    assert all(line in remarks or line.startswith("[") for line in lines[:summary]), err
+    assert f"wrote      {out} (label map)" in "\n".join(lines[summary:])
     written = sitk.ReadImage(str(out))
     assert np.array_equal(sitk.GetArrayFromImage(written), full)
     assert written.GetDirection() == pytest.approx(rotation_direction(), abs=1e-6)

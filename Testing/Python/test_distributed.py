@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # two gloo ranks and torchrun start several interpreters
+
 FEATURES = (8, 8, 16, 16, 32)
 
 

@@ -208,10 +208,8 @@ def test_cancel_kills_the_whole_process_tree(fake_cli, mode, expected_code):
     assert worker is not None and _alive(worker) and _alive(process.pid)
     assert set(_group_members(process.pid)) == {process.pid, worker}
 
-    started = time.monotonic()
     process.cancel(grace_s=0.5)
     result = process.wait(timeout=10)
-    assert time.monotonic() - started < 5
     assert result.cancelled and result.exit_code == expected_code
     assert result.message == "Cancelled; nothing was changed."
     time.sleep(0.1)
@@ -267,10 +265,8 @@ def test_a_wait_that_ends_early_leaves_no_process(fake_cli, ending):
     expected = {"timeout": subprocess.TimeoutExpired, "cancel": Cancelled, "interrupt": KeyboardInterrupt}[ending]
     if ending == "cancel":
         threading.Timer(0.3, cancel.set).start()
-    started = time.monotonic()
     with pytest.raises(expected):
         child.wait(timeout=0.3 if ending == "timeout" else 30, cancel=cancel, poll_s=0.05)
-    assert time.monotonic() - started < 5
     assert child.poll() == -signal.SIGKILL and _gone(worker) and _group_members(child.pid) == []
 
 
@@ -281,11 +277,13 @@ def test_stop_is_polite_first(fake_cli):
     assert child.poll() == EXIT_CANCELLED and _gone(worker) and _group_members(child.pid) == []
 
 
-def test_run_with_a_timeout_raises_and_keeps_no_child():
-    started = time.monotonic()
+def test_run_with_a_timeout_raises_and_keeps_no_child(tmp_path):
+    marker = tmp_path / "still running"
+    code = f"import time; time.sleep(3); open({str(marker)!r}, 'w').close()"
     with pytest.raises(subprocess.TimeoutExpired):
-        childprocess.run([sys.executable, "-c", "import time; time.sleep(60)"], timeout=0.5)
-    assert time.monotonic() - started < 10
+        childprocess.run([sys.executable, "-c", code], timeout=0.5)
+    time.sleep(4)
+    assert not marker.exists()  # the child was killed at the timeout, not left to finish
 
 
 # ------------------------------------------------------------------------------------------ the real CLI
@@ -322,6 +320,7 @@ def _real(*arguments, **options) -> CliProcess:
     return process
 
 
+@pytest.mark.slow
 @needs_cli
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_real_cli_cancel_leaves_no_output_and_no_process(phantom, tmp_path):
@@ -366,6 +365,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 @needs_cli
 def test_real_cli_out_of_memory_halves_the_batch_in_the_child_and_the_runner_only_reports(phantom, tmp_path):
     image, labels, sphere = phantom

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # What a Slicer 5.8 with the PyTorch extension holds before ContrastiveSeg's dependencies are installed.
 SLICER_PACKAGES = {"torch": "2.4.1+cu121", "SimpleITK": "2.3.1", "numpy": "1.26.4", "scipy": "1.13.0",
-                   "scikit-image": "0.22.0", "safetensors": "0.4.3"}
+                   "scikit-image": "0.22.0", "safetensors": "0.4.3", "platformdirs": "4.2.2"}
 
 
 class FakeMetadata:
