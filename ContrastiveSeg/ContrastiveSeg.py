@@ -41,7 +41,7 @@ except ImportError:  # a source checkout added through "Additional module paths"
 # Only light modules here: nothing below imports torch, MONAI or anything that may not be installed yet.
 from ContrastiveSegLib.errors import InputError  # noqa: E402
 from ContrastiveSegLib.options import (AXIS_LETTERS, DEFAULT_CONSISTENCY, DEFAULT_DEVICE, DEFAULT_PRESET,  # noqa: E402
-                                       DEVICE_KINDS, PRESET_NAMES, PRETRAIN_STEPS, axis_index)
+                                       DEVICE_KINDS, PRESET_NAMES, PRETRAIN_STEPS, RANDOM_INIT, axis_index)
 from ContrastiveSegLib.slicer import environment  # noqa: E402
 from ContrastiveSegLib.slicer.geometry import slice_center_ras  # noqa: E402
 from ContrastiveSegLib.slicer.childrun import private_state_dir  # noqa: E402
@@ -49,7 +49,7 @@ from ContrastiveSegLib.slicer.pretraining import DEFAULT_METHOD, OFFERED_METHODS
 from ContrastiveSegLib.slicer.runner import Progress, overall_fraction, python_executable  # noqa: E402
 
 DEFAULT_ENCODER = "default"
-ENCODERS = [DEFAULT_ENCODER, *environment.shipped_encoder_names(), "none"]
+ENCODERS = [DEFAULT_ENCODER, *environment.shipped_encoder_names(), RANDOM_INIT]
 DEVICES = list(DEVICE_KINDS)  # "cuda" with the GPU index box beside it makes "cuda:N"
 AXIS_FROM_PAINT = "auto"  # the axis choice that lets the painted planes decide (no --axis)
 SETTINGS_DEVICE = "ContrastiveSeg/Device"

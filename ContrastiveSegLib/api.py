@@ -31,7 +31,7 @@ from ContrastiveSegLib.io.annotations import IGNORE, SparseAnnotation
 from ContrastiveSegLib.model import TrainedModel, load_encoder_into
 from ContrastiveSegLib.networks import NetworkConfig, build_network
 from ContrastiveSegLib.options import (ADAPT_STEPS, CONSISTENCY_DECODERS, DEFAULT_CONSISTENCY, DEFAULT_DEVICE,
-                                       DEFAULT_PRESET, check_consistency)
+                                       DEFAULT_PRESET, RANDOM_INIT, check_consistency)
 from ContrastiveSegLib.presets import preset_config
 from ContrastiveSegLib.progress import ProgressCallback, emit
 from ContrastiveSegLib.training.finetune import train_segmentation
@@ -89,14 +89,14 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
     Args:
         image: (z, y, x) intensities (any units: CT HU or MR).
         labels: (z, y, x) sparse label map (see :mod:`ContrastiveSegLib.io.annotations`).
-        encoder: a shipped encoder name, a .safetensors path, "none" for random initialisation, or None for the
+        encoder: a shipped encoder name, a .safetensors path, "random" for random initialisation, or None for the
             shipped default (:func:`~ContrastiveSegLib.zoo.registry.default_encoder`).
         init_model: continue from this model (same label values) instead of starting afresh: a refinement after
             the user corrected a slice.
         adapt: a pretraining method name: first pretrain the encoder for ``adapt_steps`` steps on this scan alone
             (its annotated slices feed MixCL's label term), starting from ``encoder`` when one is given.
         consistency: one of :data:`~ContrastiveSegLib.options.CONSISTENCY_MODES`: "bidirectional" trains two
-            decoders that label the unannotated slices for each other (IDEAL's fine-tuning stage); "none" trains
+            decoders that label the unannotated slices for each other (IDEAL's fine-tuning stage); "off" trains
             one decoder on the annotated slices only.
         prior_labels: also train on the shape prior's sure voxels of up to 24 unpainted slices between the painted
             ones (:func:`~ContrastiveSegLib.inference.shape_prior.prior_pseudo_labels`; an option, not the default:
@@ -183,7 +183,7 @@ def _new_network(case: PreparedCase, consistency: str, encoder: str, encoder_pat
                                           num_classes=case.annotation.num_classes,
                                           decoders=CONSISTENCY_DECODERS[consistency]))
     if encoder_path is None:
-        return network, "none"
+        return network, RANDOM_INIT
     load_encoder_into(network, encoder_path, case.spec)
     return network, str(encoder)
 

@@ -60,8 +60,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     # No choices= for --preset and --device: main() checks them (options.check_*), so that a near miss gets a
     # "did you mean" and, under --progress json, the error event too.
     parser.add_argument("--preset", default=options.DEFAULT_PRESET, help=options.preset_help())
-    parser.add_argument("--encoder", default=None, help="shipped encoder name, a .safetensors file, or 'none' "
-                        "for random initialisation (default: the shipped default, see 'contrastiveseg encoders')")
+    parser.add_argument("--encoder", default=None, help="shipped encoder name, a .safetensors file, or "
+                        f"'{options.RANDOM_INIT}' for random initialisation (default: the shipped default, see 'contrastiveseg encoders')")
     parser.add_argument("--init-model", type=Path, help="continue fine-tuning from this model (refinement)")
     parser.add_argument("--steps", type=int, help="fine-tuning steps (overrides the preset)")
     parser.add_argument("--batch-size", type=int, help="fine-tuning batch size (overrides the preset)")
@@ -549,7 +549,8 @@ def cmd_encoders(args, progress, cancel) -> int:
     if args.json:
         print(json.dumps(entries, indent=2))
     elif not entries:
-        print("no pretrained encoders are shipped yet; 'none' (random initialisation) is always available")
+        print(f"no pretrained encoders are shipped yet; '{options.RANDOM_INIT}' (random initialisation) is always "
+              "available")
     else:
         print(f"{'name':<12} {'method':<10} {'steps':>6}  description")
         for entry in entries:

@@ -49,8 +49,8 @@ def add_demo_arguments(parser) -> None:
     parser.add_argument("--preset", default=DEFAULT_PRESET,
                         help=f"fine-tuning preset, {' | '.join(options.PRESET_NAMES)} (default {DEFAULT_PRESET}: "
                              "the demo's time budget)")
-    parser.add_argument("--encoder", default=None, help="encoder name or .safetensors file, or 'none' "
-                        "(default: the same as `contrastiveseg segment`)")
+    parser.add_argument("--encoder", default=None, help="encoder name or .safetensors file, or "
+                        f"'{options.RANDOM_INIT}' (default: the same as `contrastiveseg segment`)")
     parser.add_argument("--steps", type=int, default=None,
                         help="fine-tuning steps, overriding the preset (e.g. 15 for a quick smoke run)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -9,6 +9,7 @@ import torch
 from ContrastiveSegLib.data.slices import InputSpec
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.networks import NetworkConfig, SegmentationNet, build_network
+from ContrastiveSegLib.options import RANDOM_INIT
 from ContrastiveSegLib.zoo.weights import check_tensors, read_tensors, read_weights_header, save_weights
 
 
@@ -22,7 +23,7 @@ class TrainedModel:
         axis: the annotation axis of the (z, y, x) array the model was trained along.
         spec: how slices become input channels.
         spacing: voxel size (x, y, z) of the training scan, for a warning when the next scan differs a lot.
-        encoder: name of the encoder fine-tuning started from ("none" for random initialisation).
+        encoder: name of the encoder fine-tuning started from (:data:`~ContrastiveSegLib.options.RANDOM_INIT` for random initialisation).
     """
 
     network: SegmentationNet
@@ -30,7 +31,7 @@ class TrainedModel:
     axis: int
     spec: InputSpec
     spacing: tuple[float, float, float]
-    encoder: str = "none"
+    encoder: str = RANDOM_INIT
 
     def header(self) -> dict:
         config = self.network.config
@@ -75,7 +76,7 @@ class TrainedModel:
             raise InputError(f"model {path} does not match this version's network "
                              f"({str(error).splitlines()[0][:120]})") from None
         return cls(network, tuple(header["label_values"]), header["axis"], spec,
-                   tuple(float(v) for v in header["spacing"]), header.get("encoder", "none"))
+                   tuple(float(v) for v in header["spacing"]), header.get("encoder", RANDOM_INIT))
 
 
 def load_encoder_into(network: SegmentationNet, path: str | os.PathLike, spec: InputSpec) -> None:

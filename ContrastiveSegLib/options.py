@@ -26,7 +26,7 @@ from ContrastiveSegLib.threads import choose_threads, default_threads  # noqa: F
 __all__ = [
     "ADAPT_STEPS", "AXIS_LETTERS", "CONSISTENCY_DECODERS", "CONSISTENCY_MODES", "DEFAULT_CONSISTENCY",
     "DEFAULT_DEVICE", "DEFAULT_PRESET", "DEVICE_FORMS", "DEVICE_KINDS", "METHOD_NAMES", "PRESETS", "PRESET_NAMES",
-    "PRETRAIN_BATCH_SIZE", "PRETRAIN_LEARNING_RATE", "PRETRAIN_PATCH", "PRETRAIN_STEPS", "PROGRESS_MODES",
+    "PRETRAIN_BATCH_SIZE", "PRETRAIN_LEARNING_RATE", "RANDOM_INIT", "RANDOM_INIT_ALIASES", "PRETRAIN_PATCH", "PRETRAIN_STEPS", "PROGRESS_MODES",
     "REFINE_FRACTION", "Preset", "axis_index", "check_consistency", "check_device", "check_preset",
     "choose_threads", "default_threads", "device_help", "look_up", "preset_help", "requirements",
     "unknown_message",
@@ -125,11 +125,11 @@ def preset_help() -> str:
 
 
 # --------------------------------------------------------------------------------------------- consistency
-CONSISTENCY_DECODERS: Mapping[str, int] = {"none": 1, "bidirectional": 2}
-"""Consistency mode -> decoders trained. "none": one decoder, trained on the painted slices only.
+CONSISTENCY_DECODERS: Mapping[str, int] = {"off": 1, "bidirectional": 2}
+"""Consistency mode -> decoders trained. "off": one decoder, trained on the painted slices only.
 "bidirectional": two decoders that label the unannotated slices for each other (IDEAL's fine-tuning stage)."""
 CONSISTENCY_MODES = tuple(CONSISTENCY_DECODERS)
-DEFAULT_CONSISTENCY = "none"
+DEFAULT_CONSISTENCY = "off"
 
 
 def check_consistency(mode: str) -> str:
@@ -150,9 +150,16 @@ def axis_index(letter: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------- methods
-METHOD_NAMES = ("none", "simclr", "selfpaced", "ideal", "lrc", "mixcl")
+RANDOM_INIT = "random"
+"""No pretraining: the network starts from seeded random weights. The one name for it, as an encoder
+(``--encoder random``, the default while no shipped encoder is marked default) and as a pretraining method
+(``pretrain --method random`` writes the untrained encoder, the ablation's reference)."""
+RANDOM_INIT_ALIASES = ("none",)
+"""Earlier spelling of :data:`RANDOM_INIT` for ``--encoder``, still accepted (models and scripts that say it)."""
+
+METHOD_NAMES = (RANDOM_INIT, "simclr", "selfpaced", "ideal", "lrc", "mixcl")
 """The pretraining methods by name, in the order users see them: the keys of
-:data:`ContrastiveSegLib.methods.METHODS`, which is built from this tuple ("none" is random initialisation). Here so
+:data:`ContrastiveSegLib.methods.METHODS`, which is built from this tuple. Here so
 that the Slicer panel can list them without importing torch."""
 
 # --------------------------------------------------------------------------------------------- budgets

@@ -44,11 +44,11 @@ CANDIDATES: list[tuple[str, dict]] = [
 # weights, and from the simclr encoder). Names are the columns of ablation.md. Every variant names its encoder, so
 # the shipped default does not leak into them.
 ABLATION: list[tuple[str, dict]] = [
-    ("none", {"encoder": "none"}),
+    ("none", {"encoder": "random"}),
     *[(method, {"encoder": method}) for method in ("simclr", "selfpaced", "ideal", "lrc", "mixcl")],
-    ("adapt-simclr", {"encoder": "none", "adapt": "simclr"}),
-    ("adapt-mixcl", {"encoder": "none", "adapt": "mixcl"}),
-    ("bidirectional", {"encoder": "none", "consistency": "bidirectional"}),
+    ("adapt-simclr", {"encoder": "random", "adapt": "simclr"}),
+    ("adapt-mixcl", {"encoder": "random", "adapt": "mixcl"}),
+    ("bidirectional", {"encoder": "random", "consistency": "bidirectional"}),
     ("simclr+bidirectional", {"encoder": "simclr", "consistency": "bidirectional"}),
 ]
 

@@ -15,7 +15,7 @@ from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, DEFAULT_NORM, Metho
 from ContrastiveSegLib.methods.ideal import IDEAL
 from ContrastiveSegLib.methods.lrc import LRC
 from ContrastiveSegLib.methods.mixcl import MixCL
-from ContrastiveSegLib.methods.none import RandomInit
+from ContrastiveSegLib.methods.random_init import RandomInit
 from ContrastiveSegLib.methods.selfpaced import SelfPaced
 from ContrastiveSegLib.methods.simclr import SimCLR
 from ContrastiveSegLib.options import METHOD_NAMES, unknown_message

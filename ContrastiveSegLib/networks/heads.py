@@ -33,7 +33,27 @@ def _check_input(x: Tensor, spatial_dims: int, in_channels: int, head: str) -> N
         )
 
 
-class GlobalProjectionHead(nn.Module):
+class _ProjectionHead(nn.Module):
+    """What both heads share: checked sizes, a shape check on the input, and the L2 normalisation of the output
+    along the channel axis. Subclasses build their layers and implement :meth:`project`."""
+
+    def __init__(self, in_channels: int, hidden_channels: int, out_channels: int, spatial_dims: int) -> None:
+        super().__init__()
+        _check_channels(in_channels=in_channels, hidden_channels=hidden_channels, out_channels=out_channels)
+        if spatial_dims not in (1, 2, 3):
+            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
+        self.in_channels = in_channels
+        self.spatial_dims = spatial_dims
+
+    def project(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_input(x, self.spatial_dims, self.in_channels, type(self).__name__)
+        return F.normalize(self.project(x), dim=1, eps=_EPS)
+
+
+class GlobalProjectionHead(_ProjectionHead):
     """Global average pool -> Linear -> activation -> Linear -> L2 normalise.
 
     The head of Peng et al. (NeurIPS 2021): Linear(C, 256) -> LeakyReLU(0.01) -> Linear(256, 256). Chaitanya
@@ -58,12 +78,7 @@ class GlobalProjectionHead(nn.Module):
         spatial_dims: int = 2,
         act: str | tuple = DEFAULT_ACT,
     ) -> None:
-        super().__init__()
-        _check_channels(in_channels=in_channels, hidden_channels=hidden_channels, out_channels=out_channels)
-        if spatial_dims not in (1, 2, 3):
-            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
-        self.in_channels = in_channels
-        self.spatial_dims = spatial_dims
+        super().__init__(in_channels, hidden_channels, out_channels, spatial_dims)
         self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
         self.mlp = nn.Sequential(
             nn.Linear(in_channels, hidden_channels),
@@ -71,12 +86,11 @@ class GlobalProjectionHead(nn.Module):
             nn.Linear(hidden_channels, out_channels),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.spatial_dims, self.in_channels, type(self).__name__)
-        return F.normalize(self.mlp(self.pool(x).flatten(1)), dim=1, eps=_EPS)
+    def project(self, x: Tensor) -> Tensor:
+        return self.mlp(self.pool(x).flatten(1))
 
 
-class DenseProjectionHead(nn.Module):
+class DenseProjectionHead(_ProjectionHead):
     """1x1 conv -> activation -> 1x1 conv -> L2 normalise along channels: one embedding per location.
 
     The dense head of IDEAL (Basak et al., ICASSP 2023), of Chaitanya et al.'s local loss and of Peng et al.'s
@@ -103,12 +117,7 @@ class DenseProjectionHead(nn.Module):
         act: str | tuple = DEFAULT_ACT,
         norm: str | tuple | None = None,
     ) -> None:
-        super().__init__()
-        _check_channels(in_channels=in_channels, hidden_channels=hidden_channels, out_channels=out_channels)
-        if spatial_dims not in (1, 2, 3):
-            raise ValueError(f"spatial_dims must be 1, 2 or 3, got {spatial_dims!r}")
-        self.in_channels = in_channels
-        self.spatial_dims = spatial_dims
+        super().__init__(in_channels, hidden_channels, out_channels, spatial_dims)
         self.net = nn.Sequential(
             Convolution(
                 spatial_dims, in_channels, hidden_channels, kernel_size=1, act=act, norm=norm, adn_ordering="NA"
@@ -116,6 +125,5 @@ class DenseProjectionHead(nn.Module):
             Convolution(spatial_dims, hidden_channels, out_channels, kernel_size=1, conv_only=True),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        _check_input(x, self.spatial_dims, self.in_channels, type(self).__name__)
-        return F.normalize(self.net(x), dim=1, eps=_EPS)
+    def project(self, x: Tensor) -> Tensor:
+        return self.net(x)

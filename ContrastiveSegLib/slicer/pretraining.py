@@ -24,15 +24,15 @@ from pathlib import Path
 
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.volume import write_volume
-from ContrastiveSegLib.options import DEFAULT_DEVICE, METHOD_NAMES, check_device
+from ContrastiveSegLib.options import DEFAULT_DEVICE, METHOD_NAMES, RANDOM_INIT, check_device
 from ContrastiveSegLib.slicer import nodes
 from ContrastiveSegLib.slicer.childrun import ChildRun, private_state_dir
 from ContrastiveSegLib.slicer.job import ROLE_ATTRIBUTE
 from ContrastiveSegLib.slicer.runner import ChildOutcome, RunResult, cli_command
 
-OFFERED_METHODS = tuple(name for name in METHOD_NAMES if name != "none")
+OFFERED_METHODS = tuple(name for name in METHOD_NAMES if name != RANDOM_INIT)
 """The pretraining methods the module offers: :data:`ContrastiveSegLib.options.METHOD_NAMES` (the registry's
-names, torch-free) without "none" (random initialisation is not worth a run). What each does: docs/methods.md."""
+names, torch-free) without :data:`~ContrastiveSegLib.options.RANDOM_INIT` (no pretraining is not worth a run). What each does: docs/methods.md."""
 DEFAULT_METHOD = "simclr"
 
 

@@ -11,11 +11,10 @@ import json
 from pathlib import Path
 
 from ContrastiveSegLib.errors import InputError
-from ContrastiveSegLib.options import unknown_message
+from ContrastiveSegLib.options import RANDOM_INIT, RANDOM_INIT_ALIASES, unknown_message
 from ContrastiveSegLib.paths import models_dir
 from ContrastiveSegLib.zoo.weights import sha256
 
-RANDOM_INIT = ("none", "random")
 
 
 def shipped_encoders(directory: Path | None = None) -> list[dict]:
@@ -27,9 +26,9 @@ def shipped_encoders(directory: Path | None = None) -> list[dict]:
 
 
 def default_encoder(directory: Path | None = None) -> str:
-    """The name of the shipped default encoder, or "none" (random initialisation) when none is marked default."""
+    """The name of the shipped default encoder, or :data:`~ContrastiveSegLib.options.RANDOM_INIT` when none is marked default."""
     defaults = [e["name"] for e in shipped_encoders(directory) if e.get("default")]
-    return defaults[0] if defaults else "none"
+    return defaults[0] if defaults else RANDOM_INIT
 
 
 def _entry_file(entry: dict, directory: Path) -> Path:
@@ -56,7 +55,7 @@ def _entry_file(entry: dict, directory: Path) -> Path:
 
 
 def resolve_encoder(name_or_path: str | None, directory: Path | None = None) -> Path | None:
-    """The encoder file for ``name_or_path``; None for random initialisation ("none", "random"). ``None`` means
+    """The encoder file for ``name_or_path``; None for random initialisation ("random", or its earlier spelling "none"). ``None`` means
     the shipped default (:func:`default_encoder`).
 
     A shipped name is checked against its sha256 and must name a file inside the models folder; a path must
@@ -64,7 +63,7 @@ def resolve_encoder(name_or_path: str | None, directory: Path | None = None) -> 
     """
     if name_or_path is None:
         name_or_path = default_encoder(directory)
-    if name_or_path.lower() in RANDOM_INIT:
+    if name_or_path.lower() in (RANDOM_INIT, *RANDOM_INIT_ALIASES):
         return None
     directory = directory or models_dir()
     entries = {entry["name"]: entry for entry in shipped_encoders(directory)}
@@ -81,5 +80,5 @@ def resolve_encoder(name_or_path: str | None, directory: Path | None = None) -> 
         if not path.is_file():
             raise InputError(f"encoder file not found: {path}")
         return path
-    known = ["none", *entries]
+    known = [RANDOM_INIT, *entries]
     raise InputError(unknown_message("encoder", name_or_path, known))

@@ -82,14 +82,14 @@ def test_two_decoder_network_averages_its_decoders_and_round_trips(tmp_path):
 @pytest.mark.slow
 def test_bidirectional_finetuning_trains_both_decoders_and_segments(phantom):
     torch.manual_seed(0)
-    model = api.finetune(phantom.image, phantom.sparse, consistency="bidirectional", encoder="none", **QUICK)
+    model = api.finetune(phantom.image, phantom.sparse, consistency="bidirectional", encoder="random", **QUICK)
     fresh = build_network(model.network.config)
     # Both decoders moved away from their initial weights: each got gradients from its own supervised loss and
     # from the other's pseudo-labels.
     for name in ("decoder", "decoder2"):
         trained = getattr(model.network, name).head.weight
         assert not torch.allclose(trained, getattr(fresh, name).head.weight)
-    result = api.segment(phantom.image, phantom.sparse, consistency="bidirectional", seed=0, encoder="none",
+    result = api.segment(phantom.image, phantom.sparse, consistency="bidirectional", seed=0, encoder="random",
                          **{**QUICK, "steps": 60, "batch_size": 4})
     assert result.model.network.config.decoders == 2
     # Measured (60 steps of batch 4, seeds 0-2): mean Dice 0.98, 0.97, 0.99; plain fine-tuning 0.98, 0.97, 0.98.
@@ -123,10 +123,10 @@ def test_pretraining_from_an_encoder_file_starts_from_its_weights(tmp_path):
 
 
 def test_adapt_changes_the_encoder_before_finetuning(phantom):
-    plain = api.finetune(phantom.image, phantom.sparse, seed=0, encoder="none", **{**QUICK, "steps": 1})
-    adapted = api.finetune(phantom.image, phantom.sparse, seed=0, encoder="none", adapt="mixcl", adapt_steps=2,
+    plain = api.finetune(phantom.image, phantom.sparse, seed=0, encoder="random", **{**QUICK, "steps": 1})
+    adapted = api.finetune(phantom.image, phantom.sparse, seed=0, encoder="random", adapt="mixcl", adapt_steps=2,
                            **{**QUICK, "steps": 1})
-    assert adapted.encoder == "none+adapt:mixcl"
+    assert adapted.encoder == "random+adapt:mixcl"
     assert not torch.allclose(plain.network.encoder.stem.conv_0.conv.weight,
                               adapted.network.encoder.stem.conv_0.conv.weight)
 

@@ -195,7 +195,7 @@ def test_encoder_with_other_widths(phantom_files, capsys):
 def test_unknown_encoder_name_lists_the_known_ones(phantom_files, capsys):
     f = phantom_files
     line = assert_bad_input(["segment", f.image, f.labels, "-o", f.folder / "out.nii.gz", "--encoder", "imagenet",
-                             *FAST], capsys, "unknown encoder 'imagenet' (known: none", f.folder)
+                             *FAST], capsys, "unknown encoder 'imagenet' (known: random", f.folder)
     assert "known:" in line
 
 

@@ -83,7 +83,7 @@ def _cli_has_pretrain() -> bool:
     from ContrastiveSegLib.cli import build_parser
 
     try:
-        build_parser().parse_args(["pretrain", "x", "--method", "none", "-o", "x.safetensors"])
+        build_parser().parse_args(["pretrain", "x", "--method", "random", "-o", "x.safetensors"])
         return True
     except BaseException:  # argparse exits (SystemExit) or raises InputError for an unknown command
         return False

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 # The core library: what the Slicer module and ``api`` users load. None of it may import the evaluation package.
 CORE = ("api", "training", "inference", "data", "io", "networks", "losses", "methods")
@@ -42,12 +44,14 @@ def _walk(packages: str) -> str:
         "        importlib.import_module(info.name)\n")
 
 
+@pytest.mark.slow
 def test_evaluation_does_not_import_the_cli_or_the_demo():
     loaded = _modules_after(_walk("('evaluation',)"))
     assert {f"ContrastiveSegLib.evaluation.{name}" for name in EVALUATION} <= loaded
     assert sorted(loaded & set(FRONT_ENDS)) == []
 
 
+@pytest.mark.slow
 def test_the_core_library_does_not_import_evaluation():
     loaded = _modules_after(_walk(repr(CORE)))
     assert {f"ContrastiveSegLib.{name}" for name in CORE} <= loaded

@@ -212,11 +212,11 @@ def test_pretrain_writes_an_encoder_that_fine_tuning_loads(data_dir, tmp_path):
     network = build_network(NetworkConfig(in_channels=5, num_classes=2, features=(8, 8, 16, 16, 32)))
     load_encoder_into(network, tmp_path / "enc.safetensors", InputSpec())
     assert all(torch.equal(network.encoder.state_dict()[k], v) for k, v in tensors.items())
-    # 'none' writes the seeded initial encoder; simclr moved away from the same start.
-    assert cli(pretrain_args(data_dir, tmp_path / "none.safetensors", "none")) == 0
-    initial, _ = load_weights(tmp_path / "none.safetensors")
+    # 'random' writes the seeded initial encoder; simclr moved away from the same start.
+    assert cli(pretrain_args(data_dir, tmp_path / "random.safetensors", "random")) == 0
+    initial, _ = load_weights(tmp_path / "random.safetensors")
     torch.manual_seed(0)
-    fresh = get_method("none", features=(8, 8, 16, 16, 32)).encoder_state_dict()
+    fresh = get_method("random", features=(8, 8, 16, 16, 32)).encoder_state_dict()
     assert all(torch.equal(initial[k], fresh[k]) for k in fresh)
     assert any(not torch.equal(initial[k], tensors[k]) for k in fresh)
 
@@ -279,4 +279,4 @@ def test_parse_params_converts_types():
 def test_methods_command_lists_every_method(capsys):
     assert cli(["methods"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in ("none", "simclr", "selfpaced", "ideal", "lrc", "mixcl"))
+    assert all(name in out for name in ("random", "simclr", "selfpaced", "ideal", "lrc", "mixcl"))

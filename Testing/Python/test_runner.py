@@ -371,7 +371,7 @@ def test_real_cli_out_of_memory_halves_the_batch_in_the_child_and_the_runner_onl
     image, labels, sphere = phantom
     out = tmp_path / "result.nrrd"
     command = cli_command("segment", image, labels, python=sys.executable, o=out, preset="fast", steps=3,
-                          batch_size=8, device="cpu", encoder="none")
+                          batch_size=8, device="cpu", encoder="random")
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     process = CliProcess([sys.executable, "-c", GREEDY_CLI, "2", *command[3:]], force_cpu=True, env=env)
     process.start()

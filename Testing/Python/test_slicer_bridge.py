@@ -487,6 +487,7 @@ def test_bad_options_and_inputs_are_one_line_errors(scene):
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("ContrastiveSegLib.cli") is None,
                     reason="ContrastiveSegLib.cli is not there yet")
+@pytest.mark.slow
 def test_the_real_cli_from_nodes_to_segments(scene, tmp_path):
     """Nodes (oblique, anisotropic) -> exchange files -> real CLI (fine-tune 20 steps on the CPU) -> segments."""
     import os

@@ -99,7 +99,7 @@ def inputs(scene, tmp_path):
 
 
 SEGMENT_OPTIONS = {
-    "encoder": [None, "simclr", "none", "/encoders/mine.safetensors"],
+    "encoder": [None, "simclr", "random", "/encoders/mine.safetensors"],
     "device": ["auto", "cpu", "cuda", "cuda:1", "mps"],
     "preset": list(options.PRESET_NAMES),
     "steps": [None, 1, 500],

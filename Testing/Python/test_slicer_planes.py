@@ -229,6 +229,7 @@ def test_background_scribbles_in_several_planes(scene):
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("ContrastiveSegLib.cli") is None,
                     reason="ContrastiveSegLib.cli is not there yet")
+@pytest.mark.slow
 def test_the_real_cli_keeps_a_painting_in_two_planes(scene, tmp_path):
     """Nodes -> exchange files -> real CLI (20 fine-tuning steps on the CPU) -> the same segmentation: no --axis,
     and every annotated voxel of both planes comes back exactly as painted, so reading the result again gives

@@ -76,9 +76,10 @@ def test_the_method_names_have_one_home_that_the_registry_and_the_panel_use():
 
     assert tuple(METHODS) == METHOD_NAMES  # keys and order
     assert all(cls.name == name for name, cls in METHODS.items())
-    assert OFFERED_METHODS == ("simclr", "selfpaced", "ideal", "lrc", "mixcl")  # "none" is no run worth offering
+    assert OFFERED_METHODS == ("simclr", "selfpaced", "ideal", "lrc", "mixcl")  # "random" (no pretraining) is no run worth offering
 
 
+@pytest.mark.slow
 def test_pretrain_on_the_scene_with_the_real_cli(scene, module, tmp_path):
     from ContrastiveSegLib.zoo.weights import load_weights
 
@@ -121,6 +122,7 @@ def test_pretrain_on_the_scene_with_the_real_cli(scene, module, tmp_path):
     assert not [p for p in state.iterdir() if p.name.startswith("pretrain-")]  # exported scans removed
 
 
+@pytest.mark.slow
 def test_an_unknown_method_is_one_line_from_the_cli_and_changes_nothing(scene, module, tmp_path):
     _, logic, node, settings = module
     ct, _ = _scans(scene)

@@ -665,7 +665,7 @@ def test_the_parameter_node_defaults_pass_slicers_checks(monkeypatch, tmp_path, 
 
 @pytest.mark.parametrize("name, value, error", [
     ("device", "gpu", ValueError),                 # not a Choice
-    ("pretrainMethod", "none", ValueError),        # random initialisation is not offered as a run
+    ("pretrainMethod", "random", ValueError),        # random initialisation is not offered as a run
     ("axis", "x", ValueError),
     ("gpuIndex", 16, ValueError),                  # outside WithinRange
     ("pretrainSteps", 0, ValueError),

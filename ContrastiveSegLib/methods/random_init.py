@@ -1,4 +1,4 @@
-"""``none``: random initialisation, the ablation's reference point.
+"""``random``: random initialisation, the ablation's reference point.
 
 Writes the seeded, untrained encoder, so fine-tuning from it is the same as fine-tuning from scratch and every
 method's gain is measured against it with identical plumbing.
@@ -10,6 +10,7 @@ from typing import Mapping
 from torch import Tensor
 
 from ContrastiveSegLib.data.slices import InputSpec
+from ContrastiveSegLib.options import RANDOM_INIT
 from ContrastiveSegLib.methods.base import DEFAULT_FEATURES, DEFAULT_NORM, MethodOutput, PretrainMethod
 
 
@@ -20,7 +21,7 @@ class RandomInit(PretrainMethod):
     paths (DDP, tests) as the others. Shapes: any batch -> scalar 0.
     """
 
-    name = "none"
+    name = RANDOM_INIT
     description = "random initialisation (no pretraining): the reference for the ablation"
     required_keys: tuple[str, ...] = ()
     trains = False
