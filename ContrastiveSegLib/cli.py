@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ContrastiveSegLib import options
-from ContrastiveSegLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, Cancelled, InputError
+from ContrastiveSegLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, Cancelled, InputError, OutOfMemory
 from ContrastiveSegLib.progress import Cancellation, ProgressPrinter, writing
 from ContrastiveSegLib.threads import add_threads_option, apply_threads, choose_threads
 
@@ -609,6 +609,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(printer, str(error), EXIT_BAD_INPUT)
     except (Cancelled, KeyboardInterrupt):
         return _fail(printer, cancel.message(), EXIT_CANCELLED)
+    except OutOfMemory as error:  # the GPU, even at batch size 1: its message says what to do
+        return _fail(printer, str(error), EXIT_INTERNAL)
     except MemoryError:
         return _fail(printer, "out of memory; try --preset fast, a smaller --batch-size, or a GPU", EXIT_INTERNAL)
     except Exception as error:  # the last resort: one line, the full trace only on request

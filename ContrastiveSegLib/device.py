@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ContrastiveSegLib.errors import InputError
+from ContrastiveSegLib.errors import InputError, OutOfMemory  # noqa: F401  (OutOfMemory re-exported)
 from ContrastiveSegLib.options import DEFAULT_DEVICE, check_device
 from ContrastiveSegLib.progress import ProgressCallback, emit
 
@@ -39,10 +39,6 @@ def autocast_context(device: torch.device):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast(device.type, enabled=False)
 
-
-class OutOfMemory(MemoryError):
-    """The device ran out of memory even at batch size 1. A MemoryError, so the CLI reports it as out of memory
-    in one line (exit code 1) like running out of host memory; the message says what ran out and what to do."""
 
 
 def halve_batch(batch_size: int, what: str, progress: ProgressCallback = None, stage: str | None = None) -> int:

@@ -23,3 +23,9 @@ class Cancelled(RuntimeError):
     """The user (or a signal) asked the run to stop; nothing was written. Exit code 130."""
 
     exit_code = EXIT_CANCELLED
+
+
+class OutOfMemory(MemoryError):
+    """The device ran out of memory even at batch size 1 (:func:`ContrastiveSegLib.device.halve_batch`). A
+    MemoryError, so it is reported as out of memory in one line (exit code 1) like running out of host memory; its
+    message says what ran out and what to do, and the CLI prints it as it is."""

@@ -93,3 +93,24 @@ def test_halve_batch_rounds_down_and_never_below_1():
     assert [e["message"] for e in events][-1] == "out of GPU memory: retrying with batch size 1"
     with pytest.raises(OutOfMemory):
         halve_batch(1, "x")
+
+
+def test_the_cli_prints_what_ran_out_at_batch_size_1(phantom_files, capsys, monkeypatch):
+    # The library's one-line advice reaches the user as it is (not the generic host-memory text), exit code 1,
+    # and nothing is written.
+    from ContrastiveSegLib import api
+    from ContrastiveSegLib.cli import main
+
+    def out_of_memory(*args, **kwargs):
+        halve_batch(1, "fine-tuning")
+
+    monkeypatch.setattr(api, "segment", out_of_memory)
+    f = phantom_files
+    before = sorted(p.name for p in f.folder.iterdir())
+    code = main(["segment", str(f.image), str(f.labels), "-o", str(f.folder / "out.nii.gz"), "--device", "cpu",
+                 "--progress", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert err[0] == ("contrastiveseg: error: out of memory while fine-tuning even at batch size 1: use the CPU "
+                      "(--device cpu) or the 'fast' preset")
+    assert sorted(p.name for p in f.folder.iterdir()) == before
