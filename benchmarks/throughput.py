@@ -43,7 +43,7 @@ def loop_throughput_ratio(image: np.ndarray, sparse_labels: np.ndarray, device: 
 
     torch.manual_seed(seed)
     network = build_network(config)
-    sampler = AnnotatedSliceSampler(stack, targets, annotation.slices, patch, config.divisor, seed)
+    sampler = AnnotatedSliceSampler(stack, targets, annotation.slices, patch, divisor=config.divisor, seed=seed)
     augmenter = BatchAugmenter(2 * DEFAULT_SPEC.context + 1, seed)
     train_segmentation(network, sampler, FinetuneConfig(steps=3, batch_size=batch_size, patch=patch), device,
                        augmenter)
@@ -87,11 +87,12 @@ def inference_throughput_ratio(image: np.ndarray, device: torch.device, *, num_c
     config = NetworkConfig(in_channels=DEFAULT_SPEC.in_channels, num_classes=num_classes)
     network = build_network(config).to(device).eval()
 
-    predict_volume(network, SliceStack(stack.slices[:4].numpy(), 0, DEFAULT_SPEC), device)  # warm-up
+    predict_volume(network, SliceStack(stack.slices[:4].numpy(), 0, DEFAULT_SPEC), device,
+                   divisor=network.config.divisor)  # warm-up
     _sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
-        predict_volume(network, stack, device)
+        predict_volume(network, stack, device, divisor=network.config.divisor)
     _sync(device)
     ours = repeats * stack.num_slices / (time.perf_counter() - start)
 

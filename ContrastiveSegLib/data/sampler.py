@@ -27,7 +27,7 @@ class AnnotatedSliceSampler:
         patch: crop height and width (clipped to the slice, rounded up to ``divisor``).
     """
 
-    def __init__(self, stack: SliceStack, targets: np.ndarray, slice_indices, patch: int, divisor: int = 16,
+    def __init__(self, stack: SliceStack, targets: np.ndarray, slice_indices, patch: int, *, divisor: int,
                  seed: int = 0):
         self.stack = stack
         self.slice_indices = np.asarray(slice_indices)
@@ -94,7 +94,7 @@ class UnannotatedSliceSampler:
     neighbouring slices, would rarely enter the consistency term; the annotated sampler's centres keep them in view.
     """
 
-    def __init__(self, stack: SliceStack, annotated, patch: int, divisor: int = 16, seed: int = 0,
+    def __init__(self, stack: SliceStack, annotated, patch: int, *, divisor: int, seed: int = 0,
                  centres=None):
         self.stack = stack
         self.slice_indices = np.setdiff1d(np.arange(stack.num_slices), np.asarray(annotated, dtype=int))

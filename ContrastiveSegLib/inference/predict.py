@@ -16,7 +16,7 @@ from ContrastiveSegLib.device import autocast_context, halve_batch
 
 
 @torch.no_grad()
-def predict_volume(model: torch.nn.Module, stack: SliceStack, device: torch.device, *, divisor: int = 16,
+def predict_volume(model: torch.nn.Module, stack: SliceStack, device: torch.device, *, divisor: int,
                    batch_size: int = 16, flip_tta: bool = False, keep_probabilities: bool = False,
                    prior=None, keep_confidence: bool = False, progress: ProgressCallback = None,
                    cancel=None) -> tuple[np.ndarray, np.ndarray | None]:

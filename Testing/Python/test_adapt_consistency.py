@@ -53,14 +53,14 @@ def test_consistency_loss_is_cross_entropy_on_each_others_argmax():
 def test_unannotated_sampler_never_returns_an_annotated_slice():
     volume = np.repeat(np.arange(12, dtype=np.float32)[:, None, None], 32, 1).repeat(32, 2)  # slice i holds i
     stack = SliceStack(volume, 0, InputSpec(context=0, coordinates=False))
-    sampler = UnannotatedSliceSampler(stack, [2, 5, 9], patch=16, seed=3)
+    sampler = UnannotatedSliceSampler(stack, [2, 5, 9], patch=16, divisor=16, seed=3)
     crops = sampler.batch(200)
     assert crops.shape == (200, 1, 16, 16)
     seen = set(np.unique(crops.numpy()).astype(int))
     assert seen <= set(range(12)) - {2, 5, 9}
     assert len(seen) >= 8  # all nine other slices are drawn, not one
     with pytest.raises(ValueError, match="every slice is annotated"):
-        UnannotatedSliceSampler(stack, range(12), patch=16)
+        UnannotatedSliceSampler(stack, range(12), patch=16, divisor=16)
 
 
 def test_two_decoder_network_averages_its_decoders_and_round_trips(tmp_path):

@@ -46,7 +46,7 @@ def _sampler(phantom) -> AnnotatedSliceSampler:
     targets = np.full(phantom.reference.shape, IGNORE, np.uint8)
     for s in phantom.slices:
         targets[s] = phantom.reference[s]
-    return AnnotatedSliceSampler(stack, targets, list(phantom.slices), patch=32)
+    return AnnotatedSliceSampler(stack, targets, list(phantom.slices), patch=32, divisor=16)
 
 
 def test_fine_tuning_halves_the_batch_and_finishes(phantom):
@@ -63,10 +63,10 @@ def test_fine_tuning_halves_the_batch_and_finishes(phantom):
 def test_prediction_halves_the_batch_and_gives_the_same_result(phantom):
     stack = SliceStack(phantom.image, 0, InputSpec())
     roomy = Greedy(InputSpec().in_channels, 3, limit=1000)
-    expected, _ = predict_volume(roomy, stack, torch.device("cpu"), batch_size=16)
+    expected, _ = predict_volume(roomy, stack, torch.device("cpu"), divisor=16, batch_size=16)
     tight = Greedy(InputSpec().in_channels, 3, limit=3)
     events: list[dict] = []
-    classes, _ = predict_volume(tight, stack, torch.device("cpu"), batch_size=16, progress=events.append)
+    classes, _ = predict_volume(tight, stack, torch.device("cpu"), divisor=16, batch_size=16, progress=events.append)
     assert stack.num_slices == 16 and roomy.seen == [16]
     assert tight.seen == [16, 8, 4] + [2] * 8  # then every slice, two at a time
     np.testing.assert_array_equal(classes, expected)
@@ -83,7 +83,7 @@ def test_at_batch_size_1_fine_tuning_and_prediction_stop_with_one_clear_line(pha
     assert isinstance(raised.value.__context__, torch.OutOfMemoryError)  # CUDA's own message stays in the chain
     model = Greedy(InputSpec().in_channels, 3, limit=0)
     with pytest.raises(OutOfMemory, match="^out of memory while predicting even at batch size 1"):
-        predict_volume(model, SliceStack(phantom.image, 0, InputSpec()), torch.device("cpu"), batch_size=5)
+        predict_volume(model, SliceStack(phantom.image, 0, InputSpec()), torch.device("cpu"), divisor=16, batch_size=5)
     assert model.seen == [5, 2, 1]
 
 

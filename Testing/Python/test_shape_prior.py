@@ -128,8 +128,8 @@ def test_prediction_uses_the_prior_where_the_image_says_nothing(phantom):
         targets[s] = reference[s]
     stack = SliceStack(np.zeros(reference.shape, np.float32), 0, InputSpec())
     prior = build_shape_prior(targets, 2, (0.9, 0.9), 2.5)
-    classes, _ = predict_volume(Flat(), stack, torch.device("cpu"), prior=prior)
-    plain, _ = predict_volume(Flat(), stack, torch.device("cpu"))
+    classes, _ = predict_volume(Flat(), stack, torch.device("cpu"), divisor=16, prior=prior)
+    plain, _ = predict_volume(Flat(), stack, torch.device("cpu"), divisor=16)
     between = slice(min(phantom.slices), max(phantom.slices) + 1)
     overlap = ((classes[between] == 1) & (reference[between] == 1)).sum()
     dice = 2 * overlap / ((classes[between] == 1).sum() + (reference[between] == 1).sum())
