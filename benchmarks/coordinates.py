@@ -1,0 +1,129 @@
+"""What the coordinate channels do at few painted slices: the default against no coordinate channels and against
+coordinate dropout during fine-tuning, on the benchmark's tasks, slices and seeds.
+
+Why: at k = 2 the benchmark paints the slices at 10 % and 90 % of a structure's extent, small cross-sections near
+its ends. There the default's seed spread on ``ct-lookalike-axial`` is 0.26 Dice (benchmarks/results/quality.md);
+the question is whether the network learns "the structure is only where it was painted" from the coordinate
+channels. The variants are made here, in the benchmark, by patching the library for this process only; the
+library itself has no such option:
+
+- ``default``: ``api.segment`` as shipped;
+- ``no coordinates``: new models get no coordinate channels (``data.case.DEFAULT_SPEC.coordinates = False``);
+- ``coordinate dropout P``: during fine-tuning, a crop's coordinate channels are set to 0 with probability P
+  (one random stream for the whole process, drawn in run order), so the network must also segment without them;
+  prediction sees them.
+
+Writes ``results/coordinates.csv`` (one row per run) and ``results/coordinates.md`` (mean over seeds with the spread).
+
+    python benchmarks/coordinates.py --tasks ct-lookalike-axial --k 2 3 --seeds 0 1 2
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ContrastiveSegLib import api  # noqa: E402
+from ContrastiveSegLib.data import augment, case  # noqa: E402
+from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, dice_per_label, sparse_annotation  # noqa: E402
+from tasks import TASKS  # noqa: E402
+
+DROPOUT_STREAM_SEED = 123
+FIELDS = ["task", "k", "seed", "variant", "mean_dice", "dice", "seconds"]
+
+
+def _patched(variant: str, dropout: float):
+    """Set the library up for ``variant``; returns the function that undoes it."""
+    spec, call = case.DEFAULT_SPEC, augment.BatchAugmenter.__call__
+    if variant == "no coordinates":
+        case.DEFAULT_SPEC = dataclasses.replace(spec, coordinates=False)
+    elif variant.startswith("coordinate dropout"):
+        def dropped(self, inputs, targets):
+            out, warped = call(self, inputs, targets)
+            k = self.image_channels
+            if out.shape[1] > k:
+                drop = torch.from_numpy(_STREAM.random(out.shape[0]) < dropout).to(out.device)
+                out = out.clone()
+                out[drop, k:] = 0.0
+            return out, warped
+        augment.BatchAugmenter.__call__ = dropped
+
+    def undo() -> None:
+        case.DEFAULT_SPEC, augment.BatchAugmenter.__call__ = spec, call
+    return undo
+
+
+_STREAM = np.random.default_rng(DROPOUT_STREAM_SEED)
+
+
+def summarise(rows: list[dict]) -> str:
+    """The markdown table: mean Dice over seeds [max - min] per task, k and variant."""
+    cells: dict[tuple, list[float]] = {}
+    for r in rows:
+        cells.setdefault((r["task"], int(r["k"]), r["variant"]), []).append(float(r["mean_dice"]))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    lines = ["# Coordinate channels at few painted slices: mean Dice over seeds [max - min]", "",
+             "| task | k | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]
+    for task, k in dict.fromkeys((t, k) for t, k, _ in cells):
+        values = [cells.get((task, k, v)) for v in variants]
+        lines.append(f"| {task} | {k} | " + " | ".join(
+            "" if v is None else f"{np.mean(v):.3f} [{max(v) - min(v):.3f}] (n={len(v)})" for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", choices=sorted(TASKS), default=["ct-lookalike-axial"])
+    parser.add_argument("--k", nargs="+", type=int, default=[2, 3])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=["default", "no coordinates", "coordinate dropout"])
+    parser.add_argument("--dropout", type=float, default=0.5, help="probability of dropping a crop's coordinates")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    csv_path = args.out / "coordinates.csv"
+    for name in args.tasks:
+        task = TASKS[name]
+        image, reference, spacing, _ = task.load()
+        for k in args.k:
+            sparse = sparse_annotation(reference, task.axis, choose_annotated_slices(reference, task.axis, k))
+            for seed in args.seeds:
+                for variant in args.variants:
+                    label = f"coordinate dropout {args.dropout}" if variant == "coordinate dropout" else variant
+                    undo = _patched(variant, args.dropout)
+                    try:
+                        start = time.perf_counter()
+                        labels = api.segment(image, sparse, spacing, axis=task.axis, seed=seed).labels
+                        seconds = time.perf_counter() - start
+                    finally:
+                        undo()
+                    scores = dice_per_label(labels, reference, list(task.structures))
+                    row = {"task": name, "k": k, "seed": seed, "variant": label,
+                           "mean_dice": round(float(np.mean(list(scores.values()))), 4),
+                           "dice": json.dumps({task.structures[v]: round(d, 4) for v, d in scores.items()}),
+                           "seconds": round(seconds, 1)}
+                    new = not csv_path.exists()
+                    with open(csv_path, "a", newline="") as handle:
+                        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+                        if new:
+                            writer.writeheader()
+                        writer.writerow(row)
+                    print(json.dumps(row), flush=True)
+    rows = list(csv.DictReader(open(csv_path)))
+    (args.out / "coordinates.md").write_text(summarise(rows))
+
+
+if __name__ == "__main__":
+    main()
