@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ContrastiveSegLib import options
-from ContrastiveSegLib.errors import InputError
+from ContrastiveSegLib.errors import Cancelled, InputError
 from ContrastiveSegLib.threads import add_threads_option
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
@@ -173,14 +174,33 @@ def run_pretrain(args, progress, cancel) -> int:
     sources = find_volumes(args.data)
     if args.tags is not None:
         sources = read_tags(args.tags, sources)
-    job = pretrain_encoder(sources, args.method, args.output, config, params=params,
-                           axis=options.axis_index(args.axis), features=features, patch=args.patch, stream=stream,
-                           tag_key=args.tag_key, device=args.device, progress=progress, cancel=cancel)
+    started = int(time.time())  # whole seconds: some file systems keep mtimes that coarse
+    try:
+        job = pretrain_encoder(sources, args.method, args.output, config, params=params,
+                               axis=options.axis_index(args.axis), features=features, patch=args.patch,
+                               stream=stream, tag_key=args.tag_key, device=args.device, progress=progress,
+                               cancel=cancel)
+    except (Cancelled, KeyboardInterrupt):
+        _note_checkpoint(cancel, checkpoint, started)
+        raise
     if job.context.is_main:
         from ContrastiveSegLib.progress import emit
 
         emit(progress, "done", f"wrote {args.output}", seconds=round(job.result.seconds, 1), steps=job.result.steps)
     return 0
+
+
+def _note_checkpoint(cancel, checkpoint: Path, started: float) -> None:
+    """A cancelled pretraining keeps the checkpoint it wrote: say so in the cancel message (with how to resume),
+    instead of "nothing was written". A checkpoint older than this run (the one resumed from) is not news."""
+    from ContrastiveSegLib.progress import Cancellation
+
+    try:
+        written_now = checkpoint.is_file() and checkpoint.stat().st_mtime >= started
+    except OSError:
+        written_now = False
+    if written_now and isinstance(cancel, Cancellation):
+        cancel.written.append((str(checkpoint), f"checkpoint; continue with --resume {checkpoint}"))
 
 
 def run_methods(args, progress, cancel) -> int:

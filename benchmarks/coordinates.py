@@ -11,7 +11,9 @@ library itself has no such option:
 - ``no coordinates``: new models get no coordinate channels (``data.case.DEFAULT_SPEC.coordinates = False``);
 - ``coordinate dropout P``: during fine-tuning, a crop's coordinate channels are set to 0 with probability P
   (one random stream for the whole process, drawn in run order), so the network must also segment without them;
-  prediction sees them.
+  prediction sees them;
+- ``coordinate jitter``: during fine-tuning, each crop's coordinate channels are scaled by 0.75-1.25 and shifted by
+  up to 0.15 per axis (the same stream), so position stays a cue but only an approximate one.
 
 Writes ``results/coordinates.csv`` (one row per run) and ``results/coordinates.md`` (mean over seeds with the spread).
 
@@ -40,6 +42,8 @@ from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, dice_p
 from tasks import TASKS  # noqa: E402
 
 DROPOUT_STREAM_SEED = 123
+JITTER_SCALE = (0.75, 1.25)  # per crop and axis, the coordinate channels are scaled by this much ...
+JITTER_SHIFT = 0.15  # ... and shifted by up to this much: "where" stays a cue, but an approximate one
 FIELDS = ["task", "k", "seed", "variant", "mean_dice", "dice", "seconds"]
 
 
@@ -58,6 +62,18 @@ def _patched(variant: str, dropout: float):
                 out[drop, k:] = 0.0
             return out, warped
         augment.BatchAugmenter.__call__ = dropped
+    elif variant == "coordinate jitter":
+        def jittered(self, inputs, targets):
+            out, warped = call(self, inputs, targets)
+            k = self.image_channels
+            if out.shape[1] > k:
+                n = out.shape[0]
+                scale = torch.from_numpy(_STREAM.uniform(*JITTER_SCALE, (n, 2, 1, 1))).to(out)
+                shift = torch.from_numpy(_STREAM.uniform(-JITTER_SHIFT, JITTER_SHIFT, (n, 2, 1, 1))).to(out)
+                out = out.clone()
+                out[:, k:] = out[:, k:] * scale + shift
+            return out, warped
+        augment.BatchAugmenter.__call__ = jittered
 
     def undo() -> None:
         case.DEFAULT_SPEC, augment.BatchAugmenter.__call__ = spec, call

@@ -280,3 +280,36 @@ def test_methods_command_lists_every_method(capsys):
     assert cli(["methods"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("random", "simclr", "selfpaced", "ideal", "lrc", "mixcl"))
+
+
+@pytest.mark.parametrize("old_checkpoint", [False, True])
+def test_a_cancelled_pretraining_names_the_checkpoint_it_wrote(data_dir, tmp_path, capsys, monkeypatch,
+                                                              old_checkpoint):
+    """Ctrl-C after a checkpoint was written must not say "nothing was written": it names the checkpoint and how
+    to resume. A checkpoint left from an earlier run (older than this one) is not claimed."""
+    import os
+
+    from ContrastiveSegLib.cli import main
+    from ContrastiveSegLib.training import pretrain as pretrain_module
+
+    checkpoint = tmp_path / "enc.checkpoint.safetensors"
+
+    def cancelled_after_a_checkpoint(*args, **kwargs):
+        if not old_checkpoint:
+            checkpoint.write_bytes(b"state")
+        raise Cancelled("cancelled")
+
+    if old_checkpoint:
+        checkpoint.write_bytes(b"state")
+        os.utime(checkpoint, (1_000_000_000, 1_000_000_000))
+    monkeypatch.setattr(pretrain_module, "pretrain_encoder", cancelled_after_a_checkpoint)
+    code = main([*pretrain_args(data_dir, tmp_path / "enc.safetensors"), "--checkpoint-every", "1",
+                 "--progress", "none"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and len(err) == 1
+    if old_checkpoint:
+        assert err[0] == "contrastiveseg: error: cancelled; nothing was written"
+    else:
+        assert err[0] == (f"contrastiveseg: error: cancelled after writing {checkpoint} (checkpoint; continue with "
+                          f"--resume {checkpoint})")
+    assert not (tmp_path / "enc.safetensors").exists()
