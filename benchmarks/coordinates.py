@@ -15,7 +15,8 @@ library itself has no such option:
 - ``coordinate jitter``: during fine-tuning, each crop's coordinate channels are scaled by 0.75-1.25 and shifted by
   up to 0.15 per axis (the same stream), so position stays a cue but only an approximate one.
 
-Writes ``results/coordinates.csv`` (one row per run) and ``results/coordinates.md`` (mean over seeds with the spread).
+Writes ``results/coordinates.csv`` (one row per run, the columns of quality.csv with the variant as ``method``) and
+``results/coordinates.md`` (mean over seeds with the spread).
 
     python benchmarks/coordinates.py --tasks ct-lookalike-axial --k 2 3 --seeds 0 1 2
 """
@@ -38,13 +39,13 @@ import torch  # noqa: E402
 
 from ContrastiveSegLib import api  # noqa: E402
 from ContrastiveSegLib.data import augment, case  # noqa: E402
-from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, dice_per_label, sparse_annotation  # noqa: E402
+from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, sparse_annotation  # noqa: E402
+from run_benchmark import append_row, score_row  # noqa: E402
 from tasks import TASKS  # noqa: E402
 
 DROPOUT_STREAM_SEED = 123
 JITTER_SCALE = (0.75, 1.25)  # per crop and axis, the coordinate channels are scaled by this much ...
 JITTER_SHIFT = 0.15  # ... and shifted by up to this much: "where" stays a cue, but an approximate one
-FIELDS = ["task", "k", "seed", "variant", "mean_dice", "dice", "seconds"]
 
 
 def _patched(variant: str, dropout: float):
@@ -87,8 +88,8 @@ def summarise(rows: list[dict]) -> str:
     """The markdown table: mean Dice over seeds [max - min] per task, k and variant."""
     cells: dict[tuple, list[float]] = {}
     for r in rows:
-        cells.setdefault((r["task"], int(r["k"]), r["variant"]), []).append(float(r["mean_dice"]))
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
+        cells.setdefault((r["task"], int(r["k"]), r["method"]), []).append(float(r["mean_dice"]))
+    variants = list(dict.fromkeys(r["method"] for r in rows))
     lines = ["# Coordinate channels at few painted slices: mean Dice over seeds [max - min]", "",
              "| task | k | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]
     for task, k in dict.fromkeys((t, k) for t, k, _ in cells):
@@ -125,17 +126,8 @@ def main() -> None:
                         seconds = time.perf_counter() - start
                     finally:
                         undo()
-                    scores = dice_per_label(labels, reference, list(task.structures))
-                    row = {"task": name, "k": k, "seed": seed, "variant": label,
-                           "mean_dice": round(float(np.mean(list(scores.values()))), 4),
-                           "dice": json.dumps({task.structures[v]: round(d, 4) for v, d in scores.items()}),
-                           "seconds": round(seconds, 1)}
-                    new = not csv_path.exists()
-                    with open(csv_path, "a", newline="") as handle:
-                        writer = csv.DictWriter(handle, fieldnames=FIELDS)
-                        if new:
-                            writer.writeheader()
-                        writer.writerow(row)
+                    row = score_row(task, label, k, seed, labels, reference, seconds, "default")
+                    append_row(csv_path, row)
                     print(json.dumps(row), flush=True)
     rows = list(csv.DictReader(open(csv_path)))
     (args.out / "coordinates.md").write_text(summarise(rows))

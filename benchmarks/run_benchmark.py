@@ -35,7 +35,9 @@ from ContrastiveSegLib.evaluation.metrics import (  # noqa: E402
 FIELDS = ["task", "method", "k", "seed", "mean_dice", "dice", "seconds", "preset"]
 
 
-def _append(path: Path, row: dict) -> None:
+def append_row(path: Path, row: dict) -> None:
+    """Append ``row`` (the :data:`FIELDS`) to the CSV at ``path``, with a header when the file is new; synced, so
+    a run stopped midway keeps every finished row."""
     new = not path.exists()
     with open(path, "a", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
@@ -46,7 +48,8 @@ def _append(path: Path, row: dict) -> None:
         os.fsync(handle.fileno())
 
 
-def _row(task, method, k, seed, prediction, reference, seconds, preset="") -> dict:
+def score_row(task, method, k, seed, prediction, reference, seconds, preset="") -> dict:
+    """One CSV row: the mean and per-structure Dice of ``prediction`` against ``reference``."""
     scores = dice_per_label(prediction, reference, list(task.structures))
     return {"task": task.name, "method": method, "k": k, "seed": seed,
             "mean_dice": round(float(np.mean(list(scores.values()))), 4),
@@ -92,8 +95,8 @@ def run(tasks: list[str], ks: list[int], seeds: list[int], out: Path, preset: st
                 trained: dict = {}  # variants that differ only in how they predict share one trained model
                 for method, kwargs in methods:
                     labels, seconds = _segment(trained, image, sparse, spacing, task.axis, preset, seed, kwargs)
-                    row = _row(task, method, k, seed, labels, reference, seconds, preset)
-                    _append(csv_path, row)
+                    row = score_row(task, method, k, seed, labels, reference, seconds, preset)
+                    append_row(csv_path, row)
                     print(json.dumps(row), flush=True)
                     if seed == seeds[0]:
                         layers[method] = labels
@@ -105,8 +108,8 @@ def run(tasks: list[str], ks: list[int], seeds: list[int], out: Path, preset: st
                     except (ImportError, RuntimeError) as error:
                         print(f"{method} skipped on {name}: {error}", file=sys.stderr)
                         continue
-                    row = _row(task, method, k, 0, prediction, reference, time.perf_counter() - start)
-                    _append(csv_path, row)
+                    row = score_row(task, method, k, 0, prediction, reference, time.perf_counter() - start)
+                    append_row(csv_path, row)
                     print(json.dumps(row), flush=True)
                     layers[method] = prediction
             if overlays and k == 3:
