@@ -70,11 +70,10 @@ def _seed_everything(seed: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def prepare_training_case(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *,
-                          axis: int | None = None, init_model: TrainedModel | None = None) -> PreparedCase:
+def training_case(image: np.ndarray, annotation: SparseAnnotation, spacing,
+                  init_model: TrainedModel | None = None) -> PreparedCase:
     """The case a model trains on: a refinement keeps its model's input spec, a new model windows the
     intensities around the painted structures (:func:`~ContrastiveSegLib.data.case.spec_for`)."""
-    annotation = read_annotation(image, labels, axis)
     spec = init_model.spec if init_model is not None else spec_for(image, annotation)
     return PreparedCase.build(image, annotation, spacing, spec)
 
@@ -106,7 +105,7 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
     """
     _check_training_options(init_model, adapt, adapt_steps, consistency)
     resolve_device(device)  # fail on a missing GPU before normalising a large volume
-    case = prepare_training_case(image, labels, spacing, axis=axis, init_model=init_model)
+    case = training_case(image, read_annotation(image, labels, axis), spacing, init_model)
     return finetune_case(case, preset=preset, encoder=encoder, init_model=init_model, device=device, seed=seed,
                          steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
                          consistency=consistency, prior_labels=prior_labels, progress=progress, cancel=cancel)
@@ -341,8 +340,7 @@ def segment(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, a
         return SegmentResult(labels=labels.copy(), axis=annotation.axis, message=message)
     _check_training_options(init_model, adapt, adapt_steps, consistency)
     resolve_device(device)  # fail on a missing GPU before normalising a large volume
-    spec = init_model.spec if init_model is not None else spec_for(image, annotation)
-    case = PreparedCase.build(image, annotation, spacing, spec)
+    case = training_case(image, annotation, spacing, init_model)
     timings["prepare"] = time.perf_counter() - start
     start = time.perf_counter()
     model = finetune_case(case, preset=preset, encoder=encoder, init_model=init_model, device=device, seed=seed,
