@@ -7,7 +7,6 @@ and threads, encoder, annotation plane, files written) as text lines and as a JS
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
