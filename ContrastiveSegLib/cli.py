@@ -529,7 +529,6 @@ def cmd_predict(args, progress, cancel) -> int:
                              spacing=image.spacing, device=args.device, probabilities=args.probabilities is not None,
                              flip_tta=args.tta, postprocess=not args.no_postprocess,
                              shape_prior=not args.no_shape_prior, progress=progress, cancel=cancel)
-    result.model = None
     summary = _new_summary("predict", args, model, model.axis, labels)
     _evaluate(summary, result.labels, reference, image.spacing, model.label_values, clock, args)
     channels = None if result.probabilities is None else tuple(model.label_values)
@@ -612,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     except OutOfMemory as error:  # the GPU, even at batch size 1: its message says what to do
         return _fail(printer, str(error), EXIT_INTERNAL)
     except MemoryError:
-        return _fail(printer, "out of memory; try --preset fast, a smaller --batch-size, or a GPU", EXIT_INTERNAL)
+        return _fail(printer, _host_memory_message(args), EXIT_INTERNAL)
     except Exception as error:  # the last resort: one line, the full trace only on request
         if os.environ.get("CONTRASTIVESEG_DEBUG"):
             raise
@@ -623,6 +622,14 @@ def main(argv: list[str] | None = None) -> int:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         _restore_threads(args)
+
+
+def _host_memory_message(args) -> str:
+    """Out of host memory: what the command at hand can change (only the training commands have crops)."""
+    if getattr(args, "command", None) in ("segment", "finetune"):
+        return (f"out of memory; try smaller crops (--preset {options.LOW_MEMORY_PRESET}), a smaller --batch-size, "
+                "or a machine with more memory")
+    return "out of memory; try a machine with more memory"
 
 
 def _fail(printer: ProgressPrinter, message: str, code: int) -> int:

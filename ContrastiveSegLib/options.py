@@ -27,7 +27,8 @@ __all__ = [
     "ADAPT_STEPS", "AXIS_LETTERS", "CONSISTENCY_DECODERS", "CONSISTENCY_MODES", "DEFAULT_CONSISTENCY",
     "DEFAULT_DEVICE", "DEFAULT_PRESET", "DEVICE_FORMS", "DEVICE_KINDS", "METHOD_NAMES", "PRESETS", "PRESET_NAMES",
     "PRETRAIN_BATCH_SIZE", "PRETRAIN_LEARNING_RATE", "RANDOM_INIT", "RANDOM_INIT_ALIASES", "PRETRAIN_PATCH", "PRETRAIN_STEPS", "PROGRESS_MODES",
-    "REFINE_FRACTION", "Preset", "axis_index", "check_consistency", "check_device", "check_preset",
+    "LOW_MEMORY_PRESET", "PREDICT_BATCH_SIZE", "REFINE_FRACTION", "SELF_TRAIN_STEPS", "Preset", "axis_index",
+    "check_consistency", "check_count", "check_device", "check_preset", "check_training_options",
     "choose_threads", "default_threads", "device_help", "look_up", "preset_help", "requirements",
     "unknown_message",
 ]
@@ -106,6 +107,9 @@ PRESETS: Mapping[str, Preset] = {
 }
 PRESET_NAMES = tuple(PRESETS)
 DEFAULT_PRESET = "default"
+LOW_MEMORY_PRESET = "fast"
+"""The preset whose smaller crops need the least GPU memory per fine-tuning step: what an out-of-memory message
+suggests to a command that takes ``--preset``."""
 
 REFINE_FRACTION = 1 / 3
 """A refinement (``--init-model``: the previous model plus one corrected slice) starts from weights that already
@@ -137,6 +141,37 @@ def check_consistency(mode: str) -> str:
     return look_up("consistency", mode, CONSISTENCY_MODES)
 
 
+def check_count(name: str, value: object) -> None:
+    """InputError ``NAME must be >= 1, got VALUE`` unless ``value`` is None or a whole number >= 1."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{name} must be a whole number, got {value!r}")
+    if value < 1:
+        raise InputError(f"{name} must be >= 1, got {value}")
+
+
+def check_training_options(*, steps: int | None = None, batch_size: int | None = None, adapt: str | None = None,
+                           adapt_steps: int | None = None, consistency: str = DEFAULT_CONSISTENCY,
+                           refine: bool = False) -> None:
+    """The one check of the fine-tuning options, torch-free: the API (:func:`ContrastiveSegLib.api.finetune`,
+    ``segment``), the CLI (before torch loads) and the Slicer job all call it, so a combination is refused in the
+    same words everywhere, before any work.
+
+    ``steps`` / ``batch_size`` None mean the preset's, ``adapt_steps`` None :data:`ADAPT_STEPS`; ``refine`` is a refinement (an initial model given), which
+    continues that model: adaptation and a second decoder apply to new models only, and are refused, never dropped.
+    """
+    check_consistency(consistency)
+    check_count("steps", steps)
+    check_count("batch size", batch_size)
+    check_count("adapt steps", adapt_steps)
+    if adapt:
+        look_up("method", adapt, METHOD_NAMES)
+    if refine and (adapt or CONSISTENCY_DECODERS[consistency] > 1):
+        raise InputError("adapt and bidirectional consistency apply to a new model, not to a refinement of a "
+                         "saved one (--adapt / --consistency with --init-model)")
+
+
 # --------------------------------------------------------------------------------------------- axes
 AXIS_LETTERS = ("k", "j", "i")
 """Array axis -> the letter the user names it by (``--axis``, the Slicer panel, the run summary). Arrays are
@@ -165,6 +200,12 @@ that the Slicer panel can list them without importing torch."""
 # --------------------------------------------------------------------------------------------- budgets
 ADAPT_STEPS = 100
 """Default steps of ``--adapt`` (pretraining the encoder on the scan at hand before fine-tuning)."""
+ADAPT_BATCH_SIZE = 8
+"""Crops per step of ``--adapt`` (one scan: fewer than pretraining's :data:`PRETRAIN_BATCH_SIZE`)."""
+PREDICT_BATCH_SIZE = 16
+"""Whole slices per forward pass of prediction (halved on running out of GPU memory)."""
+SELF_TRAIN_STEPS = 100
+"""Default steps of an (experimental) self-training round."""
 PRETRAIN_STEPS = 2000
 """Default budget of ``pretrain`` when neither steps nor minutes are given."""
 PRETRAIN_BATCH_SIZE = 16

@@ -241,9 +241,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", help="only these variants (names in tasks.py)")
     args = parser.parse_args()
     if args.threads:
-        import torch
+        from ContrastiveSegLib.threads import apply_threads
 
-        torch.set_num_threads(args.threads)
+        apply_threads(args.threads)  # the API's entry points keep this choice (threads.use_threads)
     if args.summarise_only:
         if args.candidates:
             summarise_variants(args.out)

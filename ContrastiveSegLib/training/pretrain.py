@@ -27,7 +27,7 @@ from ContrastiveSegLib.data.slices import InputSpec
 from ContrastiveSegLib.data.unlabelled import MIN_IN_PLANE, SliceStream, StreamConfig, VolumeSource, check_sources
 from ContrastiveSegLib.data.views import TwoViews, ViewConfig
 from ContrastiveSegLib.device import resolve_device
-from ContrastiveSegLib.errors import Cancelled, InputError
+from ContrastiveSegLib.errors import Cancelled, InputError, OutOfMemory
 from ContrastiveSegLib.methods import DEFAULT_FEATURES, DEFAULT_NORM, PretrainMethod, get_method
 from ContrastiveSegLib.options import (DEFAULT_DEVICE, PRETRAIN_BATCH_SIZE, PRETRAIN_LEARNING_RATE, PRETRAIN_PATCH,
                                        PRETRAIN_STEPS)
@@ -179,13 +179,19 @@ def pretrain(method: PretrainMethod, data, config: PretrainConfig, device: torch
             method.on_epoch_start(epoch, config.epochs)
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate_at(fraction)
-        batch = views(_to_device(data.batch(config.batch_size), device))
-        with autocast_context(device):
-            output = model(batch)
-        loss = output.loss.float()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        try:
+            batch = views(_to_device(data.batch(config.batch_size), device))
+            with autocast_context(device):
+                output = model(batch)
+            loss = output.loss.float()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        except torch.OutOfMemoryError as error:
+            # No halving here: fewer crops per step change the contrastive loss (fewer negatives). The advice is
+            # what the pretrain command itself takes (not a fine-tuning preset).
+            raise OutOfMemory(f"out of memory while pretraining at batch size {config.batch_size}: use a smaller "
+                              "--batch-size or --patch, or the CPU (--device cpu)") from error
         step += 1
         value = float(loss.detach())
         if not math.isfinite(value):

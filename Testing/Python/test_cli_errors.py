@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import PHANTOM_ORIGIN, PHANTOM_SPACING, rotation_direction, write_image
+from conftest import HANG_GUARD_S, PHANTOM_ORIGIN, PHANTOM_SPACING, rotation_direction, write_image
 from ContrastiveSegLib.cli import main
 from ContrastiveSegLib.data.slices import InputSpec
 from ContrastiveSegLib.model import TrainedModel
@@ -273,7 +273,7 @@ def test_json_progress_reports_the_error_as_json(phantom_files, capsys):
 
 
 # ----------------------------------------------------------------------------------------------- a real process
-def _subprocess(args: list, timeout: float = 120) -> subprocess.CompletedProcess:
+def _subprocess(args: list, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1"}
     env.pop("CONTRASTIVESEG_DEBUG", None)
@@ -334,7 +334,7 @@ def test_fifo_image_is_refused_without_hanging(phantom_files):
     before = set(os.listdir(f.folder))
     try:
         result = _subprocess(["segment", fifo, f.labels, "-o", f.folder / "out.nii.gz", "--device", "cpu"],
-                             timeout=60)
+                             timeout=HANG_GUARD_S)
     except subprocess.TimeoutExpired:
         pytest.fail("reading a FIFO hung")
     assert result.returncode == 2, result.stderr

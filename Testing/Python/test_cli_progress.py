@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_image
+from conftest import HANG_GUARD_S, write_image
 from ContrastiveSegLib.cli import main
 from ContrastiveSegLib.errors import Cancelled
 from ContrastiveSegLib.progress import Cancellation, ProgressPrinter, StageLog, writing
@@ -150,7 +150,7 @@ def test_a_refusal_found_by_the_api_is_still_one_line_in_a_real_process(inputs, 
            "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "ContrastiveSegLib", "segment", str(image), str(labels), "-o",
                              str(tmp_path / "out.nii.gz"), "--init-model", str(model), "--threads", "1", *TRAIN],
-                            capture_output=True, text=True, env=env, timeout=300)
+                            capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("contrastiveseg: error: model classes [0, 1]")
     assert sorted(os.listdir(tmp_path)) == before
