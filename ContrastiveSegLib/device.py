@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ContrastiveSegLib.errors import InputError, OutOfMemory  # noqa: F401  (OutOfMemory re-exported)
-from ContrastiveSegLib.options import DEFAULT_DEVICE, LOW_MEMORY_PRESET, PRESETS, check_device
+from ContrastiveSegLib.options import DEFAULT_DEVICE, LOW_MEMORY_PRESET, PRESETS, check_device, no_cuda_message
 from ContrastiveSegLib.progress import ProgressCallback, emit
 
 
@@ -21,7 +21,7 @@ def resolve_device(name: str = DEFAULT_DEVICE) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):  # check_device let through only "cuda" and "cuda:N"
         if not torch.cuda.is_available():
-            raise InputError(f"device '{name}' asked for, but no CUDA GPU is available (use --device cpu)")
+            raise InputError(no_cuda_message(name))
         device = torch.device(name if ":" in name else "cuda:0")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise InputError(f"device '{name}' asked for, but only {torch.cuda.device_count()} GPU(s) are present")

@@ -15,7 +15,10 @@ the packages the Slicer module needs (:mod:`ContrastiveSegLib.slicer.requirement
 from __future__ import annotations
 
 import difflib
+import glob
+import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -80,6 +83,33 @@ def check_device(name: str | None) -> str:
     if not _DEVICE.match(text):
         raise InputError(unknown_message("device", name, DEVICE_FORMS, aliases=_DEVICE_ALIASES))
     return text
+
+
+def no_cuda_message(name: str) -> str:
+    """The refusal of a CUDA device on a machine without one (here and in
+    :func:`ContrastiveSegLib.device.resolve_device`, in the same words)."""
+    return f"device '{name}' asked for, but no CUDA GPU is available (use --device cpu)"
+
+
+def _no_gpu_driver() -> bool:
+    """True only where no GPU that torch calls "cuda" can be present: macOS, or Linux without an NVIDIA driver
+    (/proc/driver/nvidia, /dev/nvidia*), a WSL GPU (/dev/dxg) or ROCm (/dev/kfd). Unknown (Windows): False."""
+    if sys.platform == "darwin":
+        return True
+    if sys.platform.startswith("linux"):
+        return not (os.path.exists("/proc/driver/nvidia/version") or glob.glob("/dev/nvidia[0-9]*")
+                    or os.path.exists("/dev/dxg") or os.path.exists("/dev/kfd"))
+    return False
+
+
+def check_device_present(name: str) -> str:
+    """:func:`check_device`, and InputError for a CUDA device on a machine that surely has no GPU driver, without
+    importing torch (the CLI asks before torch loads; torch's own answer comes later, in
+    :func:`ContrastiveSegLib.device.resolve_device`, where the driver is there but torch cannot use it)."""
+    name = check_device(name)
+    if name.startswith("cuda") and _no_gpu_driver():
+        raise InputError(no_cuda_message(name))
+    return name
 
 
 def device_help() -> str:

@@ -161,6 +161,7 @@ def test_output_folder_does_not_exist(phantom_files, capsys, command):
     f = phantom_files
     suffix = ".safetensors" if command == "finetune" else ".nii.gz"
     out = f.folder / "no_such_folder" / f"out{suffix}"
+    (f.folder / "m.safetensors").write_bytes(b"")  # a model file is there (a missing one is refused first)
     inputs = [f.image, "--model", f.folder / "m.safetensors"] if command == "predict" else [f.image, f.labels]
     assert_bad_input([command, *inputs, "-o", out], capsys, "output folder does not exist", f.folder)
 
@@ -223,7 +224,7 @@ def test_refine_a_model_trained_along_another_axis(phantom_files, capsys):
     f = phantom_files
     model = _model(f.folder / "sagittal.safetensors", label_values=(0, 1, 2), axis=2)
     assert_bad_input(["segment", f.image, f.labels, "-o", f.folder / "out.nii.gz", "--init-model", model, "--axis",
-                      "k", *FAST], capsys, "model was trained along axis 2", f.folder)
+                      "k", *FAST], capsys, "model was trained on slices along i, the labels are painted on slices along k", f.folder)
 
 
 @pytest.mark.parametrize("make_model, phrase", [
