@@ -60,8 +60,10 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     # No choices= for --preset and --device: main() checks them (options.check_*), so that a near miss gets a
     # "did you mean" and, under --progress json, the error event too.
     parser.add_argument("--preset", default=options.DEFAULT_PRESET, help=options.preset_help())
+    from ContrastiveSegLib.zoo.registry import encoder_help
+
     parser.add_argument("--encoder", default=None, help="shipped encoder name, a .safetensors file, or "
-                        f"'{options.RANDOM_INIT}' for random initialisation (default: the shipped default, see 'contrastiveseg encoders')")
+                        f"'{options.RANDOM_INIT}' ({encoder_help()})")
     parser.add_argument("--init-model", type=Path, help="continue fine-tuning from this model (refinement)")
     parser.add_argument("--steps", type=int, help="fine-tuning steps (overrides the preset)")
     parser.add_argument("--batch-size", type=int, help="fine-tuning batch size (overrides the preset)")
@@ -559,21 +561,25 @@ def cmd_predict(args, progress, cancel) -> int:
 
 
 def cmd_encoders(args, progress, cancel) -> int:
-    from ContrastiveSegLib.zoo.registry import shipped_encoders
+    from ContrastiveSegLib.zoo.registry import default_encoder, shipped_encoders
 
-    entries = shipped_encoders()
+    # 'random' is listed like the shipped ones, and the default is marked whichever it is (the same name as
+    # segment --help, the README and the run summary give).
+    default = default_encoder()
+    entries = [{"name": options.RANDOM_INIT, "method": options.RANDOM_INIT,
+                "description": "random initialisation (no pretraining)"}, *shipped_encoders()]
+    for entry in entries:
+        entry["default"] = entry["name"] == default
     if args.json:
         print(json.dumps(entries, indent=2))
-    elif not entries:
-        print(f"no pretrained encoders are shipped yet; '{options.RANDOM_INIT}' (random initialisation) is always "
-              "available")
-    else:
-        print(f"{'name':<12} {'method':<10} {'steps':>6}  description")
-        for entry in entries:
-            mark = " (default)" if entry.get("default") else ""
-            print(f"{entry['name']:<12} {entry.get('method', ''):<10} {entry.get('steps') or '':>6}  "
-                  f"{entry.get('description', '')}{mark}")
-        print(f"trained on: {entries[0].get('data', '')}; use one with 'segment --encoder NAME'")
+        return 0
+    print(f"{'name':<12} {'method':<10} {'steps':>6}  description")
+    for entry in entries:
+        mark = " (default)" if entry["default"] else ""
+        print(f"{entry['name']:<12} {entry.get('method', ''):<10} {entry.get('steps') or '':>6}  "
+              f"{entry.get('description', '')}{mark}")
+    if len(entries) > 1:
+        print(f"trained on: {entries[1].get('data', '')}; use one with 'segment --encoder NAME'")
     return 0
 
 
