@@ -133,9 +133,10 @@ def finetune_case(case: PreparedCase, *, preset: str = DEFAULT_PRESET, encoder: 
                   steps: int | None = None, batch_size: int | None = None, adapt: str | None = None,
                   adapt_steps: int = ADAPT_STEPS, consistency: str = DEFAULT_CONSISTENCY,
                   prior_labels: bool = False, progress: ProgressCallback = None, cancel=None,
-                  batches: BatchLimits | None = None) -> TrainedModel:
+                  batches: BatchLimits | None = None, later: tuple[int, bool] | None = None) -> TrainedModel:
     """:func:`finetune` on a prepared case (same options; ``batches`` carries the batch size that fitted on the GPU
-    to the run's later stages)."""
+    to the run's later stages; ``later`` is what the run does next, for the ETA: (self-training steps, whether the
+    prediction uses flip TTA) when it predicts (:func:`later_work_in_steps`), None when nothing follows)."""
     check_training_options(steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
                            consistency=consistency, refine=init_model is not None)
     annotation = case.annotation
@@ -163,9 +164,22 @@ def finetune_case(case: PreparedCase, *, preset: str = DEFAULT_PRESET, encoder: 
     unannotated = _unannotated_sampler(case, network, sampler, config.patch, seed)
     augmenter = BatchAugmenter(image_channels=2 * case.spec.context + 1, seed=seed)
     emit(progress, "finetune", f"fine-tuning on {describe_planes(annotation)} ({torch_device.type})")
-    train_segmentation(network, sampler, config, torch_device, augmenter, progress, cancel, unannotated, batches)
+    after = 0.0 if later is None else later_work_in_steps(case, config, *later)
+    train_segmentation(network, sampler, config, torch_device, augmenter, progress, cancel, unannotated, batches,
+                       after_steps=after)
     return TrainedModel(network.cpu(), annotation.label_values, annotation.axis, case.spec, case.spacing,
                         encoder_name)
+
+
+def later_work_in_steps(case: PreparedCase, config, self_train: int, flip_tta: bool) -> float:
+    """The work of a ``segment``'s stages after fine-tuning (prediction, and a self-training round's training and
+    labelling), in fine-tuning steps, for the ETA: a training step is a forward and a backward pass (about three
+    forward passes) over ``batch_size`` crops of ``patch`` squared pixels; prediction a forward pass (two with flip
+    TTA) over every whole slice."""
+    step = 3.0 * config.batch_size * config.patch ** 2
+    pixels = case.stack.num_slices * case.stack.height * case.stack.width
+    prediction = pixels * (2 if flip_tta else 1) / step
+    return prediction + (self_train + pixels / step if self_train else 0.0)
 
 
 def _new_network(case: PreparedCase, consistency: str, encoder: str, encoder_path) -> tuple[torch.nn.Module, str]:
@@ -370,7 +384,7 @@ def _segment(image, labels, spacing, *, axis, preset, encoder, init_model, devic
     model = finetune_case(case, preset=preset, encoder=encoder, init_model=init_model, device=device, seed=seed,
                           steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
                           consistency=consistency, prior_labels=prior_labels, progress=progress, cancel=cancel,
-                          batches=batches)
+                          batches=batches, later=(self_train, flip_tta))
     timings["finetune"] = time.perf_counter() - start
     if self_train:
         start = time.perf_counter()

@@ -47,10 +47,11 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 # ----------------------------------------------------------------------------------------------- progress output
 def _default_progress(command: str) -> str:
-    """A bar at a terminal; elsewhere (a log, a pipe) stage lines on stderr for ``segment``, else nothing."""
+    """A bar at a terminal; elsewhere (a log, a pipe) stage lines on stderr for the commands that train or predict,
+    else nothing."""
     if sys.stderr.isatty():
         return "bar"
-    return "log" if command == "segment" else "none"
+    return "log" if command in ("segment", "finetune", "predict") else "none"
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -90,8 +91,7 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     add_threads_option(parser)
     parser.add_argument("--progress", choices=options.PROGRESS_MODES, default=None,
                         help="progress display: json lines on stdout (for front ends), a bar on stderr, or none "
-                             "(default: a bar on a terminal; else for segment stage lines with the seconds "
-                             "elapsed on stderr, for the other commands none)")
+                             "(default: a bar on a terminal; else stage lines with the seconds elapsed on stderr)")
 
 
 def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
@@ -351,10 +351,14 @@ def _new_summary(command: str, args, model, axis: int | None, labels):
     import torch
 
     from ContrastiveSegLib.io.annotations import annotated_slice_indices
-    from ContrastiveSegLib.report import RunSummary
+    from ContrastiveSegLib.report import RunSummary, read_label_names
 
     summary = RunSummary(command, device=_device_name(args.device), threads=torch.get_num_threads(),
                          encoder=None if model is None else model.encoder, axis=axis)
+    if command == "predict":  # the model was fine-tuned; its encoder is only where that started
+        summary.encoder, summary.model = None, f"{args.model} (fine-tuned from encoder {model.encoder})"
+    if getattr(args, "labels", None) is not None:
+        summary.label_names = read_label_names(args.labels)
     if labels is not None and axis is not None:
         summary.annotated_slices = int(len(annotated_slice_indices(labels.array, axis)))
     return summary
@@ -373,6 +377,8 @@ def _finish(summary, clock: _Clock, progress, message: str, **extra) -> None:
     from ContrastiveSegLib.progress import emit
 
     summary.seconds = dict(clock.seconds)
+    if summary.files:  # every file written, not only the last (the probabilities beside the label map, ...)
+        message = "wrote " + ", ".join(path for path, _ in summary.files)
     emit(progress, "done", message, **extra, summary=summary.as_dict())
     print("\n".join(summary.lines()), file=_summary_stream(progress), flush=True)
 
@@ -457,12 +463,12 @@ def _evaluate(summary, result_labels, reference, spacing, label_values, clock: _
     """Volumes per label of the result, and Dice / volume difference against ``--reference``."""
     from ContrastiveSegLib.report import label_volumes, reference_scores
 
-    with clock("evaluate"):
-        values = None if label_values is None else [v for v in label_values if v != 0]
-        summary.volumes = label_volumes(result_labels, spacing, values=values)
-        if reference is not None:
+    values = None if label_values is None else [v for v in label_values if v != 0]
+    summary.volumes = label_volumes(result_labels, spacing, values=values)
+    if reference is not None:  # the only part worth a line of the time summary
+        with clock("evaluate"):
             summary.reference = reference_scores(result_labels, reference.array, spacing)
-            summary.reference_path = str(args.reference)
+        summary.reference_path = str(args.reference)
 
 
 # ----------------------------------------------------------------------------------------------- commands
@@ -476,6 +482,7 @@ def cmd_segment(args, progress, cancel) -> int:
     with clock("load"):
         image, labels, reference = _read_inputs(args.image, args.labels, args.reference,
                                                 hint=_SWAP_HINT.format(command="segment"))
+    with clock("import torch"):  # its own line of the summary: 20 s on a busy machine, whatever the file
         _start_torch(args)
         from ContrastiveSegLib import api  # torch loads here, after the cheap checks above
     result = api.segment(image.array, labels.array, image.spacing, device=args.device, **_training_options(args),
@@ -503,17 +510,21 @@ def cmd_segment(args, progress, cancel) -> int:
 
 
 def cmd_finetune(args, progress, cancel) -> int:
+    from ContrastiveSegLib.progress import emit
     from ContrastiveSegLib.report import label_volumes
 
     _check_outputs(args.output, models=(args.output,))
     clock = _Clock()
+    emit(progress, "load", f"reading {args.image}")
     with clock("load"):
         image, labels, _ = _read_inputs(args.image, args.labels, hint=_SWAP_HINT.format(command="finetune"))
+    with clock("import torch"):
         _start_torch(args)
         from ContrastiveSegLib import api
     with clock("finetune"):
         model = api.finetune(image.array, labels.array, image.spacing, device=args.device,
                              **_training_options(args), progress=progress, cancel=cancel)
+    emit(progress, "write", f"writing {args.output}")
     with clock("write"), writing(cancel, [(args.output, "model")]) as moved:
         model.save(args.output)
         moved(args.output, "model")
@@ -526,15 +537,19 @@ def cmd_finetune(args, progress, cancel) -> int:
 
 
 def cmd_predict(args, progress, cancel) -> int:
+    from ContrastiveSegLib.progress import emit
+
     _check_outputs(args.output, args.probabilities, args.overlay, volumes=(args.output, args.probabilities),
                    pictures=(args.overlay,))
     clock = _Clock()
+    emit(progress, "load", f"reading {args.image}")
     with clock("load"):
         image, labels, reference = _read_inputs(args.image, args.labels, args.reference, hint=_PREDICT_HINT)
+    with clock("import torch"):
         _start_torch(args)
         from ContrastiveSegLib import api
         from ContrastiveSegLib.model import TrainedModel
-
+    with clock("load"):
         model = TrainedModel.load(args.model)
         if labels is not None:
             from ContrastiveSegLib.io.annotations import decode_annotation
@@ -552,6 +567,7 @@ def cmd_predict(args, progress, cancel) -> int:
     _evaluate(summary, result.labels, reference, image.spacing, model.label_values, clock, args)
     channels = None if result.probabilities is None else tuple(model.label_values)
     summary.channels = channels
+    emit(progress, "write", f"writing {args.output}")
     with clock("write"):
         summary.files = _write_result(result, image, args, channels=channels, cancel=cancel,
                                       overlay=_overlay(args, image, result.labels, reference, labels, model.axis,

@@ -115,14 +115,15 @@ def train_segmentation(model: torch.nn.Module, sampler: AnnotatedSliceSampler, c
                        device: torch.device, augmenter: BatchAugmenter | None = None,
                        progress: ProgressCallback = None, cancel=None,
                        unannotated: UnannotatedSliceSampler | None = None,
-                       batches: BatchLimits | None = None) -> list[float]:
+                       batches: BatchLimits | None = None, after_steps: float = 0.0) -> list[float]:
     """The fine-tuning loop (behind :func:`ContrastiveSegLib.api.finetune`): train ``model`` in place on batches
     from ``sampler``, augmented on ``device`` by ``augmenter`` (None: no augmentation); returns the loss of every
     step.
 
     With ``unannotated`` (and a network with two decoders) each step adds the bidirectional consistency term on
     as many unannotated crops as annotated ones. ``batches`` carries the batch size that fitted after running out
-    of GPU memory from one stage of a run to the next. Raises Cancelled when ``cancel`` is set (checked every
+    of GPU memory from one stage of a run to the next; ``after_steps`` is the run's later work in steps of this loop,
+    for the ETA (:class:`~ContrastiveSegLib.progress.StageProgress`). Raises Cancelled when ``cancel`` is set (checked every
     step).
     """
     dual = getattr(model, "decoder2", None) is not None
@@ -137,7 +138,7 @@ def train_segmentation(model: torch.nn.Module, sampler: AnnotatedSliceSampler, c
     # LambdaLR, not PolynomialLR: that one multiplies the rate by a per-step factor, which drifts from this closed
     # form in the last bits (about 1e-18 at 1e-2), which would move the trained weights.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / config.steps) ** POLY_POWER)
-    reporter = StageProgress("finetune", config.steps, progress, cancel)
+    reporter = StageProgress("finetune", config.steps, progress, cancel, after_steps=after_steps)
     batches = batches if batches is not None else BatchLimits()
     batch_size = batches.start("finetune", config.batch_size)
     losses: list[float] = []
