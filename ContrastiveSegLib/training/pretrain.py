@@ -29,8 +29,8 @@ from ContrastiveSegLib.data.views import TwoViews, ViewConfig
 from ContrastiveSegLib.device import resolve_device
 from ContrastiveSegLib.errors import Cancelled, InputError, OutOfMemory
 from ContrastiveSegLib.methods import DEFAULT_FEATURES, DEFAULT_NORM, PretrainMethod, get_method
-from ContrastiveSegLib.options import (DEFAULT_DEVICE, PRETRAIN_BATCH_SIZE, PRETRAIN_LEARNING_RATE, PRETRAIN_PATCH,
-                                       PRETRAIN_STEPS)
+from ContrastiveSegLib.options import (AXIS_LETTERS, DEFAULT_DEVICE, PRETRAIN_BATCH_SIZE, PRETRAIN_LEARNING_RATE,
+                                       PRETRAIN_PATCH, PRETRAIN_STEPS)
 from ContrastiveSegLib.progress import ProgressCallback, StageProgress, emit
 from ContrastiveSegLib.training import distributed
 from ContrastiveSegLib.training.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint, save_encoder
@@ -277,7 +277,8 @@ def pretrain_encoder(sources: Sequence[VolumeSource], method: str, output: str |
         keys = pretrain_method.required_keys
         stream = replace(stream, patch=patch, superpixels="superpixels1" in keys, labels="labels1" in keys)
         emit(progress if context.is_main else None, "pretrain",
-             f"pretraining '{method}' on {len(sources)} volume(s) along axis {axis}, {patch} x {patch} crops "
+             f"pretraining '{method}' on {len(sources)} volume(s) along {AXIS_LETTERS[axis]}, {patch} x {patch} "
+             "crops "
              f"({torch_device.type}{f', {context.world_size} processes' if context.enabled else ''})")
         if stream.superpixels and context.is_main:
             emit(progress, "pretrain", "computing Felzenszwalb superpixels once per volume (cached in "

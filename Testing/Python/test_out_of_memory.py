@@ -188,3 +188,27 @@ def test_the_cli_prints_what_ran_out_at_batch_size_1(phantom_files, capsys, monk
     assert err[0] == ("contrastiveseg: error: out of memory while fine-tuning even at batch size 1: use the CPU "
                       "(--device cpu)")
     assert sorted(p.name for p in f.folder.iterdir()) == before
+
+
+def test_pretraining_and_adaptation_give_advice_their_own_commands_take(phantom, monkeypatch):
+    # Pretraining does not halve (fewer crops change the contrastive loss): one line naming pretrain's options.
+    # Adapting inside segment names segment's (its crops are the preset's); neither names a preset that the
+    # command at hand does not have (the Slicer module passes a message starting "out of memory" on as it is).
+    from ContrastiveSegLib import api
+    from ContrastiveSegLib.data.unlabelled import ArrayVolume
+    from ContrastiveSegLib.training import pretrain
+
+    def no_memory(device):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(pretrain, "autocast_context", no_memory)
+    with pytest.raises(OutOfMemory) as raised:
+        pretrain.pretrain_encoder([ArrayVolume(phantom.image, name="scan")], "simclr", None,
+                                  pretrain.PretrainConfig(steps=1, batch_size=4), features=(8, 8, 16, 16, 32),
+                                  patch=32, device="cpu")
+    assert str(raised.value) == ("out of memory while pretraining at batch size 4: use a smaller --batch-size or "
+                                 "--patch, or the CPU (--device cpu)")
+    with pytest.raises(OutOfMemory) as raised:
+        api.finetune(phantom.image, phantom.sparse, adapt="simclr", adapt_steps=1, steps=1, device="cpu")
+    assert str(raised.value) == (f"out of memory while adapting the encoder at batch size {options.ADAPT_BATCH_SIZE}: "
+                                 "use the CPU (--device cpu) or smaller crops (--preset fast: 96 px)")
