@@ -30,14 +30,12 @@ from ContrastiveSegLib.inference.shape_prior import (PSEUDO_SLICES, build_shape_
 from ContrastiveSegLib.io.annotations import IGNORE, SparseAnnotation
 from ContrastiveSegLib.model import TrainedModel, load_encoder_into
 from ContrastiveSegLib.networks import NetworkConfig, build_network
-from ContrastiveSegLib.options import (ADAPT_BATCH_SIZE, ADAPT_STEPS, AXIS_LETTERS, CONSISTENCY_DECODERS,
-                                       DEFAULT_CONSISTENCY, DEFAULT_DEVICE, DEFAULT_PRESET, RANDOM_INIT,
-                                       SELF_TRAIN_STEPS, check_training_options)
-from ContrastiveSegLib.presets import preset_config
+from ContrastiveSegLib.options import (ADAPT_BATCH_SIZE, ADAPT_STEPS, AXIS_LETTERS, DEFAULT_CONSISTENCY,
+                                       DEFAULT_DEVICE, DEFAULT_PRESET, RANDOM_INIT)
+from ContrastiveSegLib.plan import TrainingPlan, plan_training
 from ContrastiveSegLib.progress import ProgressCallback, emit
 from ContrastiveSegLib.threads import use_threads
 from ContrastiveSegLib.training.finetune import train_segmentation
-from ContrastiveSegLib.zoo.registry import default_encoder, resolve_encoder
 
 __all__ = ["DEFAULT_SPEC", "PreparedCase", "SegmentResult", "check_image", "finetune", "finetune_case", "predict",
            "predict_case", "segment", "self_train_round"]
@@ -84,8 +82,7 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
              preset: str = DEFAULT_PRESET, encoder: str | None = None, init_model: TrainedModel | None = None,
              device: str = DEFAULT_DEVICE, seed: int = 0, steps: int | None = None, batch_size: int | None = None,
              adapt: str | None = None, adapt_steps: int = ADAPT_STEPS, consistency: str = DEFAULT_CONSISTENCY,
-             prior_labels: bool = False, threads: int | None = None, progress: ProgressCallback = None,
-             cancel=None) -> TrainedModel:
+             threads: int | None = None, progress: ProgressCallback = None, cancel=None) -> TrainedModel:
     """Fine-tune a 2.5D U-Net on the annotated slices of ``labels``.
 
     Args:
@@ -100,22 +97,24 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
         consistency: one of :data:`~ContrastiveSegLib.options.CONSISTENCY_MODES`: "bidirectional" trains two
             decoders that label the unannotated slices for each other (IDEAL's fine-tuning stage); "off" trains
             one decoder on the annotated slices only.
-        prior_labels: also train on the shape prior's sure voxels of up to 24 unpainted slices between the painted
-            ones (:func:`~ContrastiveSegLib.inference.shape_prior.prior_pseudo_labels`; an option, not the default:
-            docs/finetuning.md).
         threads: CPU threads for torch (default: :func:`~ContrastiveSegLib.threads.choose_threads`, the project's
             default that the CLI and the Slicer module use too); restored when the call returns.
     Returns:
         the fine-tuned :class:`TrainedModel`.
     """
-    check_training_options(steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
-                           consistency=consistency, refine=init_model is not None)
+    return run_finetune(image, labels, spacing, axis=axis, threads=threads, progress=progress, cancel=cancel,
+                        preset=preset, encoder=encoder, init_model=init_model, device=device, seed=seed, steps=steps,
+                        batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps, consistency=consistency)
+
+
+def run_finetune(image: np.ndarray, labels: np.ndarray, spacing, *, axis: int | None, threads: int | None,
+                 progress: ProgressCallback, cancel, **options) -> TrainedModel:
+    """:func:`finetune` with ``options`` for :func:`~ContrastiveSegLib.plan.plan_training` (the experimental
+    ones included: :mod:`ContrastiveSegLib.experimental`)."""
     with use_threads(threads):
-        resolve_device(device)  # fail on a missing GPU before normalising a large volume
-        case = training_case(image, read_annotation(image, labels, axis), spacing, init_model)
-        return finetune_case(case, preset=preset, encoder=encoder, init_model=init_model, device=device,
-                             seed=seed, steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
-                             consistency=consistency, prior_labels=prior_labels, progress=progress, cancel=cancel)
+        plan = plan_training(**options)  # checked and resolved before a large volume is normalised
+        case = training_case(image, read_annotation(image, labels, axis), spacing, plan.init_model)
+        return finetune_case(case, plan, progress=progress, cancel=cancel)
 
 
 def _check_refinement(init_model: TrainedModel, annotation: SparseAnnotation) -> None:
@@ -128,47 +127,47 @@ def _check_refinement(init_model: TrainedModel, annotation: SparseAnnotation) ->
                          f"painted on slices along {AXIS_LETTERS[annotation.axis]}")
 
 
-def finetune_case(case: PreparedCase, *, preset: str = DEFAULT_PRESET, encoder: str | None = None,
-                  init_model: TrainedModel | None = None, device: str = DEFAULT_DEVICE, seed: int = 0,
-                  steps: int | None = None, batch_size: int | None = None, adapt: str | None = None,
-                  adapt_steps: int = ADAPT_STEPS, consistency: str = DEFAULT_CONSISTENCY,
-                  prior_labels: bool = False, progress: ProgressCallback = None, cancel=None,
+def finetune_case(case: PreparedCase, plan: TrainingPlan, *, progress: ProgressCallback = None, cancel=None,
                   batches: BatchLimits | None = None, later: tuple[int, bool] | None = None) -> TrainedModel:
-    """:func:`finetune` on a prepared case (same options; ``batches`` carries the batch size that fitted on the GPU
-    to the run's later stages; ``later`` is what the run does next, for the ETA: (self-training steps, whether the
-    prediction uses flip TTA) when it predicts (:func:`later_work_in_steps`), None when nothing follows)."""
-    check_training_options(steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
-                           consistency=consistency, refine=init_model is not None)
-    annotation = case.annotation
-    config = preset_config(preset, refine=init_model is not None, steps=steps, batch_size=batch_size)
-    torch_device = resolve_device(device)
-    encoder = default_encoder() if encoder is None else encoder
-    encoder_path = resolve_encoder(encoder)
-    _seed_everything(seed)
-    if init_model is not None:
-        _check_refinement(init_model, annotation)
-        network, encoder_name = init_model.network, init_model.encoder
-    else:
-        network, encoder_name = _new_network(case, consistency, encoder, encoder_path)
-        if adapt:
-            adapt_encoder(network, case.image, annotation, case.spec, adapt, adapt_steps, config.patch,
-                          encoder_path, seed, device, progress, cancel)
-            encoder_name = f"{encoder_name}+adapt:{adapt}"
+    """Fine-tune on a prepared case as ``plan`` says (:func:`~ContrastiveSegLib.plan.plan_training`).
+
+    ``batches`` carries the batch size that fitted on the GPU to the run's later stages; ``later`` is what the run
+    does next, for the ETA: (self-training steps, whether the prediction uses flip TTA) when it predicts
+    (:func:`later_work_in_steps`), None when nothing follows.
+    """
+    annotation, config = case.annotation, plan.config
+    _seed_everything(plan.seed)
+    network, encoder_name = initial_network(case, plan, progress, cancel)
     targets, training_slices = case.targets, annotation.slices
-    if prior_labels:
+    if plan.prior_labels:
         prior = shape_prior_of(targets, annotation.num_classes, annotation.axis, case.spacing)
         if prior is not None:
             targets, training_slices = prior_pseudo_labels(prior, targets, annotation.painted)
     sampler = AnnotatedSliceSampler(case.stack, targets, training_slices, config.patch,
-                                    divisor=network.config.divisor, seed=seed)
-    unannotated = _unannotated_sampler(case, network, sampler, config.patch, seed)
-    augmenter = BatchAugmenter(image_channels=2 * case.spec.context + 1, seed=seed)
-    emit(progress, "finetune", f"fine-tuning on {describe_planes(annotation)} ({torch_device.type})")
+                                    divisor=network.config.divisor, seed=plan.seed)
+    unannotated = _unannotated_sampler(case, network, sampler, config.patch, plan.seed)
+    augmenter = BatchAugmenter(image_channels=2 * case.spec.context + 1, seed=plan.seed)
+    emit(progress, "finetune", f"fine-tuning on {describe_planes(annotation)} ({plan.device.type})")
     after = 0.0 if later is None else later_work_in_steps(case, config, *later)
-    train_segmentation(network, sampler, config, torch_device, augmenter, progress, cancel, unannotated, batches,
+    train_segmentation(network, sampler, config, plan.device, augmenter, progress, cancel, unannotated, batches,
                        after_steps=after)
     return TrainedModel(network.cpu(), annotation.label_values, annotation.axis, case.spec, case.spacing,
                         encoder_name)
+
+
+def initial_network(case: PreparedCase, plan: TrainingPlan, progress: ProgressCallback = None,
+                    cancel=None) -> tuple[torch.nn.Module, str]:
+    """The network fine-tuning starts from, and the encoder's name as the model records it: the refined model's
+    (checked against this painting), or a new one from the plan's encoder, adapted on this scan when asked."""
+    if plan.init_model is not None:
+        _check_refinement(plan.init_model, case.annotation)
+        return plan.init_model.network, plan.init_model.encoder
+    network, encoder_name = _new_network(case, plan.decoders, plan.encoder, plan.encoder_path)
+    if plan.adapt:
+        adapt_encoder(network, case.image, case.annotation, case.spec, plan.adapt, plan.adapt_steps,
+                      plan.config.patch, plan.encoder_path, plan.seed, plan.device, progress, cancel)
+        encoder_name = f"{encoder_name}+adapt:{plan.adapt}"
+    return network, encoder_name
 
 
 def later_work_in_steps(case: PreparedCase, config, self_train: int, flip_tta: bool) -> float:
@@ -182,12 +181,11 @@ def later_work_in_steps(case: PreparedCase, config, self_train: int, flip_tta: b
     return prediction + (self_train + pixels / step if self_train else 0.0)
 
 
-def _new_network(case: PreparedCase, consistency: str, encoder: str, encoder_path) -> tuple[torch.nn.Module, str]:
+def _new_network(case: PreparedCase, decoders: int, encoder: str, encoder_path) -> tuple[torch.nn.Module, str]:
     """A fresh network for ``case`` (one decoder, or two for bidirectional consistency), with the encoder's
     weights loaded when one is chosen; and the encoder's name as the model records it."""
     network = build_network(NetworkConfig(in_channels=case.spec.in_channels,
-                                          num_classes=case.annotation.num_classes,
-                                          decoders=CONSISTENCY_DECODERS[consistency]))
+                                          num_classes=case.annotation.num_classes, decoders=decoders))
     if encoder_path is None:
         return network, RANDOM_INIT
     load_encoder_into(network, encoder_path, case.spec)
@@ -207,7 +205,7 @@ def _unannotated_sampler(case: PreparedCase, network, sampler: AnnotatedSliceSam
 
 
 def adapt_encoder(network, image: np.ndarray, annotation: SparseAnnotation, spec, method: str,
-                  steps: int, patch: int, encoder_path, seed: int, device: str, progress: ProgressCallback = None,
+                  steps: int, patch: int, encoder_path, seed: int, device, progress: ProgressCallback = None,
                   cancel=None) -> None:
     """Pretrain ``network.encoder`` in place with ``method`` for ``steps`` steps on this scan alone (slices along
     the annotation axis, the fine-tuning input spec; the annotated slices feed MixCL's label term), starting from
@@ -284,25 +282,22 @@ def shape_prior_of(targets: np.ndarray, num_classes: int, axis: int, spacing):
     return build_shape_prior(targets, num_classes, inplane, spacing_zyx[axis])
 
 
-def self_train_round(model: TrainedModel, case: PreparedCase, *, device: str = DEFAULT_DEVICE,
-                     preset: str = DEFAULT_PRESET, steps: int = SELF_TRAIN_STEPS, batch_size: int | None = None,
-                     shape_prior: bool = True, seed: int = 0, progress: ProgressCallback = None, cancel=None,
-                     batches: BatchLimits | None = None) -> None:
-    """Propagate the painting into the unpainted slices and train on it (in place; experimental, used by the
-    benchmark).
+def self_train_round(model: TrainedModel, case: PreparedCase, plan: TrainingPlan, *, shape_prior: bool = True,
+                     progress: ProgressCallback = None, cancel=None, batches: BatchLimits | None = None) -> None:
+    """Propagate the painting into the unpainted slices and train on it for ``plan.self_train`` steps (in place;
+    experimental: :mod:`ContrastiveSegLib.experimental`, used by the benchmark).
 
     The network (fused with the shape prior unless ``shape_prior`` is False) labels every slice; its confident
     voxels (probability of at least :data:`SELF_TRAIN_CONFIDENCE`, in components that touch the painting) on up to
-    :data:`PSEUDO_SLICES` evenly spread unpainted slices become extra targets, and training goes on for ``steps``
-    steps of ``batch_size`` crops (default: the preset's) on them and on the painted slices, at a lower learning
-    rate (incremental self-labelling, Anderson et al., BMC Medical Imaging 2025; the confidence threshold plays the
-    role of the self-paced weighting). A two-decoder network keeps its bidirectional consistency term.
+    :data:`PSEUDO_SLICES` evenly spread unpainted slices become extra targets, and training goes on with the plan's
+    batch size on them and on the painted slices, at a lower learning rate (incremental self-labelling, Anderson et
+    al., BMC Medical Imaging 2025; the confidence threshold plays the role of the self-paced weighting). A
+    two-decoder network keeps its bidirectional consistency term.
     """
-    torch_device = resolve_device(device)
     annotation, stack, targets = case.annotation, case.stack, case.targets
     prior = shape_prior_of(targets, len(model.label_values), model.axis, case.spacing) if shape_prior else None
     emit(progress, "self-train", "labelling the unpainted slices for self-training")
-    classes, confidence = predict_volume(model.network, stack, torch_device, divisor=model.network.config.divisor,
+    classes, confidence = predict_volume(model.network, stack, plan.device, divisor=model.network.config.divisor,
                                          prior=prior, keep_confidence=True, progress=progress, cancel=cancel,
                                          batches=batches)
     classes = keep_annotated_components(classes, targets, len(model.label_values))
@@ -314,13 +309,14 @@ def self_train_round(model: TrainedModel, case: PreparedCase, *, device: str = D
         label = np.where(confidence[s] >= round(SELF_TRAIN_CONFIDENCE * 255), classes[s], IGNORE).astype(np.uint8)
         pseudo[s] = np.where(known, targets[s], label)
     slices = np.union1d(annotation.slices, chosen)
-    base = preset_config(preset, batch_size=batch_size)
-    config = dataclasses.replace(base, steps=steps, learning_rate=base.learning_rate * SELF_TRAIN_LR)
+    config = dataclasses.replace(plan.config, steps=plan.self_train,
+                                 learning_rate=plan.config.learning_rate * SELF_TRAIN_LR)
+    seed = plan.seed + 1
     sampler = AnnotatedSliceSampler(stack, pseudo, slices, config.patch, divisor=model.network.config.divisor,
-                                    seed=seed + 1)
-    unannotated = _unannotated_sampler(case, model.network, sampler, config.patch, seed + 1)
-    augmenter = BatchAugmenter(image_channels=2 * model.spec.context + 1, seed=seed + 1)
-    train_segmentation(model.network, sampler, config, torch_device, augmenter, progress, cancel, unannotated,
+                                    seed=seed)
+    unannotated = _unannotated_sampler(case, model.network, sampler, config.patch, seed)
+    augmenter = BatchAugmenter(image_channels=2 * model.spec.context + 1, seed=seed)
+    train_segmentation(model.network, sampler, config, plan.device, augmenter, progress, cancel, unannotated,
                        batches)
     model.network.cpu()
 
@@ -345,57 +341,51 @@ def segment(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, a
             device: str = DEFAULT_DEVICE, seed: int = 0, steps: int | None = None, batch_size: int | None = None,
             adapt: str | None = None, adapt_steps: int = ADAPT_STEPS, consistency: str = DEFAULT_CONSISTENCY,
             probabilities: bool = False, flip_tta: bool = False, postprocess: bool = True, shape_prior: bool = True,
-            self_train: int = 0, prior_labels: bool = False, threads: int | None = None,
-            progress: ProgressCallback = None, cancel=None) -> SegmentResult:
+            threads: int | None = None, progress: ProgressCallback = None, cancel=None) -> SegmentResult:
     """Fine-tune on the annotated slices of ``labels`` and segment the whole ``image``.
 
     Every slice annotated along the axis means there is nothing to segment: the labels come back unchanged with
-    a message, and nothing is trained. The options are :func:`finetune`'s and :func:`predict`'s, plus
-    ``self_train``: that many further steps on the confident voxels of the (fused) prediction
-    (:func:`self_train_round`; 0, the default, skips it). A batch size that had to be halved on the GPU stays
-    halved for the run's later stages.
+    a message, and nothing is trained. The options are :func:`finetune`'s and :func:`predict`'s. A batch size that
+    had to be halved on the GPU stays halved for the run's later stages.
     """
-    check_training_options(steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
-                           consistency=consistency, refine=init_model is not None)
+    return run_segment(image, labels, spacing, axis=axis, threads=threads, progress=progress, cancel=cancel,
+                       prediction=dict(probabilities=probabilities, flip_tta=flip_tta, postprocess=postprocess,
+                                       shape_prior=shape_prior),
+                       preset=preset, encoder=encoder, init_model=init_model, device=device, seed=seed, steps=steps,
+                       batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps, consistency=consistency)
+
+
+def run_segment(image: np.ndarray, labels: np.ndarray, spacing, *, axis: int | None, threads: int | None,
+                progress: ProgressCallback, cancel, prediction: dict, **options) -> SegmentResult:
+    """:func:`segment`, its stages in order: plan (options checked, device resolved, once), prepare, fine-tune,
+    self-train (experimental), predict. ``prediction`` holds :func:`predict_case`'s options, ``options``
+    :func:`~ContrastiveSegLib.plan.plan_training`'s (the experimental ones included:
+    :mod:`ContrastiveSegLib.experimental`)."""
     with use_threads(threads):
-        return _segment(image, labels, spacing, axis=axis, preset=preset, encoder=encoder, init_model=init_model,
-                        device=device, seed=seed, steps=steps, batch_size=batch_size, adapt=adapt,
-                        adapt_steps=adapt_steps, consistency=consistency, probabilities=probabilities,
-                        flip_tta=flip_tta, postprocess=postprocess, shape_prior=shape_prior, self_train=self_train,
-                        prior_labels=prior_labels, progress=progress, cancel=cancel)
-
-
-def _segment(image, labels, spacing, *, axis, preset, encoder, init_model, device, seed, steps, batch_size, adapt,
-             adapt_steps, consistency, probabilities, flip_tta, postprocess, shape_prior, self_train, prior_labels,
-             progress, cancel) -> SegmentResult:
-    """:func:`segment` once its options are checked and its threads set."""
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    annotation = read_annotation(image, labels, axis)
-    if not (annotation.target == IGNORE).any():
-        message = f"every slice along {AXIS_LETTERS[annotation.axis]} is annotated: nothing to segment"
-        emit(progress, "done", message)
-        return SegmentResult(labels=labels.copy(), axis=annotation.axis, message=message)
-    resolve_device(device)  # fail on a missing GPU before normalising a large volume
-    case = training_case(image, annotation, spacing, init_model)
-    batches = BatchLimits()  # what fitted on the GPU in one stage, for the next
-    timings["prepare"] = time.perf_counter() - start
-    start = time.perf_counter()
-    model = finetune_case(case, preset=preset, encoder=encoder, init_model=init_model, device=device, seed=seed,
-                          steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
-                          consistency=consistency, prior_labels=prior_labels, progress=progress, cancel=cancel,
-                          batches=batches, later=(self_train, flip_tta))
-    timings["finetune"] = time.perf_counter() - start
-    if self_train:
+        plan = plan_training(**options)
+        timings: dict[str, float] = {}
         start = time.perf_counter()
-        self_train_round(model, case, device=device, preset=preset, steps=self_train, batch_size=batch_size,
-                         shape_prior=shape_prior, seed=seed, progress=progress, cancel=cancel, batches=batches)
-        timings["self-train"] = time.perf_counter() - start
-    start = time.perf_counter()
-    result = predict_case(model, case, device=device, probabilities=probabilities, flip_tta=flip_tta,
-                          postprocess=postprocess, shape_prior=shape_prior, progress=progress, cancel=cancel,
-                          batches=batches)
-    timings["predict"] = time.perf_counter() - start
-    result.model = model
-    result.seconds = timings
-    return result
+        annotation = read_annotation(image, labels, axis)
+        if not (annotation.target == IGNORE).any():
+            message = f"every slice along {AXIS_LETTERS[annotation.axis]} is annotated: nothing to segment"
+            emit(progress, "done", message)
+            return SegmentResult(labels=labels.copy(), axis=annotation.axis, message=message)
+        case = training_case(image, annotation, spacing, plan.init_model)
+        batches = BatchLimits()  # what fitted on the GPU in one stage, for the next
+        timings["prepare"] = time.perf_counter() - start
+        start = time.perf_counter()
+        model = finetune_case(case, plan, progress=progress, cancel=cancel, batches=batches,
+                              later=(plan.self_train, prediction["flip_tta"]))
+        timings["finetune"] = time.perf_counter() - start
+        if plan.self_train:
+            start = time.perf_counter()
+            self_train_round(model, case, plan, shape_prior=prediction["shape_prior"], progress=progress,
+                             cancel=cancel, batches=batches)
+            timings["self-train"] = time.perf_counter() - start
+        start = time.perf_counter()
+        result = predict_case(model, case, device=plan.device, progress=progress, cancel=cancel, batches=batches,
+                              **prediction)
+        timings["predict"] = time.perf_counter() - start
+        result.model = model
+        result.seconds = timings
+        return result

@@ -10,10 +10,12 @@ from ContrastiveSegLib.options import DEFAULT_DEVICE, LOW_MEMORY_PRESET, PRESETS
 from ContrastiveSegLib.progress import ProgressCallback, emit
 
 
-def resolve_device(name: str = DEFAULT_DEVICE) -> torch.device:
+def resolve_device(name: str | torch.device = DEFAULT_DEVICE) -> torch.device:
     """``auto`` takes the first CUDA GPU if there is one, else the CPU (MPS only when asked for: some operators
     still fall back to the CPU there). An unknown or unavailable device is an InputError, never a silent
-    fallback."""
+    fallback. A ``torch.device`` (already resolved, e.g. by a run's plan) comes back as it is."""
+    if isinstance(name, torch.device):
+        return name
     name = check_device(name)
     if name == "auto":
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")

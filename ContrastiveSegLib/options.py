@@ -235,7 +235,7 @@ ADAPT_BATCH_SIZE = 8
 PREDICT_BATCH_SIZE = 16
 """Whole slices per forward pass of prediction (halved on running out of GPU memory)."""
 SELF_TRAIN_STEPS = 100
-"""Default steps of an (experimental) self-training round."""
+"""Steps of the (experimental) self-training round the benchmark measures (ContrastiveSegLib.experimental)."""
 PRETRAIN_STEPS = 2000
 """Default budget of ``pretrain`` when neither steps nor minutes are given."""
 PRETRAIN_BATCH_SIZE = 16

@@ -3,8 +3,9 @@ no output: run it on two checkouts and compare the lines (benchmarks/results/unc
 
     OMP_NUM_THREADS=1 PYTHONPATH=CHECKOUT python benchmarks/label_hashes.py CHECKOUT
 
-The runs cover fine-tuning + prediction (with probabilities), bidirectional consistency with flip TTA, finetune then
-predict, a refinement, and a self-training round at the preset's batch size, on the test phantom (Testing/Python).
+The six runs cover fine-tuning + prediction (with probabilities), bidirectional consistency with flip TTA, finetune then
+predict, a refinement, a self-training round at the preset's batch size and training on the prior's labels, on the
+test phantom (Testing/Python).
 """
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ def fingerprints(checkout: Path) -> dict[str, str]:
 
     from ContrastiveSegLib import api
 
+    try:  # the experimental options' home since issue 16; before it, api.segment / api.finetune took them
+        from ContrastiveSegLib.experimental import finetune as experimental_finetune
+        from ContrastiveSegLib.experimental import segment as experimental_segment
+    except ImportError:
+        experimental_segment, experimental_finetune = api.segment, api.finetune
+
     torch.set_num_threads(1)
     p = make_phantom()
     spacing = (0.9, 0.9, 2.5)
@@ -36,8 +43,11 @@ def fingerprints(checkout: Path) -> dict[str, str]:
     out["finetune + predict"] = predicted.labels.tobytes() + predicted.probabilities.tobytes()
     out["refine"] = api.segment(p.image, p.sparse, spacing, steps=4, batch_size=2, seed=2, init_model=r.model,
                                 **quick).labels.tobytes()
-    out["self-train (preset batch)"] = api.segment(p.image, p.sparse, spacing, steps=4, seed=2, self_train=3,
-                                                   **quick).labels.tobytes()
+    out["self-train (preset batch)"] = experimental_segment(p.image, p.sparse, spacing, steps=4, seed=2,
+                                                           self_train=3, **quick).labels.tobytes()
+    model = experimental_finetune(p.image, p.sparse, spacing, steps=5, batch_size=2, seed=4, prior_labels=True,
+                                  **quick)
+    out["prior labels + predict"] = api.predict(model, p.image, labels=p.sparse, device="cpu").labels.tobytes()
     return {name: hashlib.sha256(data).hexdigest()[:16] for name, data in out.items()}
 
 

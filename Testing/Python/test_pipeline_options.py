@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from ContrastiveSegLib import api, options
+from ContrastiveSegLib import api, experimental, options
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.training import finetune as finetune_module
 from conftest import HANG_GUARD_S
@@ -40,7 +40,7 @@ def _batch_sizes(monkeypatch) -> list[int]:
 def test_self_training_works_with_bidirectional_consistency(phantom):
     # Was: a ValueError after fine-tuning had finished (the self-training round ran the one-decoder loop on the
     # two-decoder network), losing the whole run.
-    result = api.segment(phantom.image, phantom.sparse, consistency="bidirectional", self_train=2, **QUICK)
+    result = experimental.segment(phantom.image, phantom.sparse, consistency="bidirectional", self_train=2, **QUICK)
     assert result.model.network.config.decoders == 2
     assert set(result.seconds) == {"prepare", "finetune", "self-train", "predict"}
     assert result.labels.shape == phantom.image.shape
@@ -51,14 +51,14 @@ def test_self_training_works_with_bidirectional_consistency(phantom):
 # ----------------------------------------------------------------------------------------------- bug 2
 def test_self_training_uses_the_callers_batch_size(phantom, monkeypatch):
     seen = _batch_sizes(monkeypatch)
-    api.segment(phantom.image, phantom.sparse, self_train=3, **{**QUICK, "batch_size": 3})
+    experimental.segment(phantom.image, phantom.sparse, self_train=3, **{**QUICK, "batch_size": 3})
     assert seen == [3] * (2 + 3)  # two fine-tuning steps, three self-training steps, all at the caller's 3
 
 
 def test_self_training_runs_without_the_shape_prior(phantom, monkeypatch):
     # Was: silently skipped when the shape prior was off.
     seen = _batch_sizes(monkeypatch)
-    result = api.segment(phantom.image, phantom.sparse, self_train=2, shape_prior=False, **QUICK)
+    result = experimental.segment(phantom.image, phantom.sparse, self_train=2, shape_prior=False, **QUICK)
     assert "self-train" in result.seconds and len(seen) == 2 + 2
 
 
@@ -117,7 +117,6 @@ def test_option_values_have_one_home():
     from ContrastiveSegLib.inference import predict
 
     assert inspect.signature(predict.predict_volume).parameters["batch_size"].default == options.PREDICT_BATCH_SIZE
-    assert inspect.signature(api.self_train_round).parameters["steps"].default == options.SELF_TRAIN_STEPS
     source = (ROOT / "ContrastiveSegLib" / "api.py").read_text()
     assert "batch_size=8" not in source and "steps: int = 100" not in source
     for path in (ROOT / "ContrastiveSegLib").rglob("*.py"):
