@@ -5,9 +5,12 @@ and Slicer return them; ``spacing`` is (x, y, z) in mm. ``progress`` receives ev
 :mod:`ContrastiveSegLib.progress`); setting the ``cancel`` event (a ``threading.Event``) stops the run with
 :class:`~ContrastiveSegLib.errors.Cancelled` at the next step.
 
-Each public function turns its arrays into a :class:`~ContrastiveSegLib.data.case.PreparedCase` and hands it to
-the stage functions (:func:`finetune_case`, :func:`predict_case`, :func:`self_train_round`); :func:`segment`
-prepares the case once for all its stages.
+A run goes one way through its stages: the options become one :class:`~ContrastiveSegLib.plan.TrainingPlan`
+(checked once, device resolved once); the arrays become one :class:`~ContrastiveSegLib.data.case.PreparedCase`
+(prepare); then :func:`initial_network` (initialise), :func:`finetune_case` (fine-tune), the experimental
+:func:`self_train_round`, and :func:`predict_case` (predict and post-process); the CLI writes. ``segment`` and
+``finetune`` take only what users are offered; :mod:`ContrastiveSegLib.experimental` adds the options the
+benchmark measures.
 """
 from __future__ import annotations
 
@@ -37,8 +40,9 @@ from ContrastiveSegLib.progress import ProgressCallback, emit
 from ContrastiveSegLib.threads import use_threads
 from ContrastiveSegLib.training.finetune import train_segmentation
 
-__all__ = ["DEFAULT_SPEC", "PreparedCase", "SegmentResult", "check_image", "finetune", "finetune_case", "predict",
-           "predict_case", "segment", "self_train_round"]
+__all__ = ["DEFAULT_SPEC", "PreparedCase", "SegmentResult", "TrainingPlan", "check_image", "finetune",
+           "finetune_case", "initial_network", "plan_training", "predict", "predict_case", "segment",
+           "self_train_round"]
 
 SELF_TRAIN_CONFIDENCE = 0.9  # fused probability a voxel needs to become a self-training target
 SELF_TRAIN_LR = 0.3  # self-training learning rate as a fraction of the preset's
@@ -241,15 +245,15 @@ def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None
     """
     check_image(image)
     with use_threads(threads):
-        resolve_device(device)
+        torch_device = resolve_device(device)  # once, and before a large volume is normalised
         annotation = None if labels is None else read_annotation(image, labels, model.axis, model.label_values)
         case = PreparedCase.build(image, annotation, model.spacing if spacing is None else spacing, model.spec,
                                   axis=model.axis)
-        return predict_case(model, case, device=device, probabilities=probabilities, flip_tta=flip_tta,
+        return predict_case(model, case, device=torch_device, probabilities=probabilities, flip_tta=flip_tta,
                             postprocess=postprocess, shape_prior=shape_prior, progress=progress, cancel=cancel)
 
 
-def predict_case(model: TrainedModel, case: PreparedCase, *, device: str = DEFAULT_DEVICE,
+def predict_case(model: TrainedModel, case: PreparedCase, *, device: str | torch.device = DEFAULT_DEVICE,
                  probabilities: bool = False, flip_tta: bool = False, postprocess: bool = True,
                  shape_prior: bool = True, progress: ProgressCallback = None, cancel=None,
                  batches: BatchLimits | None = None) -> SegmentResult:
