@@ -165,3 +165,29 @@ print(seen, after)
                                timeout=HANG_GUARD_S)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.split("\n")[0] == "[1, 2] 3"
+
+
+# ----------------------------------------------------------------------------------------------- combinations
+@pytest.mark.slow  # sixteen short runs
+def test_every_combination_of_the_trainers_plug_ins_works_or_is_refused_up_front(phantom):
+    # The variants of the one trainer: one or two decoders, a refinement, the experimental self-training round
+    # and prior labels. Each combination either runs to a label map or is refused in one line before any step.
+    import itertools
+
+    small = {**QUICK, "steps": 1, "batch_size": 1}
+    base = api.finetune(phantom.image, phantom.sparse, **small)
+    outcomes = {}
+    for consistency, refine, self_train, prior_labels in itertools.product(
+            ("off", "bidirectional"), (False, True), (0, 1), (False, True)):
+        try:
+            result = experimental.segment(phantom.image, phantom.sparse, consistency=consistency,
+                                          init_model=base if refine else None, self_train=self_train,
+                                          prior_labels=prior_labels, **small)
+        except InputError as error:
+            assert "\n" not in str(error)
+            outcomes[consistency, refine, self_train, prior_labels] = "refused"
+        else:
+            assert result.labels.shape == phantom.image.shape
+            outcomes[consistency, refine, self_train, prior_labels] = "works"
+    refused = {key for key, outcome in outcomes.items() if outcome == "refused"}
+    assert refused == {key for key in outcomes if key[0] == "bidirectional" and key[1]}  # only: refine + 2 decoders
