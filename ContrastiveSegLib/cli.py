@@ -289,6 +289,8 @@ def _check_before_torch(args) -> None:
         options.check_training_options(steps=args.steps, batch_size=args.batch_size, adapt=args.adapt,
                                        adapt_steps=args.adapt_steps, consistency=args.consistency,
                                        refine=args.init_model is not None)
+    elif args.command == "demo":
+        options.check_training_options(steps=args.steps)
     for path in (getattr(args, "init_model", None), getattr(args, "model", None)):
         if path is not None:
             check_input_file(path, "model")

@@ -41,6 +41,7 @@ CASES = {
                      "batch size must be >= 1, got 0"),
     "refinement with adapt": (["segment", "{image}", "{labels}", "-o", "{folder}/out.nii.gz", "--init-model",
                                "{folder}/missing.safetensors", "--adapt", "simclr"], "not to a refinement"),
+    "demo steps 0": (["demo", "-o", "{folder}/demo", "--steps", "0"], "steps must be >= 1, got 0"),
     "missing model": (["predict", "{image}", "--model", "{folder}/missing.safetensors", "-o", "{folder}/out.nii.gz"],
                       "model not found: {folder}/missing.safetensors"),
     "missing initial model": (["segment", "{image}", "{labels}", "-o", "{folder}/out.nii.gz", "--init-model",
