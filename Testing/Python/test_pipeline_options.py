@@ -67,7 +67,7 @@ def _module_constants() -> dict[str, dict[str, str]]:
     """Public module-level UPPER_CASE constants assigned a number: name -> {module: value source}."""
     found: dict[str, dict[str, str]] = {}
     for path in (ROOT / "ContrastiveSegLib").rglob("*.py"):
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in tree.body:
             if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
                 name = node.targets[0].id
@@ -117,12 +117,12 @@ def test_option_values_have_one_home():
     from ContrastiveSegLib.inference import predict
 
     assert inspect.signature(predict.predict_volume).parameters["batch_size"].default == options.PREDICT_BATCH_SIZE
-    source = (ROOT / "ContrastiveSegLib" / "api.py").read_text()
+    source = (ROOT / "ContrastiveSegLib" / "api.py").read_text(encoding="utf-8")
     assert "batch_size=8" not in source and "steps: int = 100" not in source
     for path in (ROOT / "ContrastiveSegLib").rglob("*.py"):
         if path.name == "options.py" or "slicer" in path.parts:  # the Slicer side's two are left to its issue
             continue
-        texts = [n.value for n in ast.walk(ast.parse(path.read_text()))
+        texts = [n.value for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
                  if isinstance(n, ast.Constant) and isinstance(n.value, str)]
         assert not [t for t in texts if re.search(r"'fast' preset|preset fast|--preset 'fast'", t)], path
 
