@@ -24,7 +24,7 @@ import numpy as np
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.volume import Volume, grid_difference, read_volume, write_volume
 from ContrastiveSegLib.options import (AXIS_LETTERS, DEFAULT_CONSISTENCY, DEFAULT_DEVICE, DEFAULT_PRESET,
-                                       check_consistency, check_device, check_preset)
+                                       check_device, check_preset, check_training_options)
 from ContrastiveSegLib.slicer import nodes
 from ContrastiveSegLib.slicer.childrun import ChildRun, private_state_dir
 from ContrastiveSegLib.slicer.runner import ChildOutcome, RunResult, cli_command
@@ -60,11 +60,9 @@ class JobOptions:
         # The CLI's own checks (ContrastiveSegLib.options), here before any file is written or child started.
         self.device = check_device(self.device)
         check_preset(self.preset)
-        check_consistency(self.consistency)
-        if self.steps is not None and self.steps < 1:
-            raise InputError(f"steps must be at least 1, got {self.steps}")
-        if self.batch_size is not None and self.batch_size < 1:
-            raise InputError(f"batch size must be at least 1, got {self.batch_size}")
+        # The API's own check: adapt or consistency with a refinement is refused here as there, never dropped.
+        check_training_options(steps=self.steps, batch_size=self.batch_size, adapt=self.adapt,
+                               consistency=self.consistency, refine=bool(self.init_model))
 
 
 @dataclass
@@ -183,10 +181,8 @@ class Job(ChildRun):
         return cli_command("segment", paths["image"], paths["labels"], python=self.python,
                            axis=None if axis is None else AXIS_LETTERS[axis], seed=o.seed, encoder=o.encoder or None,
                            preset=o.preset, steps=o.steps, model_out=paths["model"],
-                           init_model=o.init_model or None, batch_size=o.batch_size,
-                           # a refinement continues its model: adaptation and a second decoder apply to new ones
-                           adapt=None if o.init_model else o.adapt,
-                           consistency=None if o.init_model or o.consistency == DEFAULT_CONSISTENCY else o.consistency,
+                           init_model=o.init_model or None, batch_size=o.batch_size, adapt=o.adapt,
+                           consistency=None if o.consistency == DEFAULT_CONSISTENCY else o.consistency,
                            **common)
 
     # ----------------------------------------------------------------------------------------- finish

@@ -14,6 +14,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package is not slicer-core", allow_module_level=True)
 import SimpleITK as sitk  # noqa: E402
 
+from ContrastiveSegLib import options as options_module  # noqa: E402
 from ContrastiveSegLib.errors import InputError  # noqa: E402
 from ContrastiveSegLib.io.annotations import IGNORE, decode_annotation  # noqa: E402
 from ContrastiveSegLib.io.volume import Volume, read_volume, write_volume  # noqa: E402
@@ -450,22 +451,28 @@ def test_models_and_probabilities_go_to_a_folder_only_this_user_can_read(scene, 
 
 
 @pytest.mark.skipif(__import__("os").name == "nt", reason="a POSIX shell stands in for PythonSlicer")
-def test_adapt_and_consistency_reach_the_cli_for_new_models_only(scene, fake_python, tmp_path):
+def test_adapt_and_consistency_reach_the_cli_for_new_models_and_are_refused_for_a_refinement(scene, fake_python,
+                                                                                               tmp_path):
     from ContrastiveSegLib.slicer.job import Job, JobOptions
 
     python, env, log = fake_python
     _, volume_node = _volume(scene)
     segmentation, _ = _segmentation(scene, volume_node, {"Liver": ((1, 0, 0), _slab([3]))})
-    for init_model in (None, str(tmp_path / "previous.safetensors")):
-        options = JobOptions(device="cpu", probabilities=False, adapt="mixcl", consistency="bidirectional",
-                             init_model=init_model)
-        job = Job("segment", volume_node, segmentation, None, options, state_dir=tmp_path, python=python, env=env)
-        job.prepare()
-        command = " ".join(job.command())
-        if init_model is None:
-            assert "--adapt mixcl" in command and "--consistency bidirectional" in command
-        else:  # a refinement continues its model: the CLI would refuse both
-            assert "--adapt" not in command and "--consistency" not in command and "--init-model" in command
+    options = JobOptions(device="cpu", probabilities=False, adapt="mixcl", consistency="bidirectional")
+    job = Job("segment", volume_node, segmentation, None, options, state_dir=tmp_path, python=python, env=env)
+    job.prepare()
+    command = " ".join(job.command())
+    assert "--adapt mixcl" in command and "--consistency bidirectional" in command
+    # A refinement continues its model: the job refuses adapt / consistency in the API's words (one shared
+    # check, options.check_training_options), before any file is written, instead of dropping them silently.
+    previous = str(tmp_path / "previous.safetensors")
+    for chosen in (dict(adapt="mixcl"), dict(consistency="bidirectional")):
+        with pytest.raises(InputError) as refused:
+            JobOptions(device="cpu", init_model=previous, **chosen)
+        with pytest.raises(InputError) as by_the_api:
+            options_module.check_training_options(refine=True, **chosen)
+        assert str(refused.value) == str(by_the_api.value)
+        assert "not to a refinement" in str(refused.value)
 
 
 def test_bad_options_and_inputs_are_one_line_errors(scene):
