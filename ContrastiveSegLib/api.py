@@ -28,6 +28,7 @@ from ContrastiveSegLib.device import BatchLimits, fine_tuning_advice, resolve_de
 from ContrastiveSegLib.errors import InputError, OutOfMemory
 from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
 from ContrastiveSegLib.inference.predict import predict_volume
+from ContrastiveSegLib.inference.region import region_of_case
 from ContrastiveSegLib.inference.shape_prior import (PSEUDO_SLICES, build_shape_prior, evenly_spread,
                                                      prior_pseudo_labels)
 from ContrastiveSegLib.io.annotations import IGNORE, SparseAnnotation
@@ -264,9 +265,13 @@ def predict_case(model: TrainedModel, case: PreparedCase, *, device: str | torch
     prior = None
     if targets is not None and shape_prior:
         prior = shape_prior_of(targets, len(model.label_values), model.axis, case.spacing)
+    # Only components touching the painting are kept, so with post-processing only where the painting reaches is
+    # predicted (inference/region.py); background elsewhere.
+    region = region_of_case(targets if postprocess else None, len(model.label_values), model.axis, case.spacing,
+                            tuple(case.stack.slices.shape))
     classes, probs = predict_volume(model.network, case.stack, torch_device, divisor=model.network.config.divisor,
                                     flip_tta=flip_tta, keep_probabilities=probabilities, prior=prior,
-                                    progress=progress, cancel=cancel, batches=batches)
+                                    progress=progress, cancel=cancel, batches=batches, region=region)
     if targets is not None:
         if postprocess:
             classes = keep_annotated_components(classes, targets, len(model.label_values))
