@@ -273,8 +273,9 @@ def predict_case(model: TrainedModel, case: PreparedCase, *, device: str | torch
                                     flip_tta=flip_tta, keep_probabilities=probabilities, prior=prior,
                                     progress=progress, cancel=cancel, batches=batches, region=region)
     if targets is not None:
-        if postprocess:
-            classes = keep_annotated_components(classes, targets, len(model.label_values))
+        if postprocess:  # outside the region every voxel is background: its components lie inside
+            classes[region.box] = keep_annotated_components(classes[region.box], targets[region.box],
+                                                            len(model.label_values))
         paste_annotations(classes, targets)
     classes = np.moveaxis(classes, 0, model.axis)
     result_labels = label_lookup(model.label_values)[classes]

@@ -60,10 +60,15 @@ class Region:
     def is_whole(self, shape: tuple[int, int, int]) -> bool:
         return self == Region.whole(shape)
 
+    @property
+    def box(self) -> tuple[slice, slice, slice]:
+        """The region as an index into a stack-ordered (S, H, W) array."""
+        return slice(*self.slices), slice(*self.rows), slice(*self.columns)
+
     def mask(self, shape: tuple[int, int, int]) -> np.ndarray:
         """(S, H, W) bool: True inside the region."""
         inside = np.zeros(shape, dtype=bool)
-        inside[slice(*self.slices), slice(*self.rows), slice(*self.columns)] = True
+        inside[self.box] = True
         return inside
 
 
