@@ -27,11 +27,12 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from tasks import TASKS
+    from tasks import sparse_cases
 
     from ContrastiveSegLib import api
-    from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, mean_dice, sparse_annotation
+    from ContrastiveSegLib.evaluation.metrics import mean_dice
     from ContrastiveSegLib.inference import region as region_module
+    from ContrastiveSegLib.io.annotations import decode_annotation
     from ContrastiveSegLib.threads import choose_threads
 
     torch.set_num_threads(choose_threads(None))
@@ -40,35 +41,27 @@ def main() -> None:
              "default preset.", "",
              "| task | k | seed | region share | voxels differing | Dice whole | Dice region | predict s whole "
              "| predict s region |", "|---|---|---|---|---|---|---|---|---|"]
-    whole_region = region_module.region_of_case
-    for name in args.tasks:
-        task = TASKS[name]
-        image, reference, spacing, _ = task.load()
-        for k in args.k:
-            sparse = sparse_annotation(reference, task.axis, choose_annotated_slices(reference, task.axis, k))
-            for seed in args.seeds:
-                model = api.finetune(image, sparse, spacing, axis=task.axis, seed=seed, steps=args.steps,
-                                     device="cpu")
-                results = {}
-                for label, chooser in (("whole", lambda t, n, a, s, shape: region_module.Region.whole(shape)),
-                                       ("region", whole_region)):
-                    api.region_of_case = chooser
-                    start = time.perf_counter()
-                    results[label] = (api.predict(model, image, labels=sparse, spacing=spacing, device="cpu").labels,
-                                      time.perf_counter() - start)
-                api.region_of_case = whole_region
-                stack_sparse = np.moveaxis(sparse, task.axis, 0)
-                from ContrastiveSegLib.io.annotations import decode_annotation
-                annotation = decode_annotation(sparse, task.axis)
-                box = whole_region(np.moveaxis(annotation.target, task.axis, 0), annotation.num_classes, task.axis,
-                                   spacing, stack_sparse.shape)
-                share = box.mask(stack_sparse.shape).mean()
-                differing = int((results["whole"][0] != results["region"][0]).sum())
-                dice = {label: mean_dice(results[label][0], reference, list(task.structures)) for label in results}
-                row = (f"| {name} | {k} | {seed} | {share:.2f} | {differing} | {dice['whole']:.4f} | "
-                       f"{dice['region']:.4f} | {results['whole'][1]:.1f} | {results['region'][1]:.1f} |")
-                print(row, flush=True)
-                lines.append(row)
+    chosen = region_module.region_of_case
+    whole = lambda targets, classes, axis, spacing, shape: region_module.Region.whole(shape)  # noqa: E731
+    for task, image, reference, spacing, k, sparse in sparse_cases(args.tasks, args.k):
+        annotation = decode_annotation(sparse, task.axis)
+        targets = np.moveaxis(annotation.target, task.axis, 0)
+        share = chosen(targets, annotation.num_classes, task.axis, spacing, targets.shape).mask(targets.shape).mean()
+        for seed in args.seeds:
+            model = api.finetune(image, sparse, spacing, axis=task.axis, seed=seed, steps=args.steps, device="cpu")
+            results = {}
+            for label, chooser in (("whole", whole), ("region", chosen)):
+                api.region_of_case = chooser
+                start = time.perf_counter()
+                results[label] = (api.predict(model, image, labels=sparse, spacing=spacing, device="cpu").labels,
+                                  time.perf_counter() - start)
+            api.region_of_case = chosen
+            differing = int((results["whole"][0] != results["region"][0]).sum())
+            dice = {label: mean_dice(results[label][0], reference, list(task.structures)) for label in results}
+            row = (f"| {task.name} | {k} | {seed} | {share:.2f} | {differing} | {dice['whole']:.4f} | "
+                   f"{dice['region']:.4f} | {results['whole'][1]:.1f} | {results['region'][1]:.1f} |")
+            print(row, flush=True)
+            lines.append(row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
 
