@@ -97,8 +97,9 @@ def test_prediction_inside_the_region_equals_the_whole_slice_one_and_is_backgrou
     region = Region((3, 9), (5, 22), (7, 50))
     options = {"keep_probabilities": True} if keep == "probabilities" else {"keep_confidence": True}
     whole, whole_p = predict_volume(_RightHalf(), stack, torch.device("cpu"), divisor=16, batch_size=4, **options)
+    # no context around the region: the network sees a real crop (rows 0-32, columns 0-56 on the 16 grid)
     part, part_p = predict_volume(_RightHalf(), stack, torch.device("cpu"), divisor=16, batch_size=4,
-                                  region=region, **options)
+                                  region=region, context=0, **options)
     inside = region.mask((12, 40, 56))
     assert (part[inside] == whole[inside]).all() and (part[inside] == 1).any() and (part[inside] == 0).any()
     assert (part[~inside] == 0).all()
@@ -132,3 +133,18 @@ def test_a_structure_beyond_the_painted_slices_is_still_found():
     assert dice > 0.9
     ends = np.r_[30:40, 121:130]
     assert found[ends].sum() > 0.8 * (reference[ends] == 1).sum()
+
+
+def test_the_network_sees_context_around_the_region_on_the_divisor_grid():
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return torch.zeros(x.shape[0], 2, *x.shape[2:])
+
+    stack = SliceStack(np.zeros((4, 64, 80), np.float32), 0, InputSpec())
+    region = Region((1, 3), (20, 24), (40, 41))
+    predict_volume(Recorder(), stack, torch.device("cpu"), divisor=16, region=region, context=16)
+    # rows 20-24 widened by 16 -> 4-40 -> 0-48 on the 16 grid; columns 40-41 -> 24-57 -> 16-64
+    assert seen == [(48, 48)]
