@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def _volumes(folder: Path, skip_ct: bool) -> dict[str, tuple[Path, Path]]:
+def _volumes(folder: Path, skip_ct: bool, skip_brain: bool = False) -> dict[str, tuple[Path, Path]]:
     import SimpleITK as sitk
 
     from ContrastiveSegLib.evaluation.phantoms import make_ct_phantom, phantom_to_sitk
@@ -37,10 +37,11 @@ def _volumes(folder: Path, skip_ct: bool) -> dict[str, tuple[Path, Path]]:
     from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, sparse_annotation
 
     cases = {}
-    image, labels = load_sample("mni152_1mm")
-    reference = sitk.GetArrayFromImage(labels)
-    sparse = sparse_annotation(reference, 0, choose_annotated_slices(reference, 0, 3))
-    cases["mni1mm 197x233x189"] = (image, sparse, labels)
+    if not skip_brain:
+        image, labels = load_sample("mni152_1mm")
+        reference = sitk.GetArrayFromImage(labels)
+        sparse = sparse_annotation(reference, 0, choose_annotated_slices(reference, 0, 3))
+        cases["mni1mm 197x233x189"] = (image, sparse, labels)
     if not skip_ct:
         phantom = make_ct_phantom((300, 512, 512), (0.8, 0.8, 2.5), seed=3, num_organs=4)
         image, labels = phantom_to_sitk(phantom)
@@ -91,6 +92,8 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["default", "fast"])
     parser.add_argument("--whole-volume", action="store_true", help="also run each as before the region")
     parser.add_argument("--skip-ratios", action="store_true")
+    parser.add_argument("--skip-brain", action="store_true")
+    parser.add_argument("--after-first", action="store_true", help="with --whole-volume: the new run first")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration, interleaved")
     args = parser.parse_args()
     import resource
@@ -112,10 +115,11 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        for name, (image, labels) in _volumes(folder, args.skip_ct).items():
+        for name, (image, labels) in _volumes(folder, args.skip_ct, args.skip_brain).items():
             for repeat in range(args.repeats):
                 for preset in args.presets:
-                    for whole in ([True, False] if args.whole_volume else [False]):
+                    order = [False, True] if args.after_first else [True, False]
+                    for whole in (order if args.whole_volume else [False]):
                         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
                         result = _run_cli(image, labels, folder / "out.nii.gz", preset, args.device, whole)
                         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
