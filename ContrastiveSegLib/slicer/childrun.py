@@ -13,14 +13,17 @@ outlives them (models, probabilities).
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ContrastiveSegLib.options import check_device
-from ContrastiveSegLib.slicer.runner import CliProcess, Progress, RunResult
+from ContrastiveSegLib.errors import EXIT_INTERNAL
+from ContrastiveSegLib.slicer.runner import ChildOutcome, CliProcess, Progress, RunResult
 
 _STATE_DIRS: dict[str, Path] = {}  # parent folder -> this process' private folder in it
 
@@ -46,8 +49,22 @@ def private_state_dir(parent: str | os.PathLike | None = None) -> Path:
             if parent is None:
                 raise
             folder = Path(tempfile.mkdtemp(prefix="ContrastiveSeg-"))
+        if not _STATE_DIRS:
+            atexit.register(remove_state_dirs)  # a patient's model and probabilities never outlive the session
         _STATE_DIRS[key] = folder
     return folder
+
+
+def remove_state_dirs() -> list[Path]:
+    """Remove every private folder this process made (:func:`private_state_dir`) with all it holds: the module
+    calls this when it closes (and it runs at interpreter exit); what the user saved elsewhere stays. Returns the
+    folders removed."""
+    removed = []
+    for key, folder in list(_STATE_DIRS.items()):
+        shutil.rmtree(folder, ignore_errors=True)
+        del _STATE_DIRS[key]
+        removed.append(folder)
+    return removed
 
 
 class ChildRun:
@@ -57,6 +74,9 @@ class ChildRun:
         device: the run's device; "cpu" hides every GPU from the child.
         python, env: the child's interpreter and base environment (see :class:`~.runner.CliProcess`).
     """
+
+    outcome_class = ChildOutcome
+    """What :meth:`finish` returns; :meth:`failed` makes one for a run that broke while finishing."""
 
     def __init__(self, device: str, python: str | None, env: Mapping[str, str] | None) -> None:
         self.device = check_device(device)  # the CLI's check; normalised, so "cpu" means the CPU however typed
@@ -111,10 +131,10 @@ class ChildRun:
         return events
 
     def cancel(self) -> None:
-        """Stop the child and its children; nothing is written."""
+        """Ask the child and its children to stop, and return at once (Slicer's main thread calls this); keep
+        polling until ``running`` is False, then :meth:`finish`. Nothing is written."""
         if self._process is not None:
             self._process.cancel()
-        self.poll()
 
     def run(self, on_event: Callable[[Progress | str], None] | None = None, timeout: float | None = None,
             poll_s: float = 0.2):
@@ -128,12 +148,27 @@ class ChildRun:
                     on_event(event)
             if self._run is None:
                 if deadline is not None and time.monotonic() > deadline:
-                    self.cancel()
-                    break
+                    self.cancel()  # returns at once; the loop polls until the group has gone
+                    deadline = None
                 time.sleep(poll_s)
         return self.finish()
+
+    def failed(self, error: BaseException):
+        """The outcome of a run that broke outside the child (writing the result into the scene ran out of memory,
+        Slicer refused a segment): failed, with one line saying what happened; the child's output tail kept."""
+        tail = self._run.stderr_tail if self._run is not None else ()
+        return self.outcome_class(RunResult(EXIT_INTERNAL, error_line(error), False, tail))
 
     def _ended(self) -> RunResult:
         if self._run is None:
             raise RuntimeError("the run has not ended; poll() until running is False")
         return self._run
+
+
+def error_line(error: BaseException) -> str:
+    """One line for the panel about an unexpected error at the end of a run (never a traceback)."""
+    if isinstance(error, MemoryError):
+        return ("Out of memory while putting the result into Slicer; close other data or free memory, then press "
+                "Segment again.")
+    text = " ".join(str(error).split())[:300]
+    return f"The result could not be put into the scene ({type(error).__name__}{': ' + text if text else ''})."

@@ -27,7 +27,7 @@ from ContrastiveSegLib.io.volume import write_volume
 from ContrastiveSegLib.options import DEFAULT_DEVICE, METHOD_NAMES, RANDOM_INIT, check_device
 from ContrastiveSegLib.slicer import nodes
 from ContrastiveSegLib.slicer.childrun import ChildRun, private_state_dir
-from ContrastiveSegLib.slicer.job import ROLE_ATTRIBUTE
+from ContrastiveSegLib.slicer.nodes import ROLE_ATTRIBUTE
 from ContrastiveSegLib.slicer.runner import ChildOutcome, RunResult, cli_command
 
 OFFERED_METHODS = tuple(name for name in METHOD_NAMES if name != RANDOM_INIT)
@@ -101,6 +101,8 @@ class PretrainRun(ChildRun):
         options: method, budget, device (see :class:`PretrainOptions`).
         python, env: the child's interpreter and base environment (see :class:`~.runner.CliProcess`).
     """
+
+    outcome_class = PretrainOutcome
 
     def __init__(self, sources: Sequence | str | os.PathLike, output: str | os.PathLike,
                  options: PretrainOptions | None = None, *, state_dir: str | os.PathLike | None = None,

@@ -85,7 +85,14 @@ def test_every_bound_widget_matches_a_parameter_of_the_right_type():
         assert any(token in fields[param] for token in CONNECTORS[cls]), \
             f"{name} ({cls}) cannot show {param}: {fields[param]}"
     internal = {"lastModelPath", "lastModelSegments", "lastProbabilitiesPath"}
-    assert set(fields) - {p for _, p in bound.values()} == internal, "every user-facing field has a widget"
+    from ContrastiveSegLib.slicer.panel import PATH_FIELDS
+
+    # Path fields are text wired by hand (panel.PATH_FIELDS), each to a ctkPathLineEdit the .ui has, unbound.
+    widgets = _ui_widgets()
+    for name, param in PATH_FIELDS.items():
+        assert widgets[name] == ("ctkPathLineEdit", None) and fields[param] == "str", name
+    assert set(fields) - {p for _, p in bound.values()} - set(PATH_FIELDS.values()) == internal, \
+        "every user-facing field has a widget"
 
 
 def test_widget_code_only_uses_widgets_the_ui_has():
@@ -357,6 +364,24 @@ def _stand_ins(monkeypatch, scene, tmp_path):
     qt = types.ModuleType("qt")
     qt.QTimer = qt.QFileDialog = object
 
+    class QShortcut:  # records what the panel binds: (key, context, slot)
+        made: list = []
+
+        def __init__(self, key, parent):
+            self.key, self.context, self.slot = key, None, None
+            QShortcut.made.append(self)
+
+        def setContext(self, context):
+            self.context = context
+
+        def connect(self, signal, slot):
+            assert signal == "activated()"
+            self.slot = slot
+
+    QShortcut.made = []
+    qt.QShortcut, qt.QKeySequence = QShortcut, str
+    qt.Qt = types.SimpleNamespace(WidgetWithChildrenShortcut="WidgetWithChildrenShortcut")
+
     class QSettings:  # one store per test, like a fresh user profile
         store: dict = {}
 
@@ -490,14 +515,14 @@ def test_a_new_scene_starts_from_the_first_scan_never_a_label_map(monkeypatch, t
     encoder = tmp_path / "mine.safetensors"
     encoder.write_bytes(b"encoder")
     logic.setDefaults(node, scene, device="cuda", encoderFile=str(encoder))
-    assert node.inputVolume is scan and node.device == "cuda" and node.encoderFile == encoder
+    assert node.inputVolume is scan and node.device == "cuda" and node.encoderFile == str(encoder)
     # A scene that has its volume keeps its own choices; an unknown saved device falls back to auto.
     node.device = "cpu"
     logic.setDefaults(node, scene, device="mps")
     assert node.device == "cpu"
     fresh = ContrastiveSeg.ContrastiveSegParameterNode()
     logic.setDefaults(fresh, scene, device="tpu", encoderFile=str(tmp_path / "gone.safetensors"))
-    assert fresh.device == "auto" and fresh.encoderFile == Path() and fresh.inputVolume is scan  # Path(): unset
+    assert fresh.device == "auto" and fresh.encoderFile == "" and fresh.inputVolume is scan  # "": unset
 
 
 def test_a_label_map_is_refused_as_the_volume_to_segment(scene):
@@ -514,6 +539,7 @@ class _FakeWidget:
 
     def __init__(self) -> None:
         self.slots: dict[str, list] = {}
+        self.currentPath = ""
 
     def connect(self, signal, slot) -> None:
         self.slots.setdefault(signal, []).append(slot)
@@ -607,6 +633,7 @@ def _start_module(monkeypatch, request, ContrastiveSeg, node):
     monkeypatch.setattr(base, "resourcePath", lambda self, path: path, raising=False)
     widget = ContrastiveSeg.ContrastiveSegWidget()
     widget.layout = types.SimpleNamespace(addWidget=lambda w: None)
+    widget.parent = types.SimpleNamespace(isEntered=False)
     widget.setup()
     request.addfinalizer(widget.removeObservers)  # before the scene is cleared: the panel observes it
     return widget, ui
@@ -658,7 +685,7 @@ def test_the_parameter_node_defaults_pass_slicers_checks(monkeypatch, tmp_path, 
                                                                     ContrastiveSeg.DEFAULT_ENCODER, "auto")
     assert node.pretrainMethod in options.METHOD_NAMES and node.pretrainSteps == options.PRETRAIN_STEPS
     assert node.pretrainMinutes == 0.0 and type(node.pretrainMinutes) is float
-    assert node.encoderFile == Path() and node.inputVolume is None  # what Slicer reads back for "not set"
+    assert node.encoderFile == "" and node.inputVolume is None  # a text field: empty, never "."
     node.pretrainMinutes = 2  # an int is a float to Slicer, and reads back as one
     assert type(node.pretrainMinutes) is float
 
@@ -674,7 +701,7 @@ def test_the_parameter_node_defaults_pass_slicers_checks(monkeypatch, tmp_path, 
     ("steps", True, TypeError),
     ("steps", 2.5, TypeError),
     ("showUncertainty", 1, TypeError),
-    ("encoderFile", "encoder.safetensors", TypeError),
+    ("encoderFile", Path("encoder.safetensors"), TypeError),  # a text field now (panel.PATH_FIELDS)
     ("encoderFile", None, TypeError),
     ("lastModelPath", None, TypeError),
     ("inputVolume", "segmentation", TypeError),    # a node of another class
