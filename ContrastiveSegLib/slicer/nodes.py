@@ -665,13 +665,28 @@ def read_annotation(segmentation_node, volume_node, *, axis: int | None = None,
 
 
 # ---------------------------------------------------------------------------------------------------- results
-def _oriented_mask(mask: np.ndarray, ijk_to_ras_matrix: np.ndarray):
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    """The smallest (k, j, i) box holding every True voxel of ``mask`` (one voxel at the origin when none)."""
+    box = []
+    for axis in range(3):
+        found = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        box.append(slice(int(found[0]), int(found[-1]) + 1) if found.size else slice(0, 1))
+        if not found.size:
+            return (slice(0, 1),) * 3
+    return tuple(box)
+
+
+def _oriented_mask(mask: np.ndarray, ijk_to_ras_matrix: np.ndarray, box=None):
+    """``mask[box]`` (the whole mask when ``box`` is None) as a uint8 vtkOrientedImageData on the volume's grid:
+    its extent is the box's voxel indices, so it lands where the box is."""
+    box = box or tuple(slice(0, n) for n in mask.shape)
+    part = mask[box]
     image = slicer.vtkOrientedImageData()
-    image.SetDimensions(*reversed(mask.shape))
+    image.SetExtent(box[2].start, box[2].stop - 1, box[1].start, box[1].stop - 1, box[0].start, box[0].stop - 1)
     image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
     image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras_matrix))
-    voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(mask.shape)
-    voxels[:] = mask
+    voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(part.shape)
+    voxels[:] = part
     return image
 
 
@@ -712,10 +727,12 @@ def write_result(labels: np.ndarray, volume_node, segments: Sequence[SegmentInfo
         if info.terminology:
             segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), info.terminology)
         mask = labels == info.label_value
-        oriented = _oriented_mask(mask.astype(np.uint8), matrix)
+        # Only the segment's bounding box goes to Slicer (a small structure in a large CT is a fraction of the
+        # volume); the extent given is the whole volume, so MODE_REPLACE clears the segment everywhere else.
+        oriented = _oriented_mask(mask, matrix, _bounding_box(mask))
+        whole = [0, labels.shape[2] - 1, 0, labels.shape[1] - 1, 0, labels.shape[0] - 1]
         if not slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-                oriented, target_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE,
-                oriented.GetExtent()):
+                oriented, target_node, segment_id, slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, whole):
             raise RuntimeError(f"Slicer could not write segment '{info.name}' into '{target_node.GetName()}'")
         if annotation is not None:
             annotated, hashes = _annotated_tags(annotation, mask)
