@@ -742,10 +742,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
             if not outcome.ok or volumeNode is None:
                 return
             if outcome.entropy_path is not None:
-                from ContrastiveSegLib.io.volume import read_volume
-
-                entropy = read_volume(outcome.entropy_path, what="uncertainty").array
-                outcome.uncertainty_node = nodes.put_uncertainty(entropy, volumeNode)
+                outcome.uncertainty_node = nodes.put_uncertainty_file(outcome.entropy_path, volumeNode)
                 outcome.entropy_path.unlink(missing_ok=True)
             if node.inputSegmentation is not None:
                 try:

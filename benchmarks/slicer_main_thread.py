@@ -71,12 +71,16 @@ def _case(scene):
     return volume, painted, reference
 
 
-def _timed(function, repeat: int) -> tuple[float, object]:
+CPU = {}  # step -> the main thread's own CPU seconds (best of the repeats): what the step costs on a free machine
+
+
+def _timed(function, repeat: int, name: str) -> tuple[float, object]:
     best, value = float("inf"), None
     for _ in range(repeat):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         value = function()
         best = min(best, time.perf_counter() - start)
+        CPU[name] = min(CPU.get(name, float("inf")), time.thread_time() - cpu)
     return best, value
 
 
@@ -97,16 +101,18 @@ def main(argv=None) -> int:
     rows = []
     work = Path(tempfile.mkdtemp(prefix="slicer-main-thread-"))
 
-    seconds, annotation = _timed(lambda: nodes.read_annotation(painted, volume), args.repeat)
-    rows.append(("summary (read the painted slices)", seconds))
+    name = "summary (read the painted slices)"
+    seconds, annotation = _timed(lambda: nodes.read_annotation(painted, volume), args.repeat, name)
+    rows.append((name, seconds))
 
     def prepare():
         job = Job("segment", volume, painted, None, JobOptions(device="cpu"), state_dir=work)
         job.prepare()
         return job
 
-    seconds, job = _timed(prepare, args.repeat)
-    rows.append(("Segment pressed: annotation + exchange files", seconds))
+    name = "Segment pressed: annotation + exchange files"
+    seconds, job = _timed(prepare, args.repeat, name)
+    rows.append((name, seconds))
 
     # What the worker leaves: the result and the probabilities (written here, off the clock).
     image = sitk.ReadImage(str(job.paths["image"]))
@@ -131,11 +137,13 @@ def main(argv=None) -> int:
         job._work.mkdir(exist_ok=True)
         shutil.copyfile(kept, job.paths["result"])  # off the clock: what the worker leaves
         model.write_bytes(b"weights")
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         outcome = job.finish()
         seconds = min(seconds, time.perf_counter() - start)
+        name = "run ended: result into the segmentation"
+        CPU[name] = min(CPU.get(name, float("inf")), time.thread_time() - cpu)
         assert outcome.ok, outcome.message
-    rows.append(("run ended: result into the segmentation", seconds))
+    rows.append((name, seconds))
 
     start = time.perf_counter()
     scored = ScoringRun(job.paths["probabilities"], SHAPE, entropy=True, python=sys.executable).run(timeout=600)
@@ -147,13 +155,13 @@ def main(argv=None) -> int:
         found = nodes.read_annotation(painted, volume)
         return suggest_from_scores(scores, found.axis, found.slices)
 
-    seconds, suggestion = _timed(suggest, args.repeat)
-    rows.append(("Suggest next slice (scores file + painted slices)", seconds))
+    name = "Suggest next slice (scores file + painted slices)"
+    seconds, suggestion = _timed(suggest, args.repeat, name)
+    rows.append((name, seconds))
 
-    from ContrastiveSegLib.io.volume import read_volume
-
-    seconds, _ = _timed(lambda: nodes.put_uncertainty(read_volume(scored.entropy_path).array, volume), args.repeat)
-    rows.append(("show uncertainty (load the entropy map)", seconds))
+    name = "show uncertainty (load the entropy map)"
+    seconds, _ = _timed(lambda: nodes.put_uncertainty_file(scored.entropy_path, volume), args.repeat, name)
+    rows.append((name, seconds))
 
     stubborn = work / "stubborn.py"
     stubborn.write_text("import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', "
@@ -162,9 +170,11 @@ def main(argv=None) -> int:
     process.start()
     while not process.events():
         time.sleep(0.05)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.thread_time()
     process.cancel(grace_s=2.0)
-    rows.append(("Cancel pressed (child ignores SIGTERM)", time.perf_counter() - start))
+    name = "Cancel pressed (child ignores SIGTERM)"
+    rows.append((name, time.perf_counter() - start))
+    CPU[name] = time.thread_time() - cpu
     process.wait(timeout=30)
 
     shutil.rmtree(work, ignore_errors=True)
@@ -173,8 +183,11 @@ def main(argv=None) -> int:
              "Command: `OMP_NUM_THREADS=1 python benchmarks/slicer_main_thread.py` (slicer-core "
              f"{_version()} nodes, no GUI; best of {args.repeat}; {os.cpu_count()} cores shared, load "
              f"{load:.1f}; CPU). Goal: every step under {GOAL_S} s.", "",
-             "| main-thread step | seconds | under 0.5 s |", "|---|---|---|"]
-    lines += [f"| {name} | {value:.3f} | {'yes' if value < GOAL_S else 'NO'} |" for name, value in rows]
+             "Wall seconds include waiting for the disk and for the other jobs on the machine; CPU seconds are the "
+             "main thread's own work (`time.thread_time`).", "",
+             "| main-thread step | wall s | CPU s | under 0.5 s |", "|---|---|---|---|"]
+    lines += [f"| {name} | {value:.3f} | {CPU[name]:.3f} | {'yes' if value < GOAL_S else 'NO'} |"
+              for name, value in rows]
     lines += ["", f"Off the main thread: the uncertainty worker (scores + entropy map of the (2, 200, 512, 512) "
                   f"probabilities) took {worker_s:.1f} s in its own process. Suggested slice: "
                   f"{suggestion[0]} (axial).", "",

@@ -15,7 +15,7 @@ import numpy as np
 CATEGORY = "ContrastiveSeg"
 SAMPLE_NAME = "ContrastiveSeg brain MR, 3 painted slices"
 PAINTED_SLICES = 3
-STRUCTURES = ((1, "Grey matter", (0.90, 0.75, 0.45)), (2, "White matter", (0.95, 0.95, 0.90)))
+STRUCTURES = ((1, "Grey matter", (0.95, 0.55, 0.20)), (2, "White matter", (0.30, 0.60, 1.00)))
 
 
 def painted_slices(labels: np.ndarray, count: int = PAINTED_SLICES, axis: int = 0) -> list[int]:

@@ -223,6 +223,19 @@ def test_suggested_slice_and_uncertainty_land_where_the_transformed_volume_is(sc
     assert uncertainty.GetTransformNodeID() == transform.GetID()
 
 
+def test_the_entropy_map_is_loaded_straight_into_the_node_under_the_volumes_transform(scene, tmp_path):
+    from ContrastiveSegLib.slicer.exchange import write_raw_nrrd
+
+    original, volume = _volume(scene)
+    transform = _shifted(scene, volume)
+    entropy = np.random.default_rng(1).random(SHAPE).astype(np.float32)
+    write_raw_nrrd(entropy, tmp_path / "entropy.nrrd", original.spacing, original.origin, original.direction)
+    node = nodes.put_uncertainty_file(tmp_path / "entropy.nrrd", volume)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), entropy)
+    np.testing.assert_allclose(nodes.ijk_to_ras(node), nodes.ijk_to_ras(volume), atol=1e-12)
+    assert node.GetTransformNodeID() == transform.GetID() and nodes.find_uncertainty_node(volume) is node
+
+
 # ------------------------------------------------- 10. the uncertainty node is found by its mark, not its name
 def test_a_users_own_node_named_like_the_uncertainty_is_left_alone(scene):
     _, volume = _volume(scene, direction=IDENTITY)
