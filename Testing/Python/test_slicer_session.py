@@ -365,3 +365,16 @@ def test_the_stand_in_keeps_slicers_path_default_which_is_why_the_module_uses_te
     assert str(parameterNodeWrapper(WithPath)().encoder) == "."
     assert panel.path_text(Path()) == "" and panel.path_text("") == "" and panel.path_text("/a/b") == "/a/b"
     assert typing.get_type_hints(WithPath)["encoder"] is Path
+
+
+def test_the_screenshot_url_names_a_picture_in_the_repository():
+    import re
+
+    from PIL import Image
+
+    root = Path(__file__).resolve().parents[2]
+    urls = re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]+)"\)', (root / "CMakeLists.txt").read_text()).group(1)
+    for url in urls.split():
+        path = root / url.split("/main/", 1)[1]
+        with Image.open(path) as image:
+            assert image.format == "PNG" and image.size[0] >= 800
