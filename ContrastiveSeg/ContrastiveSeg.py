@@ -440,8 +440,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.job = None
         self.runKind = "segment"  # of the current (or last) run: segment, predict or pretrain
-        self._timer = None
-        self._driver = None
+        self._timers = []  # one per run being followed (a run and its uncertainty worker)
         self._scoring = None  # the uncertainty worker of the last result (ContrastiveSegLib.slicer.scoring)
         self._undo = None  # how to take the last result back (ContrastiveSegLib.slicer.nodes.ResultUndo)
         self._gpus = None
@@ -599,6 +598,8 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
             raise InputError(_("a run is in progress; cancel it first"))
         job.prepare()
         self.runKind = kind
+        if not wait:
+            self.job = job
 
         def onEvent(event):
             if isinstance(event, Progress):
@@ -607,19 +608,21 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
             else:
                 logging.info(event)
 
+        return self._follow(job, wait, onEvent, remember, completedCallback, timeout)
+
+    def _follow(self, run, wait, onEvent, remember, completedCallback, timeout):
+        """Run ``run`` to its end (``wait``: here, for batch scripts; else from a timer, and return it started)."""
         if wait:
-            result = job.run(on_event=onEvent, timeout=timeout)
-            remember(job, result)
+            result = run.run(on_event=onEvent, timeout=timeout)
+            remember(run, result)
             if completedCallback:
                 completedCallback(result)
             return result
-        job.start()
-        self.job = job
+        run.start()
         # Every way the run ends (done, failed, cancelled, an error while reading the result) reaches
         # completedCallback through the driver; the timer only ticks it.
-        self._driver = RunDriver(job, onEvent, remember, completedCallback)
-        self._timer = self._startTimer(self._driver)
-        return job
+        self._startTimer(RunDriver(run, onEvent, remember, completedCallback))
+        return run
 
     def _startTimer(self, driver):
         timer = qt.QTimer()
@@ -633,6 +636,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
 
         timer.timeout.connect(tick)
         timer.start()
+        self._timers = [t for t in self._timers if t.isActive()] + [timer]
         return timer
 
     def _remember(self, job, result) -> None:
@@ -750,16 +754,8 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
                 except InputError:
                     pass
 
-        if waitForCompletion:
-            outcome = run.run(timeout=timeout)
-            remember(run, outcome)
-            if completedCallback:
-                completedCallback(outcome)
-            return outcome
-        run.start()
-        self._scoring = run
-        self._startTimer(RunDriver(run, None, remember, completedCallback))
-        return run
+        self._scoring = None if waitForCompletion else run
+        return self._follow(run, waitForCompletion, None, remember, completedCallback, timeout)
 
     # ------------------------------------------------------------------------------------- helpers
     def annotationSummary(self, volumeNode, segmentationNode, node=None) -> list[str]:

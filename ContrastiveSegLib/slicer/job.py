@@ -28,7 +28,6 @@ from ContrastiveSegLib.options import (AXIS_LETTERS, DEFAULT_CONSISTENCY, DEFAUL
 from ContrastiveSegLib.slicer import nodes
 from ContrastiveSegLib.slicer.childrun import ChildRun, private_state_dir
 from ContrastiveSegLib.slicer.exchange import write_raw_nrrd
-from ContrastiveSegLib.slicer.geometry import Grid
 from ContrastiveSegLib.slicer.runner import ChildOutcome, RunResult, cli_command
 
 ROLE_ATTRIBUTE = nodes.ROLE_ATTRIBUTE  # kept here too: earlier code imports it from this module

@@ -62,6 +62,13 @@ def volume_to_array(volume_node) -> Volume:
 
     Raises InputError (one line) for a node without voxels or with more than one component per voxel.
     """
+    grid = _scan_grid(volume_node)
+    array = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)
+    return Volume(array, grid.spacing, grid.origin, grid.direction)
+
+
+def _scan_grid(volume_node) -> Grid:
+    """The grid of a volume node holding one channel of voxels; InputError (one line) for anything else."""
     name = volume_node.GetName()
     image = volume_node.GetImageData()
     if image is None or min(image.GetDimensions()) < 1:
@@ -69,23 +76,14 @@ def volume_to_array(volume_node) -> Volume:
     if image.GetNumberOfScalarComponents() != 1:
         raise InputError(f"volume '{name}' has {image.GetNumberOfScalarComponents()} components per voxel; "
                          "a single-channel volume is needed")
-    grid = Grid.from_ijk_to_ras(ijk_to_ras(volume_node))
-    array = np.array(slicer.util.arrayFromVolume(volume_node), copy=True)
-    return Volume(array, grid.spacing, grid.origin, grid.direction)
+    return Grid.from_ijk_to_ras(ijk_to_ras(volume_node))
 
 
 def volume_view(volume_node) -> Volume:
     """The node's voxels as a :class:`Volume` whose array is a read-only view of the node's memory (no copy of a
     200 x 512 x 512 scan on Slicer's main thread), with the same checks and geometry as :func:`volume_to_array`.
     Only for reading at once (writing the exchange file): the view follows the node."""
-    name = volume_node.GetName()
-    image = volume_node.GetImageData()
-    if image is None or min(image.GetDimensions()) < 1:
-        raise InputError(f"volume '{name}' holds no voxels")
-    if image.GetNumberOfScalarComponents() != 1:
-        raise InputError(f"volume '{name}' has {image.GetNumberOfScalarComponents()} components per voxel; "
-                         "a single-channel volume is needed")
-    grid = Grid.from_ijk_to_ras(ijk_to_ras(volume_node))
+    grid = _scan_grid(volume_node)
     view = slicer.util.arrayFromVolume(volume_node).view()
     view.flags.writeable = False
     return Volume(view, grid.spacing, grid.origin, grid.direction)

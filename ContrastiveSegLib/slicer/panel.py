@@ -6,8 +6,6 @@ changes do, the summary's text during a run, the keyboard shortcuts, and the pat
 """
 from __future__ import annotations
 
-import pathlib
-
 # vtkSegmentation events after which the summary of painted slices is read again. Painting with the Segment
 # Editor changes a segment's binary labelmap, which fires SourceRepresentationModified (Slicer,
 # Libs/vtkSegmentationCore/vtkSegmentation.h, enum at line 98: "Invoked when content of the source representation
@@ -68,7 +66,3 @@ def summary_text(ready: bool, running_kind: str | None, lines: list[str] | None)
     if not ready or lines is None:
         return CHOOSE_TEXT
     return "\n".join(lines)
-
-
-def is_path(value) -> bool:
-    return isinstance(value, pathlib.PurePath)

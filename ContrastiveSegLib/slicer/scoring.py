@@ -54,13 +54,9 @@ def read_scores(probabilities_path: str | os.PathLike) -> dict[int, np.ndarray] 
 
 def suggest_from_scores(scores: Mapping[int, np.ndarray], axis: int, annotated=()) -> tuple[int, float]:
     """(slice, score): the most uncertain slice along ``axis`` not in ``annotated``. InputError when all are."""
-    values = np.array(scores[axis], dtype=np.float64)
-    taken = [s for s in annotated if 0 <= s < values.size]
-    values[taken] = -np.inf
-    if np.isneginf(values).all():
-        raise InputError("every slice is annotated already; nothing to suggest")
-    best = int(np.argmax(values))
-    return best, float(values[best])
+    from ContrastiveSegLib.slicer.uncertainty import best_slice
+
+    return best_slice(scores[axis], annotated)
 
 
 def score(probabilities_path: Path, shape: tuple[int, int, int] | None, entropy: bool) -> dict:

@@ -25,7 +25,7 @@ slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel")
 if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package is not slicer-core", allow_module_level=True)
 
-from test_slicer_bridge import FAKE_LIBRARY_CLI, SHAPE, _paint, _segmentation, _slab, _volume  # noqa: E402
+from test_slicer_bridge import SHAPE, _paint, _segmentation, _slab, _volume, fake_python  # noqa: E402, F401
 
 from ContrastiveSegLib.errors import InputError  # noqa: E402
 from ContrastiveSegLib.io.volume import read_volume  # noqa: E402
@@ -35,22 +35,12 @@ IDENTITY = (1, 0, 0, 0, 1, 0, 0, 0, 1)
 POSIX = pytest.mark.skipif(os.name == "nt", reason="a POSIX shell stands in for PythonSlicer")
 
 
-@pytest.fixture()
-def fake_python(tmp_path):
-    script = tmp_path / "fake_cli.py"
-    script.write_text(FAKE_LIBRARY_CLI)
-    wrapper = tmp_path / "python"
-    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')
-    wrapper.chmod(0o755)
-    return str(wrapper), {**os.environ, "FAKE_LOG": str(tmp_path / "calls.log")}
-
-
 def _job(scene, tmp_path, fake_python, output=None, **options):
     from ContrastiveSegLib.slicer.job import Job, JobOptions
 
     _, volume = _volume(scene, direction=IDENTITY)
     painted, _ = _segmentation(scene, volume, {"Liver": ((0.8, 0.3, 0.2), _slab([2, 6]))})
-    python, env = fake_python
+    python, env, _ = fake_python
     job = Job("segment", volume, painted, output, JobOptions(device="cpu", **options), state_dir=tmp_path / "state",
               python=python, env=env)
     return job, volume, painted
@@ -256,7 +246,7 @@ def test_undo_restores_the_segmentation_from_before_the_run(scene, tmp_path, fak
     _, volume = _volume(scene, direction=IDENTITY)
     painted, ids = _segmentation(scene, volume, {"Liver": ((0.8, 0.3, 0.2), _slab([2, 6]))})
     before = nodes.segment_mask(painted, ids[0], volume)
-    python, env = fake_python
+    python, env, _ = fake_python
     job = Job("segment", volume, painted, painted if into_input else None, JobOptions(device="cpu"),
               state_dir=tmp_path, python=python, env=env)
     result = job.run(timeout=60)
@@ -305,16 +295,9 @@ def test_shortcuts_are_distinct_key_sequences():
 # ----------------------------------------------- the module's Logic: selector, undo, paths, saving, clean-up
 @POSIX
 def test_the_logic_reuses_the_node_it_made_undoes_and_cleans_up(monkeypatch, tmp_path, scene):
-    from test_slicer_ui import _stand_ins
+    from test_slicer_ui import fake_pythonslicer
 
-    _stand_ins(monkeypatch, scene, tmp_path)
-    script = tmp_path / "fake_cli.py"
-    script.write_text(FAKE_LIBRARY_CLI)
-    python = tmp_path / "PythonSlicer"
-    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{script}" "$@"\n')
-    python.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setenv("FAKE_LOG", str(tmp_path / "calls.log"))
+    fake_pythonslicer(monkeypatch, scene, tmp_path)
     import ContrastiveSeg
 
     logic = ContrastiveSeg.ContrastiveSegLogic()

@@ -434,9 +434,10 @@ def _stand_ins(monkeypatch, scene, tmp_path):
     monkeypatch.delitem(sys.modules, "ContrastiveSeg", raising=False)
 
 
-@pytest.mark.skipif(os.name == "nt", reason="a POSIX shell stands in for PythonSlicer")
-def test_module_logic_segments_in_batch_mode(monkeypatch, tmp_path, scene):
-    from test_slicer_bridge import FAKE_LIBRARY_CLI, _segmentation, _slab, _volume
+def fake_pythonslicer(monkeypatch, scene, tmp_path) -> None:
+    """The stand-ins, and a ``PythonSlicer`` on PATH that runs the fake CLI of test_slicer_bridge.py (the module's
+    own workers, e.g. the uncertainty scoring, run for real)."""
+    from test_slicer_bridge import FAKE_LIBRARY_CLI
 
     _stand_ins(monkeypatch, scene, tmp_path)
     script = tmp_path / "fake_cli.py"
@@ -447,6 +448,12 @@ def test_module_logic_segments_in_batch_mode(monkeypatch, tmp_path, scene):
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "calls.log"))
 
+
+@pytest.mark.skipif(os.name == "nt", reason="a POSIX shell stands in for PythonSlicer")
+def test_module_logic_segments_in_batch_mode(monkeypatch, tmp_path, scene):
+    from test_slicer_bridge import _segmentation, _slab, _volume
+
+    fake_pythonslicer(monkeypatch, scene, tmp_path)
     import ContrastiveSeg
 
     logic = ContrastiveSeg.ContrastiveSegLogic()
