@@ -596,6 +596,8 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
     def _launch(self, job, kind, wait, progressCallback, completedCallback, timeout, remember):
         if self.isRunning():
             raise InputError(_("a run is in progress; cancel it first"))
+        if self._scoring is not None and self._scoring.running:
+            self._scoring.cancel()  # the last result's uncertainty is about to be replaced
         job.prepare()
         self.runKind = kind
         if not wait:
@@ -649,13 +651,10 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
             # The selector shows the node just made, so the next run replaces it instead of adding another.
             node.outputSegmentation = result.segmentation_node
         # Only the latest model and probabilities are kept in the temporary folder ("Save model" keeps others).
-        from ContrastiveSegLib.slicer.job import segments_file
-
         for old, new in ((node.lastModelPath, result.model_path), (node.lastProbabilitiesPath,
                                                                    result.probabilities_path)):
             if old and new is not None and pathlib.Path(old) != new:
-                for path in (pathlib.Path(old), segments_file(pathlib.Path(old))):
-                    path.unlink(missing_ok=True)
+                _removeRunFiles(old)
         if result.model_path is not None:
             node.lastModelPath = str(result.model_path)
             node.lastModelSegments = "\n".join(s.name for s in result.annotation.segments)
@@ -692,14 +691,9 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
 
     def forgetRunFiles(self, node) -> None:
         """The scene closes: remove the files its runs left (last model, probabilities and their scores)."""
-        from ContrastiveSegLib.slicer.job import segments_file
-        from ContrastiveSegLib.slicer.scoring import entropy_file, scores_file
-
         for text in (node.lastModelPath, node.lastProbabilitiesPath):
             if text:
-                path = pathlib.Path(text)
-                for each in (path, segments_file(path), scores_file(path), entropy_file(path)):
-                    each.unlink(missing_ok=True)
+                _removeRunFiles(text)
         node.lastModelPath = node.lastModelSegments = node.lastProbabilitiesPath = ""
         self._undo = None
 
@@ -824,6 +818,16 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         from ContrastiveSegLib.slicer import nodes
 
         return None if volumeNode is None else nodes.find_uncertainty_node(volumeNode)
+
+
+def _removeRunFiles(path) -> None:
+    """Remove a model or probability file a run left, with the files beside it (segments, scores, entropy)."""
+    from ContrastiveSegLib.slicer.job import segments_file
+    from ContrastiveSegLib.slicer.scoring import entropy_file, scores_file
+
+    path = pathlib.Path(path)
+    for each in (path, segments_file(path), scores_file(path), entropy_file(path)):
+        each.unlink(missing_ok=True)
 
 
 class _Inputs:
