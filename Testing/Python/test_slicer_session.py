@@ -224,6 +224,9 @@ def test_the_entropy_map_is_loaded_straight_into_the_node_under_the_volumes_tran
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), entropy)
     np.testing.assert_allclose(nodes.ijk_to_ras(node), nodes.ijk_to_ras(volume), atol=1e-12)
     assert node.GetTransformNodeID() == transform.GetID() and nodes.find_uncertainty_node(volume) is node
+    display = node.GetDisplayNode()  # 0 = sure, 1 = guessing; no automatic window computed over every voxel
+    assert not display.GetAutoWindowLevel()
+    assert (display.GetWindow(), display.GetLevel()) == pytest.approx((1.0, 0.5))
 
 
 # ------------------------------------------------- 10. the uncertainty node is found by its mark, not its name
