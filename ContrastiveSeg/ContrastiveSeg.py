@@ -43,7 +43,7 @@ from ContrastiveSegLib.errors import InputError  # noqa: E402
 from ContrastiveSegLib.options import (AXIS_LETTERS, DEFAULT_CONSISTENCY, DEFAULT_DEVICE, DEFAULT_PRESET,  # noqa: E402
                                        DEVICE_KINDS, PRESET_NAMES, PRETRAIN_STEPS, RANDOM_INIT, axis_index)
 from ContrastiveSegLib.slicer import environment, panel  # noqa: E402
-from ContrastiveSegLib.slicer.childrun import private_state_dir, remove_state_dirs  # noqa: E402
+from ContrastiveSegLib.slicer.childrun import error_line, private_state_dir, remove_state_dirs  # noqa: E402
 from ContrastiveSegLib.slicer.driver import RunDriver  # noqa: E402
 from ContrastiveSegLib.slicer.pretraining import DEFAULT_METHOD, OFFERED_METHODS, scene_scans  # noqa: E402
 from ContrastiveSegLib.slicer.runner import Progress, overall_fraction, python_executable  # noqa: E402
@@ -351,6 +351,9 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             launch()
         except InputError as error:  # the user's input: one line in the panel
             self.showStatus(str(error), error=True)
+        except Exception as error:  # noqa: BLE001 - anything else: one line here, the traceback in the log
+            logging.exception("ContrastiveSeg: the run could not start")
+            self.showStatus(error_line(error, "starting the run"), error=True)
         self.updateGui()
         self.updateSummary()
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ContrastiveSegLib.options import check_device
-from ContrastiveSegLib.errors import EXIT_INTERNAL
+from ContrastiveSegLib.errors import EXIT_INTERNAL, InputError
 from ContrastiveSegLib.slicer.runner import ChildOutcome, CliProcess, Progress, RunResult
 
 _STATE_DIRS: dict[str, Path] = {}  # parent folder -> this process' private folder in it
@@ -102,12 +102,25 @@ class ChildRun:
 
     # ------------------------------------------------------------------------------------------- start
     def start(self) -> None:
-        """Prepare (when not done yet) and start the child process."""
+        """Prepare (when not done yet) and start the child process. Raises InputError (one line) when the child
+        cannot be started (no interpreter at that path, too many processes); the exchange files are removed."""
         if not self.paths:
             self.prepare()
         self._started = self._started or time.monotonic()
-        self._process = CliProcess(self.command(), force_cpu=self.device == "cpu", env=self.env, cwd=self.cwd)
-        self._process.start()
+        process = CliProcess(self.command(), force_cpu=self.device == "cpu", env=self.env, cwd=self.cwd)
+        try:
+            process.start()
+        except OSError as error:
+            self.discard()
+            raise InputError(f"could not start the worker process ({process.command[0]}): "
+                             f"{error.strerror or error}") from None
+        self._process = process
+
+    def discard(self) -> None:
+        """Remove the exchange files of a run that will not run (its work folder)."""
+        work = getattr(self, "_work", None)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------ follow
     @property
@@ -165,10 +178,9 @@ class ChildRun:
         return self._run
 
 
-def error_line(error: BaseException) -> str:
-    """One line for the panel about an unexpected error at the end of a run (never a traceback)."""
+def error_line(error: BaseException, doing: str = "putting the result into the scene") -> str:
+    """One line for the panel about an unexpected error while ``doing`` something (never a traceback)."""
     if isinstance(error, MemoryError):
-        return ("Out of memory while putting the result into Slicer; close other data or free memory, then press "
-                "Segment again.")
+        return f"Out of memory while {doing}; close other data or free memory, then try again."
     text = " ".join(str(error).split())[:300]
-    return f"The result could not be put into the scene ({type(error).__name__}{': ' + text if text else ''})."
+    return f"Failed while {doing} ({type(error).__name__}{': ' + text if text else ''})."

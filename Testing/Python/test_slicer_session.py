@@ -183,6 +183,19 @@ def test_an_error_at_the_end_still_reaches_the_panel_in_one_line(scene, tmp_path
     assert not list(state.glob("model-*")) and not list(state.glob("run-*"))  # nothing left for nobody
 
 
+def test_a_worker_that_cannot_start_is_one_line_and_leaves_no_files(scene, tmp_path):
+    from ContrastiveSegLib.slicer.job import Job, JobOptions
+
+    _, volume = _volume(scene, direction=IDENTITY)
+    painted, _ = _segmentation(scene, volume, {"Liver": ((0.8, 0.3, 0.2), _slab([2, 6]))})
+    job = Job("segment", volume, painted, None, JobOptions(device="cpu"), state_dir=tmp_path,
+              python=str(tmp_path / "no-such-PythonSlicer"))
+    with pytest.raises(InputError, match="could not start the worker process") as caught:
+        job.start()
+    assert "\n" not in str(caught.value) and not job.running
+    assert not list(tmp_path.glob("run-*"))
+
+
 # ------------------------------------------------------------------- 7. nothing of the patient left behind
 def test_the_session_folder_is_removed_when_the_module_closes(tmp_path):
     from ContrastiveSegLib.slicer.childrun import private_state_dir, remove_state_dirs
