@@ -85,8 +85,14 @@ def registerSampleData() -> None:
 
     from ContrastiveSegLib.slicer.sample import register_sample
 
+    def onLoaded(volumeNode, segmentationNode) -> None:
+        # A first-time user lands in the module with the sample chosen: pressing Segment is all that is left.
+        node = ContrastiveSegLogic().getParameterNode()
+        node.inputVolume, node.inputSegmentation = volumeNode, segmentationNode
+        slicer.util.selectModule("ContrastiveSeg")
+
     thumbnail = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "ContrastiveSeg.png")
-    register_sample(SampleData.SampleDataLogic, lambda: slicer.mrmlScene, thumbnail)
+    register_sample(SampleData.SampleDataLogic, lambda: slicer.mrmlScene, thumbnail, onLoaded)
 
 
 @parameterNodeWrapper
@@ -370,7 +376,10 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             text = " ".join([_("Done in {seconds:.0f} s.").format(seconds=result.seconds), *self._notes,
                              *result.notes])
             if result.probabilities_path is not None:  # scored in a worker process: the panel stays free
-                self.logic.scoreUncertainty(self._parameterNode, completedCallback=self.onScored)
+                try:
+                    self.logic.scoreUncertainty(self._parameterNode, completedCallback=self.onScored)
+                except InputError as error:
+                    text += " " + str(error)
         self.showStatus(text, error=not result.ok and not result.run.cancelled)
         self.updateGui()
         self.updateSummary()
