@@ -237,6 +237,18 @@ slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel")
 
 
 # ------------------------------------------------- Slicer's parameterNodeWrapper, as strict as Slicer's own
+# Each behaviour below is taken from Slicer's Base/Python/slicer/parameterNodeWrapper (read at Slicer main,
+# commit 583e9b37d50e, August 2026; the same in 5.6 - 5.12):
+# - validators.py: WithinRange raises ValueError "Value must be within range [min, max], is v" (line 95),
+#   Choice raises ValueError "Value is v, but must be in one of the following: ..." (line 137).
+# - serializers.py: int/float fields check IsInstance(int) / IsInstance((int, float)) (NumberSerializer, line 246);
+#   str, bool, path fields NotNone + IsInstance (lines 289, 362, 324); a bool reads back as == "True" (line 375);
+#   a node field IsInstance of its class, None allowed (NodeSerializer, line 396); a pathlib.Path field defaults to
+#   Path() (PathSerializer.default, line 331: "return self.type()"), stored as str(value) and read back with the
+#   type (lines 338, 341); a type without a serializer raises "Unable to create serializer for type" (line 216).
+# - guiConnectors.py: the ctkPathLineEdit connector writes str(value) to the widget (line 705), so an unset Path
+#   shows "." (why the module's path fields are text, ContrastiveSegLib/slicer/panel.py PATH_FIELDS).
+# - wrapper.py: every default is written into a new parameter node (line 45), so checked.
 class _Validator:
     """Base of the validators below, as ``slicer.parameterNodeWrapper.Validator``."""
 
