@@ -377,3 +377,38 @@ def test_the_screenshot_url_names_a_picture_in_the_repository():
         path = root / url.split("/main/", 1)[1]
         with Image.open(path) as image:
             assert image.format == "PNG" and image.size[0] >= 800
+
+
+# ------------------------------------------------------------- the panel's wiring, with Qt's stand-ins
+def test_the_panel_wiring_gpu_label_paths_shortcuts_and_summary(monkeypatch, request, tmp_path, scene):
+    from test_slicer_ui import _stand_ins, _start_module
+
+    _stand_ins(monkeypatch, scene, tmp_path)
+    import ContrastiveSeg
+    import qt
+
+    node = ContrastiveSeg.ContrastiveSegParameterNode()
+    widget, ui = _start_module(monkeypatch, request, ContrastiveSeg, node)
+    for device, shown in (("cpu", False), ("cuda", True)):  # 10: the label goes with its box
+        node.device = device
+        widget.updateGui()
+        assert ui.gpuIndexLabel.visible is shown and ui.gpuIndexSpinBox.visible is shown
+    assert all(getattr(ui, name).currentPath == "" for name in panel.PATH_FIELDS)  # 9: never "."
+    ui.modelPathLineEdit.emit("currentPathChanged(QString)", "/data/model.safetensors")
+    assert node.modelFile == "/data/model.safetensors"
+    node.encoderFile = "/data/encoder.safetensors"
+    widget.updateGui()
+    assert ui.encoderPathLineEdit.currentPath == "/data/encoder.safetensors"
+    made = {s.key: s for s in qt.QShortcut.made}
+    assert set(made) == set(panel.SHORTCUTS.values())
+    assert {s.context for s in made.values()} == {qt.Qt.WidgetWithChildrenShortcut}
+    assert made[panel.SHORTCUT_UNDO].slot == widget.onUndoButton
+    # 3: during a run the summary says what the run uses
+    _, volume = _volume(scene, direction=IDENTITY)
+    painted, _ = _segmentation(scene, volume, {"Liver": ((0.8, 0.3, 0.2), _slab([2, 6]))})
+    node.inputVolume, node.inputSegmentation = volume, painted
+    widget.updateSummary()
+    assert ui.summaryLabel.text == "Liver: 2 axial slices (k = 2, 6)"
+    monkeypatch.setattr(widget.logic, "isRunning", lambda: True)
+    widget.updateSummary()
+    assert ui.summaryLabel.text == panel.RUN_TEXT["segment"]
