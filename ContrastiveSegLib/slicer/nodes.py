@@ -573,6 +573,10 @@ def read_annotation(segmentation_node, volume_node, *, axis: int | None = None,
         resample: accept a segmentation on another voxel grid (resampled nearest-neighbour by Slicer).
             Off by default because a slice painted on one grid spreads over parts of several slices of another.
 
+    Only the box holding the painted voxels is read from the segments' labelmaps (no whole-volume export: fast
+    on Slicer's main thread for a large scan); a segment carrying a previous result's tags, or a segmentation on
+    another grid (resampled by Slicer's export), is read on the whole volume.
+
     Raises InputError (one line) when nothing is painted, the grids differ and ``resample`` is off, the paint
     lies outside the volume, two segments are painted on the same voxel by slices of different planes, or
     there are more than 254 segments.

@@ -412,3 +412,13 @@ def test_the_panel_wiring_gpu_label_paths_shortcuts_and_summary(monkeypatch, req
     monkeypatch.setattr(widget.logic, "isRunning", lambda: True)
     widget.updateSummary()
     assert ui.summaryLabel.text == panel.RUN_TEXT["segment"]
+
+
+def test_the_self_test_adds_no_module_path_slicers_macro_adds_already():
+    """slicer_add_python_unittest starts Slicer with the build tree's module paths itself (Slicer,
+    CMake/SlicerMacroPythonTesting.cmake, line 47); a second --additional-module-paths loads the module twice."""
+    root = Path(__file__).resolve().parents[2]
+    text = (root / "Testing" / "Slicer" / "CMakeLists.txt").read_text()
+    code = "\n".join(line.split("#")[0] for line in text.splitlines())
+    assert "slicer_add_python_unittest(SCRIPT ContrastiveSegSelfTest.py)" in code
+    assert "--additional-module-paths" not in code and "SLICER_ARGS" not in code
