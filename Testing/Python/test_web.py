@@ -163,7 +163,8 @@ def test_paint_segment_save_in_a_real_browser(server, browser):
     wait_for(lambda: state(browser, "ready") and state(browser, "scan_name") == "mni_crop", "the page with the scan")
     timings["ready_s"] = time.monotonic() - server["started"]
     wait_for(lambda: state(browser, "clients") == 1, "the server to count this page")
-    axial = browser.find_elements(By.CSS_SELECTOR, "img.image-display-area")[0]  # the big axial view
+    views = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "img.image-display-area"), "the views")
+    axial = views[0]  # the big axial view, left of the 3D, coronal and sagittal ones
     click(browser, "tool-paint")
 
     strokes = []
