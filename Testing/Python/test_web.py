@@ -11,13 +11,7 @@ workaround checks, which fail once upstream fixes what ContrastiveSegLib/web/wor
 """
 from __future__ import annotations
 
-import io
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,29 +25,12 @@ pytest.importorskip("selenium", reason="needs the 'web' extra (selenium)")
 from ContrastiveSegLib.io.volume import read_volume, write_volume  # noqa: E402
 from ContrastiveSegLib.paths import sample_data_dir  # noqa: E402
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-HANG_S = 420  # a guard against a hang, not a speed check: CI's 2 cores may be loaded
+from ContrastiveSegLib.io.volume import Volume  # noqa: E402
+from ContrastiveSegLib.web.driver import (CHROMEDRIVER, CHROMIUM, click, drag_across, segment_pixels,  # noqa: E402
+                                          set_state, start_browser, start_server, state, views, wait_for)
+
 SLICES = (8, 15, 22)  # painted axial slices of the cropped sample (30 slices)
 UNPAINTED = 12  # a slice between them, where only the result can put colour
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-def wait_for(condition, what: str, timeout: float = HANG_S, poll_s: float = 0.1):
-    """Poll ``condition`` until it returns a true value (returned); fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(poll_s)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def crop_sample(folder: Path) -> Path:
@@ -64,47 +41,17 @@ def crop_sample(folder: Path) -> Path:
     direction = np.array(sample.direction).reshape(3, 3)
     origin = np.array(sample.origin) + direction @ (np.array([0, 0, start]) * np.array(sample.spacing))
     path = folder / "mni_crop.nii.gz"
-    from ContrastiveSegLib.io.volume import Volume
-
     write_volume(Volume(array, sample.spacing, tuple(origin), sample.direction), path)
     return path
-
-
-def segment_pixels(png: bytes) -> int:
-    """Pixels of the first segment's colour (reddish orange) in a screenshot: the grey scan has R ~ G ~ B."""
-    from PIL import Image
-
-    rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
-    return int(((rgb[..., 0] - rgb[..., 2] > 80) & (rgb[..., 0] > 150)).sum())
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("web")
     scan = crop_sample(folder)
-    port = free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    log = open(folder / "server.log", "w")
-    started = time.monotonic()
-    process = subprocess.Popen([sys.executable, "-m", "ContrastiveSegLib", "web", str(scan), "--port", str(port),
-                                "-o", str(folder / "out")], stdout=log, stderr=subprocess.STDOUT, env=env,
-                               cwd=folder, start_new_session=True)
-
-    def listening() -> bool:
-        if process.poll() is not None:
-            pytest.fail(f"the server ended with {process.returncode}: {(folder / 'server.log').read_text()[-2000:]}")
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    wait_for(listening, "the server to listen", timeout=240)
-    yield dict(url=f"http://127.0.0.1:{port}/", folder=folder, scan=scan, started=started, log=folder / "server.log")
-    os.killpg(process.pid, signal.SIGTERM)  # the server and any worker child it still has
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    log.close()
+    running = start_server([scan], folder)
+    yield dict(url=running.url, folder=folder, scan=scan, started=running.started, log=running.log)
+    running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -112,59 +59,20 @@ def browser():
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver); "
                     ".ci/run installs them")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,900",
-                     "--force-device-scale-factor=1"):
-        options.add_argument(argument)
-    options.binary_location = CHROMIUM
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver = start_browser()
     yield driver
     driver.quit()
-
-
-def state(driver, key):
-    return driver.execute_script("return window.trame && window.trame.state ? window.trame.state.get(arguments[0])"
-                                 " : null", key)
-
-
-def set_state(driver, **values) -> None:
-    driver.execute_script("window.trame.state.update(arguments[0])", values)
-
-
-def click(driver, element_id: str) -> None:
-    """Click a page button as a user would, after scrolling the panel to it."""
-    from selenium.webdriver.common.by import By
-
-    element = driver.find_element(By.ID, element_id)
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
-    element.click()
-
-
-def drag_across(driver, element, dx: int = 70, steps: int = 7) -> None:
-    """A left-button stroke through the middle of ``element``, from -dx to +dx pixels, as a user's mouse."""
-    from selenium.webdriver.common.action_chains import ActionChains
-
-    chain = ActionChains(driver, duration=30).move_to_element_with_offset(element, -dx, 0).click_and_hold()
-    for _ in range(steps):
-        chain = chain.move_by_offset(2 * dx // steps, 0)
-    chain.release().perform()
 
 
 # ------------------------------------------------------------------------------------------------- tests
 @pytest.mark.slow
 def test_paint_segment_save_in_a_real_browser(server, browser):
-    from selenium.webdriver.common.by import By
-
     timings = {}
     browser.get(server["url"])
     wait_for(lambda: state(browser, "ready") and state(browser, "scan_name") == "mni_crop", "the page with the scan")
     timings["ready_s"] = time.monotonic() - server["started"]
     wait_for(lambda: state(browser, "clients") == 1, "the server to count this page")
-    views = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "img.image-display-area"), "the views")
-    axial = views[0]  # the big axial view, left of the 3D, coronal and sagittal ones
+    axial = views(browser)[0]  # the big axial view, left of the 3D, coronal and sagittal ones
     click(browser, "tool-paint")
 
     strokes = []
@@ -173,9 +81,11 @@ def test_paint_segment_save_in_a_real_browser(server, browser):
         wait_for(lambda k=k: state(browser, "axial_shown") == k, f"the axial view on slice {k}")
         before = time.monotonic()
         drag_across(browser, axial)
-        painted = wait_for(lambda k=k: (state(browser, "painted") or {}).get("Segment 1", {}).get("k", {}).get(str(k)),
-                           f"paint on slice {k} on the server")
+        wait_for(lambda k=k: (state(browser, "painted") or {}).get("Segment 1", {}).get("k", {}).get(str(k)),
+                 f"paint on slice {k} on the server")
         strokes.append(time.monotonic() - before)
+        wait_for(lambda: segment_pixels(axial.screenshot_as_png) >= 50, f"the stroke on slice {k} in the view",
+                 timeout=60)
     timings["stroke_to_server_s"] = strokes
 
     # On the server: only the three slices are painted, each by a horizontal band through the middle.
@@ -194,7 +104,9 @@ def test_paint_segment_save_in_a_real_browser(server, browser):
     # The unpainted slice between the strokes shows no segment colour yet.
     set_state(browser, axial_slice=UNPAINTED)
     wait_for(lambda: state(browser, "axial_shown") == UNPAINTED, "the axial view on the unpainted slice")
-    assert segment_pixels(axial.screenshot_as_png) < 20
+    # (the view's image is streamed after the slice moved: wait for it to show the unpainted slice)
+    wait_for(lambda: segment_pixels(axial.screenshot_as_png) < 20, "the unpainted slice without segment colour",
+             timeout=60)
 
     # Segment: a few steps on the CPU in the worker child; the page keeps answering while it runs.
     set_state(browser, device="cpu", preset="fast", steps="6", show_uncertainty=False)
@@ -233,17 +145,11 @@ def test_paint_segment_save_in_a_real_browser(server, browser):
 
 @pytest.mark.slow
 def test_a_second_browser_is_told_one_session_at_a_time(server, browser):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
     browser.get(server["url"])
     wait_for(lambda: state(browser, "ready") and state(browser, "clients") == 1, "the first page")
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,800"):
-        options.add_argument(argument)
-    options.binary_location = CHROMIUM
-    second = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    second = start_browser(1200, 800)
     try:
         second.get(server["url"])
         wait_for(lambda: state(second, "clients") == 2, "the second page")
