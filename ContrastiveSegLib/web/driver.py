@@ -152,3 +152,12 @@ def segment_pixels(png: bytes) -> int:
     rgb = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     return int(((red - blue > 50) & (red - green > 40)).sum())
+
+
+def view_segment_pixels(element) -> int:
+    """:func:`segment_pixels` of a view's current image; -1 while the view has no size yet (before its first
+    frame), so that waits for "no colour" or "colour" both keep waiting."""
+    size = element.size
+    if size["height"] < 2 or size["width"] < 2:
+        return -1
+    return segment_pixels(element.screenshot_as_png)

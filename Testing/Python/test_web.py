@@ -26,8 +26,8 @@ from ContrastiveSegLib.io.volume import read_volume, write_volume  # noqa: E402
 from ContrastiveSegLib.paths import sample_data_dir  # noqa: E402
 
 from ContrastiveSegLib.io.volume import Volume  # noqa: E402
-from ContrastiveSegLib.web.driver import (CHROMEDRIVER, CHROMIUM, click, drag_across, segment_pixels,  # noqa: E402
-                                          set_state, start_browser, start_server, state, views, wait_for)
+from ContrastiveSegLib.web.driver import (CHROMEDRIVER, CHROMIUM, click, drag_across, set_state,  # noqa: E402
+                                          start_browser, start_server, state, view_segment_pixels, views, wait_for)
 
 SLICES = (8, 15, 22)  # painted axial slices of the cropped sample (30 slices)
 UNPAINTED = 12  # a slice between them, where only the result can put colour
@@ -84,7 +84,7 @@ def test_paint_segment_save_in_a_real_browser(server, browser):
         wait_for(lambda k=k: (state(browser, "painted") or {}).get("Segment 1", {}).get("k", {}).get(str(k)),
                  f"paint on slice {k} on the server")
         strokes.append(time.monotonic() - before)
-        wait_for(lambda: segment_pixels(axial.screenshot_as_png) >= 50, f"the stroke on slice {k} in the view",
+        wait_for(lambda: view_segment_pixels(axial) >= 50, f"the stroke on slice {k} in the view",
                  timeout=60)
     timings["stroke_to_server_s"] = strokes
 
@@ -105,7 +105,7 @@ def test_paint_segment_save_in_a_real_browser(server, browser):
     set_state(browser, axial_slice=UNPAINTED)
     wait_for(lambda: state(browser, "axial_shown") == UNPAINTED, "the axial view on the unpainted slice")
     # (the view's image is streamed after the slice moved: wait for it to show the unpainted slice)
-    wait_for(lambda: segment_pixels(axial.screenshot_as_png) < 20, "the unpainted slice without segment colour",
+    wait_for(lambda: 0 <= view_segment_pixels(axial) < 20, "the unpainted slice without segment colour",
              timeout=60)
 
     # Segment: a few steps on the CPU in the worker child; the page keeps answering while it runs.
@@ -122,7 +122,7 @@ def test_paint_segment_save_in_a_real_browser(server, browser):
     assert result["slices"] > len(SLICES) and result["voxels"] > sum(v[0] for v in report["Segment 1"]["k"].values())
 
     # In the page: the result's colour now on the slice nobody painted.
-    pixels = wait_for(lambda: segment_pixels(axial.screenshot_as_png) >= 50, "the result in the axial view",
+    pixels = wait_for(lambda: view_segment_pixels(axial) >= 50, "the result in the axial view",
                       timeout=60)
     timings["segment_click_to_visible_s"] = time.monotonic() - clicked
     assert pixels
