@@ -143,7 +143,8 @@ def install_size() -> dict:
         return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20 if path.exists() else 0.0
 
     web = ["trame", "trame_client", "trame_server", "trame_vuetify", "trame_rca", "trame_common", "trame_slicer",
-           "wslink", "vtkmodules", "slicer", "selenium", "aiohttp"]
+           "wslink", "vtkmodules", "vtk.libs", "slicer", "slicer_core", "slicer_layer_dm", "LayerDMLib", "selenium", "aiohttp",
+           "pillow_avif", "lxml"]
     return {"site_packages_mb": du(site_packages), "torch_mb": du(site_packages / "torch"),
             "web_packages_mb": sum(du(site_packages / name) for name in web)}
 
@@ -158,13 +159,13 @@ def write_report(runs: list[dict], sizes: dict, steps: int, path: Path) -> None:
     strokes_server = [s for r in runs for s in r["stroke_to_server_s"]]
     strokes_visible = [s for r in runs for s in r["stroke_to_visible_s"]]
     slower = (med("segment_to_visible_s") / med("cli_s") - 1) * 100
-    load = os.getloadavg()
+    loads = ", ".join(f"{r.get('load_1min', 0):.1f}" for r in runs)
     lines = [
         "# The browser front end: start-up, paint, Segment vs the CLI, memory, install size",
         "",
         f"`python benchmarks/web_timing.py --repeats {len(runs)} --steps {steps}` in the web venv "
         f"({platform.python_version()}, {os.cpu_count()} cores, no GPU, headless Chromium on the same machine, "
-        f"load average at the end {load[0]:.1f}: other engineers' jobs were running). Scan: the bundled MNI152 T1, "
+        f"1-minute load average after each repeat {loads}: other engineers' jobs were running). Scan: the bundled MNI152 T1, "
         f"91 x 109 x 91 at 2 mm; 3 axial slices painted by mouse drags; Segment with preset fast, {steps} steps, "
         "CPU, one torch thread, probabilities on. Medians over the repeats (each with a fresh server and browser).",
         "",
@@ -217,6 +218,7 @@ def main() -> int:
             else:
                 cli = cli_run(folder, scan, labels, args.steps)
             run.update(cli)
+            run["load_1min"] = os.getloadavg()[0]
             run["labels_copy"] = str(folder / "painted-copy.nii.gz")
             Path(run["labels_copy"]).write_bytes(Path(run["labels"]).read_bytes())
             print(json.dumps({k: v for k, v in run.items() if not k.startswith("labels")}), flush=True)

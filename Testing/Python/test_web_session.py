@@ -174,3 +174,42 @@ def test_segment_in_the_child_then_save_and_predict_only(scene, tmp_path):
     names = [predicted.GetSegmentation().GetNthSegment(n).GetName()
              for n in range(predicted.GetSegmentation().GetNumberOfSegments())]
     assert names == ["Segment 1"]
+
+
+@pytest.mark.slow
+def test_cancel_leaves_the_paint_and_refine_continues_from_the_last_model(scene, tmp_path):
+    _, sphere = _sphere_scan(tmp_path / "data")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    session = Session(scene, ScanFolders([tmp_path / "data"]), tmp_path / "out", python=sys.executable, env=env)
+    session.load_path("sphere.nii.gz")
+    segment_id = session.segment_names()[0][0]
+    painted = np.zeros(sphere.shape, dtype=bool)
+    painted[[7, 13]] = sphere[[7, 13]]
+    _paint(session, segment_id, painted)
+    with pytest.raises(InputError, match="no model to refine yet"):
+        session.start("segment", JobOptions(device="cpu"), refine=True)
+
+    session.start("segment", JobOptions(preset="fast", steps=5000, device="cpu"))
+    wait = time.monotonic() + 300
+    while session.status.stage != "finetune" and time.monotonic() < wait:  # cancel in the middle of training
+        session.poll()
+        time.sleep(0.1)
+    session.cancel()
+    assert not session.running and session.status.ok is False and "cancel" in session.status.line.lower()
+    mask = nodes.segment_mask(session.segmentation_node, segment_id, session.volume_node)
+    assert np.array_equal(mask, painted)  # the scene is as it was
+    assert session.last_model is None
+
+    session.start("segment", JobOptions(preset="fast", steps=10, device="cpu"))
+    while session.running:
+        session.poll()
+        time.sleep(0.1)
+    first_model = session.last_model
+    assert session.poll().ok and first_model is not None
+    session.start("segment", JobOptions(preset="fast", steps=5, device="cpu"), refine=True)
+    assert session.job.options.init_model == str(first_model)
+    assert "--init-model" in session.job.command()
+    while session.running:
+        session.poll()
+        time.sleep(0.1)
+    assert session.poll().ok and session.last_model != first_model
