@@ -213,3 +213,28 @@ def test_cancel_leaves_the_paint_and_refine_continues_from_the_last_model(scene,
         session.poll()
         time.sleep(0.1)
     assert session.poll().ok and session.last_model != first_model
+
+
+# ---------------------------------------------------------------------------------------- the command line
+def test_web_command_says_what_to_install_without_the_extra(capsys, monkeypatch):
+    from ContrastiveSegLib.cli import main
+    from ContrastiveSegLib.web import cli as web_cli
+
+    monkeypatch.setattr(web_cli.importlib.util, "find_spec", lambda name: None)
+    assert main(["web"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["contrastiveseg: error: the browser front end needs the 'web' extra (trame_slicer, "
+                   "trame_vuetify missing): pip install 'contrastiveseg[web]'"]
+
+
+def test_web_command_checks_port_and_scans_before_starting(capsys, monkeypatch, tmp_path):
+    from ContrastiveSegLib.cli import build_parser, main
+    from ContrastiveSegLib.web import cli as web_cli
+
+    monkeypatch.setattr(web_cli.importlib.util, "find_spec", lambda name: object())
+    assert main(["web", "--port", "70000"]) == 2
+    assert "--port must be between 1 and 65535, got 70000" in capsys.readouterr().err
+    assert main(["web", str(tmp_path / "missing.nii.gz")]) == 2
+    assert f"scan or folder not found: {tmp_path / 'missing.nii.gz'}" in capsys.readouterr().err
+    args = build_parser().parse_args(["web"])
+    assert (args.host, args.port, args.scans) == ("127.0.0.1", 8080, [])
