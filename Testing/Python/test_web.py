@@ -164,6 +164,28 @@ def test_a_second_browser_is_told_one_session_at_a_time(server, browser):
     wait_for(lambda: state(browser, "clients") == 1, "the second page to be gone", timeout=60)
 
 
+@pytest.mark.slow
+def test_an_upload_opens_and_a_bad_one_is_one_line_in_the_page(server, browser):
+    from selenium.webdriver.common.by import By
+
+    browser.get(server["url"])
+    wait_for(lambda: state(browser, "ready") and state(browser, "clients") == 1, "the page")
+    bad = server["folder"] / "bad.nii.gz"
+    bad.write_bytes(b"this is not a NIfTI file")
+    upload = browser.find_element(By.CSS_SELECTOR, "input[type=file]")
+    upload.send_keys(str(bad))
+    error = wait_for(lambda: state(browser, "error"), "the upload's error")
+    assert "\n" not in error and "bad.nii.gz" in error, error
+    assert state(browser, "scan_name") == "mni_crop"  # the open scan is kept
+    good = server["folder"] / "uploaded.nii.gz"
+    good.write_bytes(server["scan"].read_bytes())
+    upload.send_keys(str(good))
+    wait_for(lambda: state(browser, "scan_name") == "uploaded", "the uploaded scan")
+    assert state(browser, "error") == ""
+    assert state(browser, "painted_lines") == [
+        "no annotated slice: paint at least one slice of a segment of 'uploaded segmentation'"]
+
+
 # ---------------------------------------------------------------------------------- upstream workarounds
 def _app_with_effect_before_views(name: str):
     from trame.app import get_server
