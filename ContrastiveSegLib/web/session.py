@@ -109,6 +109,8 @@ class Session:
         path = save_upload(name, content, self.state_dir / "uploads")
         try:
             return self._load(path)
+        except InputError as error:  # name the upload, not the private folder it was kept in
+            raise InputError(str(error).replace(str(path), path.name)) from None
         finally:
             path.unlink(missing_ok=True)
 

@@ -84,7 +84,8 @@ def test_a_bad_upload_is_one_line_and_the_scene_keeps_nothing(scene, tmp_path):
     session = Session(scene, ScanFolders([tmp_path]), tmp_path / "out")
     with pytest.raises(InputError) as error:
         session.load_upload("broken.nii.gz", b"not a nifti file at all")
-    assert "\n" not in str(error.value)
+    assert "\n" not in str(error.value) and "broken.nii.gz" in str(error.value)
+    assert str(session.state_dir) not in str(error.value)
     assert session.volume_node is None and scene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 0
     assert list((session.state_dir / "uploads").iterdir()) == []
 
