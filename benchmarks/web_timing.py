@@ -190,6 +190,17 @@ def write_report(runs: list[dict], sizes: dict, steps: int, path: Path) -> None:
         f"torch {sizes['torch_mb'] / 1024:.1f} GiB, web extra's packages (trame, VTK, slicer-core, selenium) "
         f"{sizes['web_packages_mb']:.0f} MiB | |",
         "",
+        "How each figure is taken: start-up from launching `contrastiveseg web SCAN` to the page connected with the "
+        "scan in its views (Python imports, the MRML scene and four views, reading the scan); a stroke from the "
+        "mouse release to the painted slice in the server's paint report, and to segment-coloured pixels in the "
+        "axial view's streamed image (polled every 20 ms; the brush outline shows while dragging, so this is the "
+        "slowest view of it); Segment from the click to the result's colour on an unpainted slice (writing the "
+        "exchange files, the worker child, reading the result, probabilities and uncertainty back, surfaces for "
+        "3D, the render and its stream), against the same `contrastiveseg segment` command line the worker runs, "
+        "from start to exit, on the painting the page saved. Web and CLI runs alternate which goes first. Memory: "
+        "resident set sizes sampled every 0.2 s (server with its worker child; all of Chromium's processes). "
+        "Install size: this venv's site-packages (the `test` extra's ITK wheels included).",
+        "",
     ]
     path.write_text("\n".join(lines))
     path.with_suffix(".json").write_text(json.dumps({"steps": steps, "runs": runs, "sizes": sizes}, indent=1))
@@ -200,7 +211,14 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--out", type=Path, default=RESULTS / "web.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite the report from the runs kept in the .json beside --out (no new runs)")
     args = parser.parse_args()
+    if args.report_only:
+        kept = json.loads(args.out.with_suffix(".json").read_text())
+        write_report(kept["runs"], kept["sizes"], kept["steps"], args.out)
+        print(args.out.read_text())
+        return 0
     scan = sample_data_dir() / "mni152_t1_2mm.nii.gz"
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
