@@ -26,11 +26,12 @@ from trame_slicer.core import LayoutManager, SlicerApp
 from vtkmodules.vtkCommonCore import vtkObject
 from wslink.websocket import LinkProtocol
 from trame_slicer.rca_view import register_rca_factories
+from undo_stack import UndoStack
 from trame_slicer.segmentation import (SegmentationEffectErase, SegmentationEffectNoTool,
                                        SegmentationEffectPaint)
 
 from ContrastiveSegLib.errors import InputError
-from ContrastiveSegLib.options import DEFAULT_DEVICE, DEFAULT_PRESET, PRESET_NAMES, RANDOM_INIT
+from ContrastiveSegLib.options import DEFAULT_DEVICE, DEFAULT_PRESET, DEVICE_KINDS, PRESET_NAMES, RANDOM_INIT
 from ContrastiveSegLib.paths import sample_data_dir
 from ContrastiveSegLib.slicer.job import JobOptions
 from ContrastiveSegLib.web import MAX_UPLOAD_BYTES, workarounds
@@ -40,8 +41,8 @@ from ContrastiveSegLib.web.session import Session
 SAMPLE_SCAN = "mni152_t1_2mm.nii.gz"
 """The bundled scan the page opens with one click (always readable, whatever folders were given)."""
 TICK_S = 0.25
+UNDO_STEPS = 20
 LAYOUT = "Axial Primary"
-DEVICES = ("auto", "cpu", "cuda")
 TOOLS = {"navigate": SegmentationEffectNoTool, "paint": SegmentationEffectPaint, "erase": SegmentationEffectErase}
 
 log = logging.getLogger("contrastiveseg.web")
@@ -63,6 +64,7 @@ class ContrastiveSegWebApp(TrameApp):
         self.slicer_app = SlicerApp()
         vtkObject.GlobalWarningDisplayOff()  # VTK 9.6 deprecation chatter from every view's interactor
         self.session = Session(self.slicer_app.scene, self.folders, output_dir)
+        self.slicer_app.segmentation_editor.set_undo_stack(UndoStack(undo_limit=UNDO_STEPS))
         register_rca_factories(self.slicer_app.view_manager, self.server)
         self.layout_manager = LayoutManager(self.slicer_app.scene, self.slicer_app.view_manager, self.server)
         self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
@@ -93,7 +95,7 @@ class ContrastiveSegWebApp(TrameApp):
         s.encoder_choices = _encoders()
         s.encoder = ""
         s.device = DEFAULT_DEVICE
-        s.device_choices = list(DEVICES)
+        s.device_choices = list(DEVICE_KINDS)
         s.preset = DEFAULT_PRESET
         s.preset_choices = list(PRESET_NAMES)
         s.steps = ""

@@ -22,7 +22,7 @@ import numpy as np
 import slicer
 
 from ContrastiveSegLib.errors import InputError
-from ContrastiveSegLib.io.volume import atomic_write, read_volume, write_volume
+from ContrastiveSegLib.io.volume import _VOLUME_SUFFIXES, atomic_write, read_volume, write_volume
 from ContrastiveSegLib.options import AXIS_LETTERS
 from ContrastiveSegLib.slicer import nodes
 from ContrastiveSegLib.slicer.childrun import private_state_dir
@@ -124,7 +124,7 @@ class Session:
             if node is not None and node.GetScene() is self.scene:
                 self.scene.RemoveNode(node)
         name = path.name
-        for suffix in (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
+        for suffix in _VOLUME_SUFFIXES:
             if name.lower().endswith(suffix):
                 name = name[: -len(suffix)]
                 break

@@ -31,6 +31,7 @@ from ContrastiveSegLib.web.driver import (CHROMEDRIVER, CHROMIUM, click, drag_ac
 
 SLICES = (8, 15, 22)  # painted axial slices of the cropped sample (30 slices)
 UNPAINTED = 12  # a slice between them, where only the result can put colour
+STRAY = 26  # painted by mistake, then undone
 
 
 def crop_sample(folder: Path) -> Path:
@@ -87,6 +88,15 @@ def test_paint_segment_save_in_a_real_browser(server, browser):
         wait_for(lambda: view_segment_pixels(axial) >= 50, f"the stroke on slice {k} in the view",
                  timeout=60)
     timings["stroke_to_server_s"] = strokes
+
+    # A stray stroke, then Undo: it is gone from the server's segmentation.
+    set_state(browser, axial_slice=STRAY)
+    wait_for(lambda: state(browser, "axial_shown") == STRAY, "the axial view on the stray slice")
+    drag_across(browser, axial, dx=30, steps=3)
+    wait_for(lambda: str(STRAY) in (state(browser, "painted") or {}).get("Segment 1", {}).get("k", {}),
+             "the stray stroke on the server")
+    click(browser, "undo")
+    wait_for(lambda: sorted(map(int, state(browser, "painted")["Segment 1"]["k"])) == list(SLICES), "Undo")
 
     # On the server: only the three slices are painted, each by a horizontal band through the middle.
     report = state(browser, "painted")
