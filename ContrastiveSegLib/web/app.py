@@ -33,7 +33,9 @@ from trame_slicer.segmentation import (SegmentationEffectErase, SegmentationEffe
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.options import DEFAULT_DEVICE, DEFAULT_PRESET, DEVICE_KINDS, PRESET_NAMES, RANDOM_INIT
 from ContrastiveSegLib.paths import sample_data_dir
+from ContrastiveSegLib.slicer.geometry import describe_axis
 from ContrastiveSegLib.slicer.job import JobOptions
+from ContrastiveSegLib.slicer.nodes import ijk_to_ras
 from ContrastiveSegLib.web import MAX_UPLOAD_BYTES, workarounds
 from ContrastiveSegLib.web.scans import ScanFolders
 from ContrastiveSegLib.web.session import Session
@@ -170,7 +172,7 @@ class ContrastiveSegWebApp(TrameApp):
                 v3.VSlider(v_model=("brush_size",), min=1, max=30, step=0.5, label="Brush", density="compact",
                            hide_details=True)
             v3.VSlider(v_model=("axial_slice",), min=0, max=("Math.max(axial_slices - 1, 0)",), step=1,
-                       label="Axial k", thumb_label=True, density="compact", hide_details=True,
+                       label="Axial slice", thumb_label=True, density="compact", hide_details=True,
                        disabled=("!axial_slices",))
             html.Div("{{ line }}", v_for="line in painted_lines", classes="text-caption", id="painted-lines")
 
@@ -264,7 +266,7 @@ class ContrastiveSegWebApp(TrameApp):
         editor.show_3d(True)  # the result as surfaces in the 3D view (volume rendering is slow in software)
         app.display_manager.reset_views()
         self.state.scan_name = volume_node.GetName()
-        self.state.axial_slices = int(volume_node.GetImageData().GetDimensions()[2])
+        self.state.axial_slices = int(volume_node.GetImageData().GetDimensions()[2 - self._axial_axis()])
         self.state.axial_slice = self.state.axial_slices // 2
         self._set_axial(self.state.axial_slice)
         self.state.saved = {}
@@ -322,19 +324,26 @@ class ContrastiveSegWebApp(TrameApp):
     def _on_axial_slice(self, axial_slice, **_) -> None:
         self._set_axial(axial_slice)
 
-    def _set_axial(self, k) -> None:
-        """Move the axial view to slice ``k`` of the scan (RAS z of that slice's centre)."""
+    def _axial_axis(self) -> int:
+        """The array axis (0 = k, 1 = j, 2 = i) whose slices are axial: what the slider and "Go" move along."""
+        matrix = ijk_to_ras(self.session.volume_node)
+        planes = [describe_axis(matrix, axis) for axis in range(3)]
+        return planes.index("axial") if "axial" in planes else 0
+
+    def _set_axial(self, index) -> None:
+        """Move the axial view to the scan's axial slice ``index`` (through that slice's centre)."""
         volume = self.session.volume_node
         if volume is None:
             return
-        from ContrastiveSegLib.slicer.nodes import ijk_to_ras
-
-        dims = volume.GetImageData().GetDimensions()
-        centre = ijk_to_ras(volume) @ [(dims[0] - 1) / 2, (dims[1] - 1) / 2, float(k), 1.0]
+        axis = self._axial_axis()
+        dims = volume.GetImageData().GetDimensions()  # (i, j, k)
+        ijk = [(d - 1) / 2 for d in dims]
+        ijk[2 - axis] = float(index)
+        centre = ijk_to_ras(volume) @ [*ijk, 1.0]
         for view in self.slicer_app.view_manager.get_slice_views():
             if view.get_orientation() == "Axial":
-                view.set_slice_value(float(centre[2]))
-        self.state.axial_shown = int(k)
+                view.set_slice_value(float(centre[2]))  # an axial view's offset is its S coordinate
+        self.state.axial_shown = int(index)
 
     def _options(self) -> JobOptions:
         steps = str(self.state.steps or "").strip()
@@ -366,7 +375,7 @@ class ContrastiveSegWebApp(TrameApp):
         self._follow_run()
 
     def go_to_suggestion(self) -> None:
-        if self.session.suggestion is not None and self.session.suggestion_axis == 0:
+        if self.session.suggestion is not None and self.session.suggestion_axis == self._axial_axis():
             self.state.axial_slice = int(self.session.suggestion[0])
 
     def save(self) -> None:

@@ -12,6 +12,7 @@ workaround checks, which fail once upstream fixes what ContrastiveSegLib/web/wor
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -140,6 +141,13 @@ def test_paint_segment_save_in_a_real_browser(server, browser):
     if os.environ.get("CONTRASTIVESEG_WEB_SCREENSHOT"):
         browser.save_screenshot(os.environ["CONTRASTIVESEG_WEB_SCREENSHOT"])
 
+    # Suggest next slice: an unpainted axial slice, and "Go" moves the view there.
+    suggestion = state(browser, "suggestion")
+    match = re.match(r"Paint axial slice k = (\d+) next \(uncertainty 0\.\d\d\)$", suggestion)
+    assert match and int(match.group(1)) not in SLICES, suggestion
+    click(browser, "go-suggestion")
+    wait_for(lambda: state(browser, "axial_shown") == int(match.group(1)), "Go to the suggested slice")
+
     # Save: the files are there and hold the result.
     click(browser, "save")
     saved = wait_for(lambda: (state(browser, "saved") or {}).get("seg"), "Save")
@@ -192,8 +200,8 @@ def test_an_upload_opens_and_a_bad_one_is_one_line_in_the_page(server, browser):
     upload.send_keys(str(good))
     wait_for(lambda: state(browser, "scan_name") == "uploaded", "the uploaded scan")
     assert state(browser, "error") == ""
-    assert state(browser, "painted_lines") == [
-        "no annotated slice: paint at least one slice of a segment of 'uploaded segmentation'"]
+    fresh = ["no annotated slice: paint at least one slice of a segment of 'uploaded segmentation'"]
+    wait_for(lambda: state(browser, "painted_lines") == fresh, "the new scan's empty paint report", timeout=60)
 
 
 # ---------------------------------------------------------------------------------- upstream workarounds
