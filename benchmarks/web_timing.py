@@ -203,7 +203,8 @@ def write_report(runs: list[dict], sizes: dict, steps: int, path: Path) -> None:
         "",
     ]
     path.write_text("\n".join(lines))
-    path.with_suffix(".json").write_text(json.dumps({"steps": steps, "runs": runs, "sizes": sizes}, indent=1))
+    kept = [{k: v for k, v in r.items() if not k.startswith("labels")} for r in runs]  # temporary paths
+    path.with_suffix(".json").write_text(json.dumps({"steps": steps, "runs": kept, "sizes": sizes}, indent=1))
 
 
 def main() -> int:
