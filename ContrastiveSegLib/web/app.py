@@ -203,13 +203,14 @@ class ContrastiveSegWebApp(TrameApp):
             v3.VBtn("Save segmentation and model", click=self.save, disabled=("running || !scan_name",),
                     id="save")
             with html.Div(v_if="saved.seg", classes="d-flex ga-1"):
-                v3.VBtn(".seg.nrrd", density="compact", prepend_icon="mdi-download",
+                v3.VBtn(".seg.nrrd", density="compact", prepend_icon="mdi-download", id="download-seg",
                         click="utils.download(saved.seg_name, trigger('download', ['seg']), "
                               "'application/octet-stream')")
-                v3.VBtn("NIfTI", density="compact", prepend_icon="mdi-download",
+                v3.VBtn("NIfTI", density="compact", prepend_icon="mdi-download", id="download-nifti",
                         click="utils.download(saved.nifti_name, trigger('download', ['nifti']), "
                               "'application/gzip')")
                 v3.VBtn("Model", v_if="saved.model", density="compact", prepend_icon="mdi-download",
+                        id="download-model",
                         click="utils.download(saved.model_name, trigger('download', ['model']), "
                               "'application/octet-stream')")
             html.Div("{{ saved.text }}", v_if="saved.text", classes="text-caption", id="saved")

@@ -93,8 +93,9 @@ def start_server(scans: list[str | os.PathLike], folder: Path, *, python: str = 
     return server
 
 
-def start_browser(width: int = 1400, height: int = 900):
-    """Headless Chromium through chromedriver (Debian's packages). RuntimeError when they are missing."""
+def start_browser(width: int = 1400, height: int = 900, downloads: Path | None = None):
+    """Headless Chromium through chromedriver (Debian's packages), saving downloads into ``downloads``.
+    RuntimeError when they are missing."""
     if not (CHROMIUM and CHROMEDRIVER):
         raise RuntimeError("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
     from selenium import webdriver
@@ -105,6 +106,9 @@ def start_browser(width: int = 1400, height: int = 900):
                      "--force-device-scale-factor=1"):
         options.add_argument(argument)
     options.binary_location = CHROMIUM
+    if downloads is not None:
+        options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                                  "download.prompt_for_download": False})
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 

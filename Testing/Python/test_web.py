@@ -57,11 +57,13 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver); "
                     ".ci/run installs them")
-    driver = start_browser()
+    downloads = tmp_path_factory.mktemp("downloads")
+    driver = start_browser(downloads=downloads)
+    driver.downloads = downloads
     yield driver
     driver.quit()
 
@@ -157,6 +159,13 @@ def test_paint_segment_save_in_a_real_browser(server, browser):
     header = Path(saved["seg"]).read_bytes()[:4000].decode("latin-1")
     assert "Segment0_Name:=Segment 1" in header
     assert Path(saved["model"]).is_file() and Path(saved["model"] + ".segments.json").is_file()
+
+    # Download: the browser receives the same bytes.
+    click(browser, "download-nifti")
+    downloaded = browser.downloads / Path(saved["nifti"]).name
+    wait_for(lambda: downloaded.is_file() and downloaded.stat().st_size == Path(saved["nifti"]).stat().st_size,
+             "the NIfTI download", timeout=60)
+    assert downloaded.read_bytes() == Path(saved["nifti"]).read_bytes()
     print("web timings:", {k: (round(v, 2) if isinstance(v, float) else [round(x, 2) for x in v])
                            for k, v in timings.items()})
 
