@@ -412,7 +412,7 @@ class ContrastiveSegWebApp(TrameApp):
                 self.state.run_count += 1
                 if status.ok:
                     self._after_result()
-                else:
+                elif not status.cancelled:  # a cancel is what the user asked for: the run line says it
                     self.state.error = status.line
 
     def _after_result(self) -> None:

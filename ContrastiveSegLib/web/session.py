@@ -47,6 +47,7 @@ class RunStatus:
     loss: float | None = None
     eta_s: float | None = None
     ok: bool | None = None  # None while running or before any run
+    cancelled: bool = False
     notes: list[str] = field(default_factory=list)
 
 
@@ -241,6 +242,7 @@ class Session:
     def _take(self, result: JobResult) -> None:
         self.status.running = False
         self.status.ok = result.ok
+        self.status.cancelled = result.run.cancelled
         self.status.notes = list(result.notes)
         self.last_result = result
         if not result.ok:

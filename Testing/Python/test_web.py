@@ -192,6 +192,23 @@ def test_a_second_browser_is_told_one_session_at_a_time(server, browser):
 
 
 @pytest.mark.slow
+def test_cancel_stops_the_run_and_keeps_the_scene(server, browser):
+    browser.get(server["url"])
+    wait_for(lambda: state(browser, "ready") and state(browser, "clients") == 1
+             and (state(browser, "painted") or {}).get("Segment 1"), "the page with the last result")
+    before, runs = state(browser, "painted"), state(browser, "run_count")
+    set_state(browser, device="cpu", preset="fast", steps="5000")
+    wait_for(lambda: state(browser, "steps") == "5000", "the options")
+    click(browser, "segment")
+    wait_for(lambda: (state(browser, "run_line") or "").startswith("Fine-tuning"), "fine-tuning to start")
+    click(browser, "cancel")
+    wait_for(lambda: state(browser, "run_count") == runs + 1 and not state(browser, "running"), "the cancel")
+    assert state(browser, "run_ok") is False and state(browser, "error") == ""
+    assert state(browser, "run_line").startswith("Cancelled"), state(browser, "run_line")
+    assert state(browser, "painted") == before
+
+
+@pytest.mark.slow
 def test_an_upload_opens_and_a_bad_one_is_one_line_in_the_page(server, browser):
     from selenium.webdriver.common.by import By
 

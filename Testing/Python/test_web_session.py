@@ -196,7 +196,8 @@ def test_cancel_leaves_the_paint_and_refine_continues_from_the_last_model(scene,
         session.poll()
         time.sleep(0.1)
     session.cancel()
-    assert not session.running and session.status.ok is False and "cancel" in session.status.line.lower()
+    assert not session.running and session.status.ok is False and session.status.cancelled
+    assert "cancel" in session.status.line.lower()
     mask = nodes.segment_mask(session.segmentation_node, segment_id, session.volume_node)
     assert np.array_equal(mask, painted)  # the scene is as it was
     assert session.last_model is None
