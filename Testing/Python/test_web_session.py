@@ -43,6 +43,28 @@ def _paint(session: Session, segment_id: str, mask: np.ndarray) -> None:
         oriented.GetExtent())
 
 
+def _painted_session(scene, tmp_path: Path, slices: list[int]):
+    """A session with the sphere scan open and ``slices`` of the sphere painted in its first segment, whose runs
+    use this Python with one thread. Returns (session, segment id, painted mask, sphere)."""
+    _, sphere = _sphere_scan(tmp_path / "data")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    session = Session(scene, ScanFolders([tmp_path / "data"]), tmp_path / "out", python=sys.executable, env=env)
+    session.load_path("sphere.nii.gz")
+    segment_id = session.segment_names()[0][0]
+    painted = np.zeros(sphere.shape, dtype=bool)
+    painted[slices] = sphere[slices]
+    _paint(session, segment_id, painted)
+    return session, segment_id, painted, sphere
+
+
+def _finish(session: Session):
+    """Follow the run as the page does (polling) until it ends; returns its status."""
+    while session.running:
+        session.poll()
+        time.sleep(0.1)
+    return session.poll()
+
+
 # ------------------------------------------------------------------------------------------------ scans
 def test_scans_only_inside_the_given_folders(tmp_path):
     scan, _ = _sphere_scan(tmp_path / "data")
@@ -126,14 +148,7 @@ def test_a_second_scan_replaces_the_first(scene, tmp_path):
 @pytest.mark.slow
 def test_segment_in_the_child_then_save_and_predict_only(scene, tmp_path):
     """Paint 3 slices -> Segment (20 steps, CPU child) -> result in the same node -> Save -> Predict only."""
-    _, sphere = _sphere_scan(tmp_path / "data")
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    session = Session(scene, ScanFolders([tmp_path / "data"]), tmp_path / "out", python=sys.executable, env=env)
-    session.load_path("sphere.nii.gz")
-    segment_id = session.segment_names()[0][0]
-    painted = np.zeros(sphere.shape, dtype=bool)
-    painted[[7, 10, 13]] = sphere[[7, 10, 13]]
-    _paint(session, segment_id, painted)
+    session, segment_id, painted, sphere = _painted_session(scene, tmp_path, [7, 10, 13])
     session.start("segment", JobOptions(preset="fast", steps=20, device="cpu", show_uncertainty=True))
     with pytest.raises(InputError, match="already going on"):
         session.start("segment", JobOptions(device="cpu"))
@@ -166,10 +181,7 @@ def test_segment_in_the_child_then_save_and_predict_only(scene, tmp_path):
 
     painting = session.segmentation_node
     session.start("predict", JobOptions(device="cpu"), model_path="result.safetensors")
-    while session.running:
-        session.poll()
-        time.sleep(0.1)
-    assert session.poll().ok
+    assert _finish(session).ok
     predicted = session.segmentation_node
     assert predicted is not painting and painting.GetScene() is scene  # the painting is kept, the prediction new
     names = [predicted.GetSegmentation().GetNthSegment(n).GetName()
@@ -179,14 +191,7 @@ def test_segment_in_the_child_then_save_and_predict_only(scene, tmp_path):
 
 @pytest.mark.slow
 def test_cancel_leaves_the_paint_and_refine_continues_from_the_last_model(scene, tmp_path):
-    _, sphere = _sphere_scan(tmp_path / "data")
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    session = Session(scene, ScanFolders([tmp_path / "data"]), tmp_path / "out", python=sys.executable, env=env)
-    session.load_path("sphere.nii.gz")
-    segment_id = session.segment_names()[0][0]
-    painted = np.zeros(sphere.shape, dtype=bool)
-    painted[[7, 13]] = sphere[[7, 13]]
-    _paint(session, segment_id, painted)
+    session, segment_id, painted, sphere = _painted_session(scene, tmp_path, [7, 13])
     with pytest.raises(InputError, match="no model to refine yet"):
         session.start("segment", JobOptions(device="cpu"), refine=True)
 
@@ -203,18 +208,13 @@ def test_cancel_leaves_the_paint_and_refine_continues_from_the_last_model(scene,
     assert session.last_model is None
 
     session.start("segment", JobOptions(preset="fast", steps=10, device="cpu"))
-    while session.running:
-        session.poll()
-        time.sleep(0.1)
+    status = _finish(session)
     first_model = session.last_model
-    assert session.poll().ok and first_model is not None
+    assert status.ok and first_model is not None
     session.start("segment", JobOptions(preset="fast", steps=5, device="cpu"), refine=True)
     assert session.job.options.init_model == str(first_model)
     assert "--init-model" in session.job.command()
-    while session.running:
-        session.poll()
-        time.sleep(0.1)
-    assert session.poll().ok and session.last_model != first_model
+    assert _finish(session).ok and session.last_model != first_model
 
 
 # ---------------------------------------------------------------------------------------- the command line
