@@ -160,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_pretrain_parser(sub)  # adds its own --device, --threads and --progress
     add_methods_parser(sub)
+    from ContrastiveSegLib.web.cli import add_web_parser
+
+    add_web_parser(sub)
     return parser
 
 
@@ -621,8 +624,15 @@ def cmd_methods(args, progress, cancel) -> int:
     return run_methods(args, progress, cancel)
 
 
+def cmd_web(args, progress, cancel) -> int:
+    """The browser front end (ContrastiveSegLib.web, imported only here: it needs the 'web' extra)."""
+    from ContrastiveSegLib.web.cli import run_web
+
+    return run_web(args)
+
+
 COMMANDS = {"segment": cmd_segment, "finetune": cmd_finetune, "predict": cmd_predict, "encoders": cmd_encoders,
-            "demo": cmd_demo, "pretrain": cmd_pretrain, "methods": cmd_methods}
+            "demo": cmd_demo, "pretrain": cmd_pretrain, "methods": cmd_methods, "web": cmd_web}
 
 
 # ----------------------------------------------------------------------------------------------- entry point
