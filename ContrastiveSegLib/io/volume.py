@@ -27,7 +27,17 @@ from ContrastiveSegLib.errors import InputError, OutputError
 # the same grid: files written by different tools round geometry differently.
 _TOLERANCE = 1e-4
 
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+"""File name endings of the scans the library reads (the last, .dcm, only as a DICOM series' file)."""
+
+
+def volume_stem(name: str) -> str:
+    """``name`` without its scan suffix (any case): "CT.nii.gz" -> "CT"; unchanged when it has none."""
+    lower = name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 @dataclass
@@ -336,7 +346,7 @@ def check_writable(path: str | os.PathLike, *, what: str = "output") -> Path:
 
 def check_volume_suffix(path: Path, *, what: str = "output") -> None:
     """InputError unless ``path`` ends in a volume suffix SimpleITK writes (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd)."""
-    if not str(path).lower().endswith(_VOLUME_SUFFIXES[:-1]):
+    if not str(path).lower().endswith(VOLUME_SUFFIXES[:-1]):
         raise InputError(f"{what} {path}: unknown file type; use .nii.gz, .nii, .nrrd or .mha")
 
 
