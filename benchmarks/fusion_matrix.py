@@ -252,7 +252,10 @@ def run(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], device: 
 
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(name, k) for k in sorted(ks, reverse=True) for name in tasks]  # the long k = 5 jobs first
-    with ProcessPoolExecutor(workers) as pool:
+    import multiprocessing
+
+    # spawn: each worker starts CUDA on its own (a forked CUDA context is unusable)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         futures = {pool.submit(run_job, str(cache), name, k, seeds, device, threads, steps): (name, k) for name, k in jobs}
         for future in as_completed(futures):
             try:
