@@ -21,7 +21,7 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -247,17 +247,29 @@ def run_job(cache: str, name: str, k: int, seeds: list[int], device: str, thread
 
 
 def run(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], device: str, workers: int, out: Path,
-        threads: int, steps: int | None = None) -> None:
+        threads: int, steps: int | None = None, deadline: float | None = None) -> None:
+    """Every (task, k) job on ``workers`` processes; rows appended as jobs finish. After ``deadline`` seconds the
+    unfinished jobs are dropped and their processes killed (what finished is kept)."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, wait
+
     from run_benchmark import append_row
 
     out.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
     jobs = [(name, k) for k in sorted(ks, reverse=True) for name in tasks]  # the long k = 5 jobs first
-    import multiprocessing
-
     # spawn: each worker starts CUDA on its own (a forked CUDA context is unusable)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_job, str(cache), name, k, seeds, device, threads, steps): (name, k) for name, k in jobs}
-        for future in as_completed(futures):
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    futures = {pool.submit(run_job, str(cache), name, k, seeds, device, threads, steps): (name, k)
+               for name, k in jobs}
+    pending = set(futures)
+    while pending:
+        left = None if deadline is None else deadline - (time.monotonic() - start)
+        if left is not None and left <= 0:
+            print(f"deadline: {len(pending)} jobs dropped: {sorted(futures[f] for f in pending)}", flush=True)
+            break
+        done, pending = wait(pending, timeout=left, return_when=FIRST_COMPLETED)
+        for future in done:
             try:
                 rows = future.result()
             except Exception as error:  # one failed job must not lose the others' rows
@@ -265,8 +277,11 @@ def run(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], device: 
                 continue
             for row in rows:
                 append_row(out / "fusion.csv", row)
-            print(f"done {futures[future]}: " + ", ".join(f"{r['method']}={r['mean_dice']}" for r in rows
-                                                          if r["seed"] == seeds[0]), flush=True)
+            print(f"[{time.monotonic() - start:.0f} s] done {futures[future]}: " +
+                  ", ".join(f"{r['method']}={r['mean_dice']}" for r in rows if r["seed"] == seeds[0]), flush=True)
+    for process in list(getattr(pool, "_processes", {}).values()):
+        process.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def main() -> None:
@@ -281,6 +296,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps", type=int, help="fine-tuning steps (default: the preset's; fewer for a smoke test)")
+    parser.add_argument("--deadline", type=float, help="seconds after which unfinished jobs are dropped")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     if args.mode == "export":
@@ -288,7 +304,8 @@ def main() -> None:
     elif args.mode == "growcut":
         export_growcut(args.cache, args.tasks, args.k)
     else:
-        run(args.cache, args.tasks, args.k, args.seeds, args.device, args.workers, args.out, args.threads, args.steps)
+        run(args.cache, args.tasks, args.k, args.seeds, args.device, args.workers, args.out, args.threads, args.steps,
+            args.deadline)
 
 
 if __name__ == "__main__":
