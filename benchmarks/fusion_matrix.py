@@ -176,7 +176,7 @@ def _candidates(net_log: list, prior_linear, prior_contour, num_classes, growcut
     for i, (a, b) in enumerate(pairs):
         if b < len(net_log):
             mean = torch.logsumexp(torch.stack([net_log[a], net_log[b]]), 0)
-            out.setdefault("2-seed ensemble + contour x2", []).append((i, fused(mean, prior_contour, 2.0)))
+            out.setdefault("2-seed ensemble + contour x1", []).append((i, fused(mean, prior_contour, 1.0)))
     return out
 
 
@@ -257,7 +257,8 @@ def run(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], device: 
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
-    jobs = [(name, k) for k in sorted(ks, reverse=True) for name in tasks]  # the long k = 5 jobs first
+    # the long jobs first: the 1 mm brains, then the larger k
+    jobs = sorted(((name, k) for k in ks for name in tasks), key=lambda job: (not job[0].startswith("mni1mm"), -job[1]))
     # spawn: each worker starts CUDA on its own (a forked CUDA context is unusable)
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     futures = {pool.submit(run_job, str(cache), name, k, seeds, device, threads, steps): (name, k)

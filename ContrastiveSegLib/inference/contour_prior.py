@@ -89,32 +89,30 @@ class ContourPrior(ShapePrior):
     weight: float = PRIOR_WEIGHT
 
     def interpolate(self, s: int, keys: np.ndarray | None = None) -> tuple[np.ndarray, float, bool]:
-        everything = keys is None or len(keys) == len(self.slices)
-        positions = self.slices if keys is None else self.slices[keys]
-        inside = positions[0] < s < positions[-1] and s not in positions
-        if not inside:
-            return super().interpolate(s, keys)
-        if everything:
+        """As :meth:`ShapePrior.interpolate`, with each structure's outline taken from the contour interpolation
+        where it draws one: strictly between the first and the last painted slice that hold the structure. Elsewhere
+        (beyond them: a structure painted on one slice only, or past its ends) the linear prior's taper stands, as
+        the interpolation draws nothing there."""
+        d, gap, beyond = super().interpolate(s, keys)
+        chosen = np.arange(len(self.slices)) if keys is None else np.asarray(keys, dtype=int)
+        positions = self.slices[chosen]
+        if beyond or s in positions:
+            return d, gap, beyond
+        if len(chosen) == len(self.slices):
             classes = self.filled[s]
         else:
-            missing = np.setdiff1d(np.arange(len(self.slices)), keys)
+            missing = np.setdiff1d(np.arange(len(self.slices)), chosen)
             if len(missing) != 1 or int(self.slices[missing[0]]) != s or int(missing[0]) not in self.held_out:
-                return super().interpolate(s, keys)
+                return d, gap, beyond
             classes = self.held_out[int(missing[0])]
-        after = int(np.searchsorted(positions, s))
-        gap = min(s - positions[after - 1], positions[after] - s) * self.slice_mm
-        return self._distances_of(classes, keys), float(gap), False
-
-    def _distances_of(self, classes: np.ndarray, keys) -> np.ndarray:
-        """(C - 1, H, W) signed distances of each class in one interpolated slice; a class the interpolation
-        leaves out stands at its depth outside (it fades, as in the linear prior)."""
-        spacing = self.inplane
+        holds = (self.distances[chosen] < 0).any(axis=(2, 3))  # (K, C - 1): painted slices holding each class
         depth = self._depth(keys)
-        out = np.empty((len(depth),) + classes.shape, np.float32)
-        for c in range(1, len(depth) + 1):
-            d = signed_distance(classes == c, spacing)
-            out[c - 1] = np.where(np.isfinite(d), d, depth[c - 1])
-        return out
+        for c in range(d.shape[0]):
+            where = positions[holds[:, c]]
+            if len(where) >= 2 and where[0] < s < where[-1]:
+                drawn = signed_distance(classes == c + 1, self.inplane)
+                d[c] = np.where(np.isfinite(drawn), drawn, depth[c])
+        return d, gap, beyond
 
     def log_probs(self, indices) -> torch.Tensor:
         """(N, C, H, W) weighted log prior probabilities (``weight`` times those of :class:`ShapePrior`)."""

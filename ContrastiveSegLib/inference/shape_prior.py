@@ -127,14 +127,18 @@ class ShapePrior:
 
 def _log_categorical(distances: torch.Tensor, tau: float, informative: torch.Tensor) -> torch.Tensor:
     """(C, H, W) log probabilities from (C - 1, H, W) signed distances: each structure is present with
-    ``sigmoid(-d / tau)`` independently, background where none is; normalised over the classes. A class without
+    ``sigmoid(-d / tau)`` independently, background where none is; conditioned on one class per voxel. A class without
     information is flat: it gets the background's weight (the prior does not move the network's odds between the
     two), and does not enter the background's probability."""
     scaled = (-distances / tau).clamp(-60, 60)
     present = F.logsigmoid(scaled)
     absent = F.logsigmoid(-scaled)
-    background = (absent * informative[:, None, None]).sum(0, keepdim=True)
-    present = torch.where(informative[:, None, None], present, background.expand_as(present))
+    absent = absent * informative[:, None, None]
+    background = absent.sum(0, keepdim=True)
+    # Exactly one class per voxel: class c is present and every other absent, so each class's odds against the
+    # background are its own sigmoid odds whatever the other classes say (a plain normalisation of the presences
+    # would let several vague classes outvote the background far from every painted outline).
+    present = torch.where(informative[:, None, None], present + background - absent, background.expand_as(present))
     logits = torch.cat([background, present])
     return logits - torch.logsumexp(logits, 0, keepdim=True)
 
