@@ -25,7 +25,7 @@ from ContrastiveSegLib.device import resolve_device
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
 from ContrastiveSegLib.inference.predict import predict_volume
-from ContrastiveSegLib.inference.contour_prior import contour_prior_of
+from ContrastiveSegLib.inference.fusion import fused_prior_of
 from ContrastiveSegLib.inference.shape_prior import (PSEUDO_SLICES, build_shape_prior, evenly_spread,
                                                      prior_pseudo_labels, stack_spacing)
 from ContrastiveSegLib.io.annotations import IGNORE, SparseAnnotation
@@ -246,7 +246,7 @@ def predict_case(model: TrainedModel, case: PreparedCase, *, device: str = DEFAU
     targets = case.targets
     prior = None
     if targets is not None and shape_prior:
-        prior = contour_prior_of(targets, len(model.label_values), model.axis, case.spacing)
+        prior = fused_prior_of(case.image, targets, len(model.label_values), model.axis, case.spacing)
     classes, probs = predict_volume(model.network, case.stack, torch_device, divisor=model.network.config.divisor,
                                     flip_tta=flip_tta, keep_probabilities=probabilities, prior=prior,
                                     progress=progress, cancel=cancel)

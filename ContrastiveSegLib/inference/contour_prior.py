@@ -14,7 +14,8 @@ outlines interpolate well gets a sharp prior that outvotes a confidently wrong n
 whose outlines do not (a convoluted cortex) gets a vague prior that leaves the decision to the image.
 
 The prior enters prediction as a weighted product of experts, ``log p = log p_net + weight * log p_prior``
-(renormalised); :data:`PRIOR_WEIGHT` was chosen on the benchmark (benchmarks/results/quality.md).
+(renormalised), with Slicer's grow-cut as a third expert (:mod:`~ContrastiveSegLib.inference.fusion`);
+:data:`CONTOUR_WEIGHT` was chosen on the benchmark (benchmarks/results/fusion.md).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from ContrastiveSegLib.inference.shape_prior import (ShapePrior, build_shape_pri
                                                      fully_painted_slices, signed_distance, stack_spacing)
 from ContrastiveSegLib.io.annotations import IGNORE
 
-PRIOR_WEIGHT = 2.0  # weight of the contour prior's log-probabilities against the network's (benchmark-chosen)
+CONTOUR_WEIGHT = 1.0  # the contour prior's exponent against the network (benchmark-chosen among 1, 2, 4, 8)
 CROP_MARGIN = 4  # voxels around the painted structures that the interpolator sees (it draws nothing outside)
 
 # (S, H, W) class indices, 0 = background and unknown, slices along axis 0 -> the same, interpolated between the
@@ -86,7 +87,7 @@ class ContourPrior(ShapePrior):
 
     filled: np.ndarray = field(default=None, repr=False)
     held_out: dict = field(default_factory=dict, repr=False)
-    weight: float = PRIOR_WEIGHT
+    weight: float = CONTOUR_WEIGHT
 
     def interpolate(self, s: int, keys: np.ndarray | None = None) -> tuple[np.ndarray, float, bool]:
         """As :meth:`ShapePrior.interpolate`, with each structure's outline taken from the contour interpolation
@@ -121,7 +122,7 @@ class ContourPrior(ShapePrior):
 
 def build_contour_prior(targets: np.ndarray, num_classes: int, inplane_spacing: tuple[float, float],
                         slice_mm: float, interpolator: Interpolator | None = itk_interpolator,
-                        weight: float = PRIOR_WEIGHT) -> ShapePrior | None:
+                        weight: float = CONTOUR_WEIGHT) -> ShapePrior | None:
     """The contour prior of an annotation; the linear :class:`ShapePrior` when ``interpolator`` is None or
     raises ImportError (neither ITK backend installed); None with fewer than two fully painted slices.
 
@@ -129,7 +130,7 @@ def build_contour_prior(targets: np.ndarray, num_classes: int, inplane_spacing: 
         targets: (S, H, W) class indices in stack order, IGNORE where unknown.
         inplane_spacing: (row, column) mm; slice_mm: mm along the stack.
         interpolator: see :data:`Interpolator`.
-        weight: the prior's exponent against the network (:data:`PRIOR_WEIGHT`).
+        weight: the prior's exponent against the network (:data:`CONTOUR_WEIGHT`).
     """
     linear = build_shape_prior(targets, num_classes, inplane_spacing, slice_mm)
     if linear is None or interpolator is None:
@@ -153,7 +154,7 @@ def build_contour_prior(targets: np.ndarray, num_classes: int, inplane_spacing: 
 
 def contour_prior_of(targets: np.ndarray, num_classes: int, axis: int, spacing,
                      interpolator: Interpolator | None = itk_interpolator,
-                     weight: float = PRIOR_WEIGHT) -> ShapePrior | None:
+                     weight: float = CONTOUR_WEIGHT) -> ShapePrior | None:
     """:func:`build_contour_prior` of ``targets`` ((S, H, W), slices along array axis ``axis`` first) on a scan of
     ``spacing`` (x, y, z) mm."""
     inplane, slice_mm = stack_spacing(spacing, axis)
