@@ -10,7 +10,7 @@ from ContrastiveSegLib.inference.contour_prior import ContourPrior
 from ContrastiveSegLib.inference.fusion import (GROWCUT_WEIGHT, FusedPrior, GrowCutEvidence, fused_prior_of,
                                                 growcut_evidence, slicer_growcut)
 from ContrastiveSegLib.inference.shape_prior import signed_distance
-from ContrastiveSegLib.io.annotations import IGNORE
+from test_contour_prior import _dice, _shift_interpolator, _sparse  # the tube's exact interpolation, Dice
 
 
 def _tube(depth=21, size=40):
@@ -23,24 +23,12 @@ def _tube(depth=21, size=40):
     return image, truth
 
 
-def _sparse(truth, slices):
-    targets = np.full(truth.shape, IGNORE, np.uint8)
-    targets[list(slices)] = truth[list(slices)]
-    return targets
-
-
-def _dice(a, b):
-    return 2 * ((a == 1) & (b == 1)).sum() / ((a == 1).sum() + (b == 1).sum())
-
-
 def _truth_grower(truth):
     def grow(image, sparse, axis, spacing):
         assert sparse.shape == truth.shape  # volume order
         return truth.copy()
     return grow
 
-
-from test_contour_prior import _shift_interpolator  # noqa: E402  (the tube's exact interpolation)
 
 
 def _copy_interpolator(classes):
