@@ -114,6 +114,16 @@ def report() -> None:
             "single-network fusions, and it holds on the confirming ones. 'contour prior alone' is the prior's "
             "arg-max without the network (beyond the painted slices it is nearly flat, so it is no tool of its "
             "own). The 2-seed ensemble halves the spread at twice the training time and is not the default.\n")
+    timing = RESULTS / "gpu_timing.json"
+    if timing.is_file():
+        import json
+
+        run = json.loads(timing.read_text())["warm CUDA"]
+        text += (f"\nEnd to end on the GPU machine (`benchmarks/gpu_segment_timing.py --device cuda`, 512 x 512 x 300 CT "
+                 f"phantom, k = 3, warm CUDA): {run['seconds']} s ({run['stages']}), peak GPU memory "
+                 f"{run['peak_gpu_gib']} GiB, Dice {run['mean_dice']}. That machine had neither ITK nor slicer-core, so "
+                 "this is the linear prior's path (the experts fall back); most of the prediction stage is the prior's "
+                 "per-slice distance maps on the CPU, not the network.\n")
     (RESULTS / "fusion.md").write_text(text)
     print(text)
     quality = [dict(r, method=RENAMED[r["method"]]) for r in rows if r["method"] in RENAMED] + baselines
