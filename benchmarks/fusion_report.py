@@ -122,8 +122,8 @@ def report() -> None:
         text += (f"\nEnd to end on the GPU machine (`benchmarks/gpu_segment_timing.py --device cuda`, 512 x 512 x 300 CT "
                  f"phantom, k = 3, warm CUDA): {run['seconds']} s ({run['stages']}), peak GPU memory "
                  f"{run['peak_gpu_gib']} GiB, Dice {run['mean_dice']}. That machine had neither ITK nor slicer-core, so "
-                 "this is the linear prior's path (the experts fall back); how the prediction stage splits between the network "
-                 "per-slice distance maps on the CPU, not the network.\n")
+                 "this is the linear prior's path (the experts fall back); how the prediction stage splits between "
+                 "the network and the prior's per-slice distance maps on the CPU was not measured.\n")
     (RESULTS / "fusion.md").write_text(text)
     print(text)
     quality = [dict(r, method=RENAMED[r["method"]]) for r in rows if r["method"] in RENAMED] + baselines
