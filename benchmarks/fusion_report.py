@@ -29,8 +29,9 @@ RENAMED = {DEFAULT: "ContrastiveSeg", "no prior": "no shape prior",
            "linear prior (previous default)": "previous default (linear prior)"}
 NO_EXPERT_AT_K1 = ("contour", "2-seed")  # at k = 1 no prior applies: these equal the network alone (or its ensemble)
 CONDITIONS = ("ours: NVIDIA H200, 16 processes side by side on 16 CPU cores, one torch thread each, cuda, 300 "
-              "steps, seconds = fine-tuning + predicting every slice + the priors; Slicer tools: one process on the "
-              "shared 2-core machine")
+              "steps, seconds = fine-tuning + predicting every slice + the priors from the exported interpolations and "
+              "grow-cut (the default's own grow-cut and interpolation runs cost about the Slicer tools' seconds on "
+              "top); Slicer tools: one process on the shared 2-core machine")
 
 
 def _read(path: Path) -> list[dict]:
