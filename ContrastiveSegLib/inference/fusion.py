@@ -33,8 +33,8 @@ from ContrastiveSegLib.inference.shape_prior import (MIN_SLICES, _log_categorica
 GROWCUT_WEIGHT = 2.0
 GROWCUT_TAU = 2.0  # voxels: the soft edge of the grow-cut outline (its boundary is exact to about a voxel)
 
-# (image (z, y, x), sparse class indices (z, y, x) with IGNORE off the painting, axis, spacing (x, y, z)) ->
-# (z, y, x) class indices grown into the volume.
+# (image (z, y, x), sparse class indices (z, y, x): the fully painted slices, 0 elsewhere, axis, spacing (x, y, z))
+# -> (z, y, x) class indices grown into the volume.
 Grower = Callable[[np.ndarray, np.ndarray, int, tuple], np.ndarray]
 
 
@@ -81,10 +81,13 @@ def growcut_evidence(image: np.ndarray, targets: np.ndarray, num_classes: int, a
     """Grow-cut from the painted slices of ``targets`` ((S, H, W) stack order), or None: fewer than
     :data:`~ContrastiveSegLib.inference.shape_prior.MIN_SLICES` fully painted slices, no ``grower``, or its package
     is missing (ImportError) or it failed (RuntimeError: the prediction goes on without it)."""
-    if grower is None or len(fully_painted_slices(targets)) < MIN_SLICES:
+    painted = fully_painted_slices(targets)
+    if grower is None or len(painted) < MIN_SLICES:
         return None
+    seeds = np.zeros_like(targets)  # the Slicer tools' convention: painted slices in full, 0 everywhere else
+    seeds[painted] = targets[painted]
     try:
-        grown = grower(image, np.moveaxis(targets, 0, axis), axis, spacing)
+        grown = grower(image, np.moveaxis(seeds, 0, axis), axis, spacing)
     except (ImportError, RuntimeError):
         return None
     classes = np.moveaxis(np.asarray(grown), axis, 0)

@@ -26,6 +26,7 @@ def _tube(depth=21, size=40):
 def _truth_grower(truth):
     def grow(image, sparse, axis, spacing):
         assert sparse.shape == truth.shape  # volume order
+        assert set(np.unique(sparse)) <= {0, 1}  # the Slicer tools' convention: no IGNORE off the painted slices
         return truth.copy()
     return grow
 
