@@ -5,9 +5,12 @@ and Slicer return them; ``spacing`` is (x, y, z) in mm. ``progress`` receives ev
 :mod:`ContrastiveSegLib.progress`); setting the ``cancel`` event (a ``threading.Event``) stops the run with
 :class:`~ContrastiveSegLib.errors.Cancelled` at the next step.
 
-Each public function turns its arrays into a :class:`~ContrastiveSegLib.data.case.PreparedCase` and hands it to
-the stage functions (:func:`finetune_case`, :func:`predict_case`, :func:`self_train_round`); :func:`segment`
-prepares the case once for all its stages.
+A run goes one way through its stages: the options become one :class:`~ContrastiveSegLib.plan.TrainingPlan`
+(checked once, device resolved once); the arrays become one :class:`~ContrastiveSegLib.data.case.PreparedCase`
+(prepare); then :func:`initial_network` (initialise), :func:`finetune_case` (fine-tune), the experimental
+:func:`self_train_round`, and :func:`predict_case` (predict and post-process); the CLI writes. ``segment`` and
+``finetune`` take only what users are offered; :mod:`ContrastiveSegLib.experimental` adds the options the
+benchmark measures.
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ import torch
 from ContrastiveSegLib.data.augment import BatchAugmenter
 from ContrastiveSegLib.data.case import DEFAULT_SPEC, PreparedCase, check_image, read_annotation, spec_for
 from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler, UnannotatedSliceSampler
-from ContrastiveSegLib.device import resolve_device
-from ContrastiveSegLib.errors import InputError
+from ContrastiveSegLib.device import BatchLimits, fine_tuning_advice, resolve_device
+from ContrastiveSegLib.errors import InputError, OutOfMemory
 from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
 from ContrastiveSegLib.inference.predict import predict_volume
 from ContrastiveSegLib.inference.fusion import fused_prior_of
@@ -31,17 +34,18 @@ from ContrastiveSegLib.inference.shape_prior import (PSEUDO_SLICES, build_shape_
 from ContrastiveSegLib.io.annotations import IGNORE, SparseAnnotation
 from ContrastiveSegLib.model import TrainedModel, load_encoder_into
 from ContrastiveSegLib.networks import NetworkConfig, build_network
-from ContrastiveSegLib.options import (ADAPT_STEPS, CONSISTENCY_DECODERS, DEFAULT_CONSISTENCY, DEFAULT_DEVICE,
-                                       DEFAULT_PRESET, RANDOM_INIT, check_consistency)
-from ContrastiveSegLib.presets import preset_config
+from ContrastiveSegLib.options import (ADAPT_BATCH_SIZE, ADAPT_STEPS, AXIS_LETTERS, DEFAULT_CONSISTENCY,
+                                       DEFAULT_DEVICE, DEFAULT_PRESET, RANDOM_INIT)
+from ContrastiveSegLib.plan import TrainingPlan, plan_training
 from ContrastiveSegLib.progress import ProgressCallback, emit
+from ContrastiveSegLib.threads import use_threads
 from ContrastiveSegLib.training.finetune import train_segmentation
-from ContrastiveSegLib.zoo.registry import default_encoder, resolve_encoder
 
-__all__ = ["DEFAULT_SPEC", "PreparedCase", "SegmentResult", "check_image", "finetune", "finetune_case", "predict",
-           "predict_case", "segment", "self_train_round"]
+__all__ = ["DEFAULT_SPEC", "PreparedCase", "SegmentResult", "TrainingPlan", "check_image", "finetune",
+           "finetune_case", "initial_network", "plan_training", "predict", "predict_case", "segment",
+           "self_train_round"]
 
-PSEUDO_CONFIDENCE = 0.9  # fused probability a voxel needs to become a self-training target
+SELF_TRAIN_CONFIDENCE = 0.9  # fused probability a voxel needs to become a self-training target
 SELF_TRAIN_LR = 0.3  # self-training learning rate as a fraction of the preset's
 
 
@@ -52,7 +56,7 @@ class SegmentResult:
     Attributes:
         labels: (z, y, x) label map with the user's label values.
         probabilities: (C, z, y, x) float32 class probabilities (background first), or None.
-        model: the fine-tuned model (None when nothing was trained).
+        model: the model fine-tuned by :func:`segment` (None from :func:`predict`, and when nothing was trained).
         axis: the annotation axis used.
         message: a note for the user (e.g. "every slice is annotated"), or None.
         seconds: wall time per stage.
@@ -83,7 +87,7 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
              preset: str = DEFAULT_PRESET, encoder: str | None = None, init_model: TrainedModel | None = None,
              device: str = DEFAULT_DEVICE, seed: int = 0, steps: int | None = None, batch_size: int | None = None,
              adapt: str | None = None, adapt_steps: int = ADAPT_STEPS, consistency: str = DEFAULT_CONSISTENCY,
-             prior_labels: bool = False, progress: ProgressCallback = None, cancel=None) -> TrainedModel:
+             threads: int | None = None, progress: ProgressCallback = None, cancel=None) -> TrainedModel:
     """Fine-tune a 2.5D U-Net on the annotated slices of ``labels``.
 
     Args:
@@ -98,35 +102,24 @@ def finetune(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, 
         consistency: one of :data:`~ContrastiveSegLib.options.CONSISTENCY_MODES`: "bidirectional" trains two
             decoders that label the unannotated slices for each other (IDEAL's fine-tuning stage); "off" trains
             one decoder on the annotated slices only.
-        prior_labels: also train on the shape prior's sure voxels of up to 24 unpainted slices between the painted
-            ones (:func:`~ContrastiveSegLib.inference.shape_prior.prior_pseudo_labels`; an option, not the default:
-            docs/finetuning.md).
+        threads: CPU threads for torch (default: :func:`~ContrastiveSegLib.threads.choose_threads`, the project's
+            default that the CLI and the Slicer module use too); restored when the call returns.
     Returns:
         the fine-tuned :class:`TrainedModel`.
     """
-    _check_training_options(init_model, adapt, adapt_steps, consistency)
-    resolve_device(device)  # fail on a missing GPU before normalising a large volume
-    case = training_case(image, read_annotation(image, labels, axis), spacing, init_model)
-    return finetune_case(case, preset=preset, encoder=encoder, init_model=init_model, device=device, seed=seed,
-                         steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
-                         consistency=consistency, prior_labels=prior_labels, progress=progress, cancel=cancel)
+    return run_finetune(image, labels, spacing, axis=axis, threads=threads, progress=progress, cancel=cancel,
+                        preset=preset, encoder=encoder, init_model=init_model, device=device, seed=seed, steps=steps,
+                        batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps, consistency=consistency)
 
 
-def _check_training_options(init_model: TrainedModel | None, adapt: str | None, adapt_steps: int,
-                            consistency: str) -> None:
-    """InputError for option combinations that cannot train, before any work."""
-    check_consistency(consistency)
-    if init_model is not None and (adapt or CONSISTENCY_DECODERS[consistency] > 1):
-        raise InputError("--adapt and --consistency apply to a new model, not to a refinement (--init-model)")
-    if adapt_steps < 1:
-        raise InputError(f"adapt steps must be >= 1, got {adapt_steps}")
-    if adapt:
-        from ContrastiveSegLib.methods import method_class
-
-        try:
-            method_class(adapt)
-        except ValueError as error:
-            raise InputError(str(error)) from None
+def run_finetune(image: np.ndarray, labels: np.ndarray, spacing, *, axis: int | None, threads: int | None,
+                 progress: ProgressCallback, cancel, **options) -> TrainedModel:
+    """:func:`finetune` with ``options`` for :func:`~ContrastiveSegLib.plan.plan_training` (the experimental
+    ones included: :mod:`ContrastiveSegLib.experimental`)."""
+    with use_threads(threads):
+        plan = plan_training(**options)  # checked and resolved before a large volume is normalised
+        case = training_case(image, read_annotation(image, labels, axis), spacing, plan.init_model)
+        return finetune_case(case, plan, progress=progress, cancel=cancel)
 
 
 def _check_refinement(init_model: TrainedModel, annotation: SparseAnnotation) -> None:
@@ -135,53 +128,69 @@ def _check_refinement(init_model: TrainedModel, annotation: SparseAnnotation) ->
         raise InputError(f"model classes {list(init_model.label_values)} do not match the labels' values "
                          f"{list(annotation.label_values)}")
     if init_model.axis != annotation.axis:
-        raise InputError(f"model was trained along axis {init_model.axis}, the labels are annotated along "
-                         f"axis {annotation.axis}")
+        raise InputError(f"model was trained on slices along {AXIS_LETTERS[init_model.axis]}, the labels are "
+                         f"painted on slices along {AXIS_LETTERS[annotation.axis]}")
 
 
-def finetune_case(case: PreparedCase, *, preset: str = DEFAULT_PRESET, encoder: str | None = None,
-                  init_model: TrainedModel | None = None, device: str = DEFAULT_DEVICE, seed: int = 0,
-                  steps: int | None = None, batch_size: int | None = None, adapt: str | None = None,
-                  adapt_steps: int = ADAPT_STEPS, consistency: str = DEFAULT_CONSISTENCY,
-                  prior_labels: bool = False, progress: ProgressCallback = None, cancel=None) -> TrainedModel:
-    """:func:`finetune` on a prepared case (same options)."""
-    _check_training_options(init_model, adapt, adapt_steps, consistency)
-    annotation = case.annotation
-    config = preset_config(preset, refine=init_model is not None, steps=steps, batch_size=batch_size)
-    torch_device = resolve_device(device)
-    encoder = default_encoder() if encoder is None else encoder
-    encoder_path = resolve_encoder(encoder)
-    _seed_everything(seed)
-    if init_model is not None:
-        _check_refinement(init_model, annotation)
-        network, encoder_name = init_model.network, init_model.encoder
-    else:
-        network, encoder_name = _new_network(case, consistency, encoder, encoder_path)
-        if adapt:
-            adapt_encoder(network, case.image, annotation, case.spec, adapt, adapt_steps, config.patch,
-                          encoder_path, seed, device, progress, cancel)
-            encoder_name = f"{encoder_name}+adapt:{adapt}"
+def finetune_case(case: PreparedCase, plan: TrainingPlan, *, progress: ProgressCallback = None, cancel=None,
+                  batches: BatchLimits | None = None, later: tuple[int, bool] | None = None) -> TrainedModel:
+    """Fine-tune on a prepared case as ``plan`` says (:func:`~ContrastiveSegLib.plan.plan_training`).
+
+    ``batches`` carries the batch size that fitted on the GPU to the run's later stages; ``later`` is what the run
+    does next, for the ETA: (self-training steps, whether the prediction uses flip TTA) when it predicts
+    (:func:`later_work_in_steps`), None when nothing follows.
+    """
+    annotation, config = case.annotation, plan.config
+    _seed_everything(plan.seed)
+    network, encoder_name = initial_network(case, plan, progress, cancel)
     targets, training_slices = case.targets, annotation.slices
-    if prior_labels:
+    if plan.prior_labels:
         prior = shape_prior_of(targets, annotation.num_classes, annotation.axis, case.spacing)
         if prior is not None:
             targets, training_slices = prior_pseudo_labels(prior, targets, annotation.painted)
     sampler = AnnotatedSliceSampler(case.stack, targets, training_slices, config.patch,
-                                    divisor=network.config.divisor, seed=seed)
-    unannotated = _unannotated_sampler(case, network, sampler, config.patch, seed)
-    augmenter = BatchAugmenter(image_channels=2 * case.spec.context + 1, seed=seed)
-    emit(progress, "finetune", f"fine-tuning on {describe_planes(annotation)} ({torch_device.type})")
-    train_segmentation(network, sampler, config, torch_device, augmenter, progress, cancel, unannotated)
+                                    divisor=network.config.divisor, seed=plan.seed)
+    unannotated = _unannotated_sampler(case, network, sampler, config.patch, plan.seed)
+    augmenter = BatchAugmenter(image_channels=2 * case.spec.context + 1, seed=plan.seed)
+    emit(progress, "finetune", f"fine-tuning on {describe_planes(annotation)} ({plan.device.type})")
+    after = 0.0 if later is None else later_work_in_steps(case, config, *later)
+    train_segmentation(network, sampler, config, plan.device, augmenter, progress, cancel, unannotated, batches,
+                       after_steps=after)
     return TrainedModel(network.cpu(), annotation.label_values, annotation.axis, case.spec, case.spacing,
                         encoder_name)
 
 
-def _new_network(case: PreparedCase, consistency: str, encoder: str, encoder_path) -> tuple[torch.nn.Module, str]:
+def initial_network(case: PreparedCase, plan: TrainingPlan, progress: ProgressCallback = None,
+                    cancel=None) -> tuple[torch.nn.Module, str]:
+    """The network fine-tuning starts from, and the encoder's name as the model records it: the refined model's
+    (checked against this painting), or a new one from the plan's encoder, adapted on this scan when asked."""
+    if plan.init_model is not None:
+        _check_refinement(plan.init_model, case.annotation)
+        return plan.init_model.network, plan.init_model.encoder
+    network, encoder_name = _new_network(case, plan.decoders, plan.encoder, plan.encoder_path)
+    if plan.adapt:
+        adapt_encoder(network, case.image, case.annotation, case.spec, plan.adapt, plan.adapt_steps,
+                      plan.config.patch, plan.encoder_path, plan.seed, plan.device, progress, cancel)
+        encoder_name = f"{encoder_name}+adapt:{plan.adapt}"
+    return network, encoder_name
+
+
+def later_work_in_steps(case: PreparedCase, config, self_train: int, flip_tta: bool) -> float:
+    """The work of a ``segment``'s stages after fine-tuning (prediction, and a self-training round's training and
+    labelling), in fine-tuning steps, for the ETA: a training step is a forward and a backward pass (about three
+    forward passes) over ``batch_size`` crops of ``patch`` squared pixels; prediction a forward pass (two with flip
+    TTA) over every whole slice."""
+    step = 3.0 * config.batch_size * config.patch ** 2
+    pixels = case.stack.num_slices * case.stack.height * case.stack.width
+    prediction = pixels * (2 if flip_tta else 1) / step
+    return prediction + (self_train + pixels / step if self_train else 0.0)
+
+
+def _new_network(case: PreparedCase, decoders: int, encoder: str, encoder_path) -> tuple[torch.nn.Module, str]:
     """A fresh network for ``case`` (one decoder, or two for bidirectional consistency), with the encoder's
     weights loaded when one is chosen; and the encoder's name as the model records it."""
     network = build_network(NetworkConfig(in_channels=case.spec.in_channels,
-                                          num_classes=case.annotation.num_classes,
-                                          decoders=CONSISTENCY_DECODERS[consistency]))
+                                          num_classes=case.annotation.num_classes, decoders=decoders))
     if encoder_path is None:
         return network, RANDOM_INIT
     load_encoder_into(network, encoder_path, case.spec)
@@ -201,7 +210,7 @@ def _unannotated_sampler(case: PreparedCase, network, sampler: AnnotatedSliceSam
 
 
 def adapt_encoder(network, image: np.ndarray, annotation: SparseAnnotation, spec, method: str,
-                  steps: int, patch: int, encoder_path, seed: int, device: str, progress: ProgressCallback = None,
+                  steps: int, patch: int, encoder_path, seed: int, device, progress: ProgressCallback = None,
                   cancel=None) -> None:
     """Pretrain ``network.encoder`` in place with ``method`` for ``steps`` steps on this scan alone (slices along
     the annotation axis, the fine-tuning input spec; the annotated slices feed MixCL's label term), starting from
@@ -210,17 +219,22 @@ def adapt_encoder(network, image: np.ndarray, annotation: SparseAnnotation, spec
     from ContrastiveSegLib.training.pretrain import PretrainConfig, pretrain_encoder
 
     volume = ArrayVolume(image, labels=annotation.target, name="this scan")
-    job = pretrain_encoder([volume], method, None, PretrainConfig(steps=steps, batch_size=8, seed=seed),
-                           axis=annotation.axis, spec=spec, features=network.config.features,
-                           norm=network.config.norm, patch=patch, init_encoder=encoder_path, device=device,
-                           progress=progress, cancel=cancel)
+    try:
+        job = pretrain_encoder([volume], method, None,
+                               PretrainConfig(steps=steps, batch_size=ADAPT_BATCH_SIZE, seed=seed),
+                               axis=annotation.axis, spec=spec, features=network.config.features,
+                               norm=network.config.norm, patch=patch, init_encoder=encoder_path, device=device,
+                               progress=progress, cancel=cancel)
+    except OutOfMemory as error:  # pretraining's advice names pretrain's options; say what this command takes
+        raise OutOfMemory(f"out of memory while adapting the encoder at batch size {ADAPT_BATCH_SIZE}: "
+                          f"{fine_tuning_advice(patch)}") from error
     network.encoder.load_state_dict(job.method.encoder_state_dict())
 
 
 def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None = None,
             spacing=None, device: str = DEFAULT_DEVICE, probabilities: bool = False, flip_tta: bool = False,
-            postprocess: bool = True, shape_prior: bool = True, progress: ProgressCallback = None,
-            cancel=None) -> SegmentResult:
+            postprocess: bool = True, shape_prior: bool = True, threads: int | None = None,
+            progress: ProgressCallback = None, cancel=None) -> SegmentResult:
     """Segment ``image`` with ``model``.
 
     With ``labels`` (the sparse annotation of this scan, decoded against the model's label values) the painted
@@ -228,20 +242,24 @@ def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None
     (:mod:`ContrastiveSegLib.inference.shape_prior`; ``shape_prior=False`` turns it off), the prediction keeps
     only components that touch an annotated voxel of their class and the annotated voxels are copied in; without,
     the raw prediction is returned. ``spacing`` (x, y, z) mm is this scan's (default: the training scan's).
+    ``threads`` as in :func:`finetune`. The result's ``model`` is None: nothing was trained.
     """
     check_image(image)
-    resolve_device(device)
-    annotation = None if labels is None else read_annotation(image, labels, model.axis, model.label_values)
-    case = PreparedCase.build(image, annotation, model.spacing if spacing is None else spacing, model.spec,
-                              axis=model.axis)
-    return predict_case(model, case, device=device, probabilities=probabilities, flip_tta=flip_tta,
-                        postprocess=postprocess, shape_prior=shape_prior, progress=progress, cancel=cancel)
+    with use_threads(threads):
+        torch_device = resolve_device(device)  # once, and before a large volume is normalised
+        annotation = None if labels is None else read_annotation(image, labels, model.axis, model.label_values)
+        case = PreparedCase.build(image, annotation, model.spacing if spacing is None else spacing, model.spec,
+                                  axis=model.axis)
+        return predict_case(model, case, device=torch_device, probabilities=probabilities, flip_tta=flip_tta,
+                            postprocess=postprocess, shape_prior=shape_prior, progress=progress, cancel=cancel)
 
 
-def predict_case(model: TrainedModel, case: PreparedCase, *, device: str = DEFAULT_DEVICE,
+def predict_case(model: TrainedModel, case: PreparedCase, *, device: str | torch.device = DEFAULT_DEVICE,
                  probabilities: bool = False, flip_tta: bool = False, postprocess: bool = True,
-                 shape_prior: bool = True, progress: ProgressCallback = None, cancel=None) -> SegmentResult:
-    """:func:`predict` on a prepared case (same options; the case's stack must use ``model``'s input spec)."""
+                 shape_prior: bool = True, progress: ProgressCallback = None, cancel=None,
+                 batches: BatchLimits | None = None) -> SegmentResult:
+    """:func:`predict` on a prepared case (same options; the case's stack must use ``model``'s input spec;
+    ``batches`` as in :func:`finetune_case`)."""
     torch_device = resolve_device(device)
     targets = case.targets
     prior = None
@@ -249,7 +267,7 @@ def predict_case(model: TrainedModel, case: PreparedCase, *, device: str = DEFAU
         prior = fused_prior_of(case.image, targets, len(model.label_values), model.axis, case.spacing)
     classes, probs = predict_volume(model.network, case.stack, torch_device, divisor=model.network.config.divisor,
                                     flip_tta=flip_tta, keep_probabilities=probabilities, prior=prior,
-                                    progress=progress, cancel=cancel)
+                                    progress=progress, cancel=cancel, batches=batches)
     if targets is not None:
         if postprocess:
             classes = keep_annotated_components(classes, targets, len(model.label_values))
@@ -258,7 +276,7 @@ def predict_case(model: TrainedModel, case: PreparedCase, *, device: str = DEFAU
     result_labels = label_lookup(model.label_values)[classes]
     if probs is not None:
         probs = np.moveaxis(probs, 1, model.axis + 1)
-    return SegmentResult(labels=result_labels, probabilities=probs, model=model, axis=model.axis)
+    return SegmentResult(labels=result_labels, probabilities=probs, axis=model.axis)
 
 
 def shape_prior_of(targets: np.ndarray, num_classes: int, axis: int, spacing):
@@ -268,38 +286,42 @@ def shape_prior_of(targets: np.ndarray, num_classes: int, axis: int, spacing):
     return build_shape_prior(targets, num_classes, inplane, slice_mm)
 
 
-def self_train_round(model: TrainedModel, case: PreparedCase, *, device: str = DEFAULT_DEVICE,
-                     preset: str = DEFAULT_PRESET, steps: int = 100, seed: int = 0,
-                     progress: ProgressCallback = None, cancel=None) -> None:
-    """Propagate the painting into the unpainted slices and train on it (in place).
+def self_train_round(model: TrainedModel, case: PreparedCase, plan: TrainingPlan, *, shape_prior: bool = True,
+                     progress: ProgressCallback = None, cancel=None, batches: BatchLimits | None = None) -> None:
+    """Propagate the painting into the unpainted slices and train on it for ``plan.self_train`` steps (in place;
+    experimental: :mod:`ContrastiveSegLib.experimental`, used by the benchmark).
 
-    The network, fused with the shape prior, labels every slice; its confident voxels (fused probability of at
-    least :data:`PSEUDO_CONFIDENCE`, in components that touch the painting) on up to :data:`PSEUDO_SLICES` evenly
-    spread unpainted slices become extra targets, and training goes on for ``steps`` steps on them and on the
-    painted slices, at a lower learning rate (incremental self-labelling, Anderson et al., BMC Medical Imaging
-    2025; the confidence threshold plays the role of the self-paced weighting).
+    The network (fused with the shape prior unless ``shape_prior`` is False) labels every slice; its confident
+    voxels (probability of at least :data:`SELF_TRAIN_CONFIDENCE`, in components that touch the painting) on up to
+    :data:`PSEUDO_SLICES` evenly spread unpainted slices become extra targets, and training goes on with the plan's
+    batch size on them and on the painted slices, at a lower learning rate (incremental self-labelling, Anderson et
+    al., BMC Medical Imaging 2025; the confidence threshold plays the role of the self-paced weighting). A
+    two-decoder network keeps its bidirectional consistency term.
     """
-    torch_device = resolve_device(device)
     annotation, stack, targets = case.annotation, case.stack, case.targets
-    prior = shape_prior_of(targets, len(model.label_values), model.axis, case.spacing)
+    prior = shape_prior_of(targets, len(model.label_values), model.axis, case.spacing) if shape_prior else None
     emit(progress, "self-train", "labelling the unpainted slices for self-training")
-    classes, confidence = predict_volume(model.network, stack, torch_device, divisor=model.network.config.divisor,
-                                         prior=prior, keep_confidence=True, progress=progress, cancel=cancel)
+    classes, confidence = predict_volume(model.network, stack, plan.device, divisor=model.network.config.divisor,
+                                         prior=prior, keep_confidence=True, progress=progress, cancel=cancel,
+                                         batches=batches)
     classes = keep_annotated_components(classes, targets, len(model.label_values))
     unpainted = np.setdiff1d(np.arange(stack.num_slices), annotation.painted)
     chosen = evenly_spread(unpainted, PSEUDO_SLICES)
     pseudo = targets.copy()
     for s in chosen:
         known = targets[s] != IGNORE
-        label = np.where(confidence[s] >= round(PSEUDO_CONFIDENCE * 255), classes[s], IGNORE).astype(np.uint8)
+        label = np.where(confidence[s] >= round(SELF_TRAIN_CONFIDENCE * 255), classes[s], IGNORE).astype(np.uint8)
         pseudo[s] = np.where(known, targets[s], label)
     slices = np.union1d(annotation.slices, chosen)
-    base = preset_config(preset)
-    config = dataclasses.replace(base, steps=steps, learning_rate=base.learning_rate * SELF_TRAIN_LR)
+    config = dataclasses.replace(plan.config, steps=plan.self_train,
+                                 learning_rate=plan.config.learning_rate * SELF_TRAIN_LR)
+    seed = plan.seed + 1
     sampler = AnnotatedSliceSampler(stack, pseudo, slices, config.patch, divisor=model.network.config.divisor,
-                                    seed=seed + 1)
-    augmenter = BatchAugmenter(image_channels=2 * model.spec.context + 1, seed=seed + 1)
-    train_segmentation(model.network, sampler, config, torch_device, augmenter, progress, cancel)
+                                    seed=seed)
+    unannotated = _unannotated_sampler(case, model.network, sampler, config.patch, seed)
+    augmenter = BatchAugmenter(image_channels=2 * model.spec.context + 1, seed=seed)
+    train_segmentation(model.network, sampler, config, plan.device, augmenter, progress, cancel, unannotated,
+                       batches)
     model.network.cpu()
 
 
@@ -311,8 +333,9 @@ def label_lookup(label_values) -> np.ndarray:
 
 
 def describe_planes(annotation: SparseAnnotation) -> str:
-    """"3 painted slices along axis 0 and 1 along axis 1": what the user painted, in words."""
-    parts = [f"{len(s)} painted slice{'s' if len(s) != 1 else ''} along axis {a}"
+    """"3 painted slices along k and 1 along j": what the user painted, in words (the axis letters of
+    :data:`~ContrastiveSegLib.options.AXIS_LETTERS`, as ``--axis`` and the summary name them)."""
+    parts = [f"{len(s)} painted slice{'s' if len(s) != 1 else ''} along {AXIS_LETTERS[a]}"
              for a, s in sorted(annotation.planes.items(), key=lambda item: item[0] != annotation.axis)]
     return " and ".join(parts)
 
@@ -322,39 +345,51 @@ def segment(image: np.ndarray, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), *, a
             device: str = DEFAULT_DEVICE, seed: int = 0, steps: int | None = None, batch_size: int | None = None,
             adapt: str | None = None, adapt_steps: int = ADAPT_STEPS, consistency: str = DEFAULT_CONSISTENCY,
             probabilities: bool = False, flip_tta: bool = False, postprocess: bool = True, shape_prior: bool = True,
-            self_train: int = 0, prior_labels: bool = False, progress: ProgressCallback = None,
-            cancel=None) -> SegmentResult:
+            threads: int | None = None, progress: ProgressCallback = None, cancel=None) -> SegmentResult:
     """Fine-tune on the annotated slices of ``labels`` and segment the whole ``image``.
 
     Every slice annotated along the axis means there is nothing to segment: the labels come back unchanged with
-    a message, and nothing is trained. The options are :func:`finetune`'s and :func:`predict`'s, plus
-    ``self_train``: that many further steps on the fused prediction's confident voxels (:func:`self_train_round`;
-    0, the default, skips it).
+    a message, and nothing is trained. The options are :func:`finetune`'s and :func:`predict`'s. A batch size that
+    had to be halved on the GPU stays halved for the run's later stages.
     """
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    annotation = read_annotation(image, labels, axis)
-    if not (annotation.target == IGNORE).any():
-        message = f"every slice along axis {annotation.axis} is annotated: nothing to segment"
-        emit(progress, "done", message)
-        return SegmentResult(labels=labels.copy(), axis=annotation.axis, message=message)
-    _check_training_options(init_model, adapt, adapt_steps, consistency)
-    resolve_device(device)  # fail on a missing GPU before normalising a large volume
-    case = training_case(image, annotation, spacing, init_model)
-    timings["prepare"] = time.perf_counter() - start
-    start = time.perf_counter()
-    model = finetune_case(case, preset=preset, encoder=encoder, init_model=init_model, device=device, seed=seed,
-                          steps=steps, batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps,
-                          consistency=consistency, prior_labels=prior_labels, progress=progress, cancel=cancel)
-    timings["finetune"] = time.perf_counter() - start
-    if self_train and shape_prior:
+    return run_segment(image, labels, spacing, axis=axis, threads=threads, progress=progress, cancel=cancel,
+                       prediction=dict(probabilities=probabilities, flip_tta=flip_tta, postprocess=postprocess,
+                                       shape_prior=shape_prior),
+                       preset=preset, encoder=encoder, init_model=init_model, device=device, seed=seed, steps=steps,
+                       batch_size=batch_size, adapt=adapt, adapt_steps=adapt_steps, consistency=consistency)
+
+
+def run_segment(image: np.ndarray, labels: np.ndarray, spacing, *, axis: int | None, threads: int | None,
+                progress: ProgressCallback, cancel, prediction: dict, **options) -> SegmentResult:
+    """:func:`segment`, its stages in order: plan (options checked, device resolved, once), prepare, fine-tune,
+    self-train (experimental), predict. ``prediction`` holds :func:`predict_case`'s options, ``options``
+    :func:`~ContrastiveSegLib.plan.plan_training`'s (the experimental ones included:
+    :mod:`ContrastiveSegLib.experimental`)."""
+    with use_threads(threads):
+        plan = plan_training(**options)
+        timings: dict[str, float] = {}
         start = time.perf_counter()
-        self_train_round(model, case, device=device, preset=preset, steps=self_train, seed=seed,
-                         progress=progress, cancel=cancel)
-        timings["self-train"] = time.perf_counter() - start
-    start = time.perf_counter()
-    result = predict_case(model, case, device=device, probabilities=probabilities, flip_tta=flip_tta,
-                          postprocess=postprocess, shape_prior=shape_prior, progress=progress, cancel=cancel)
-    timings["predict"] = time.perf_counter() - start
-    result.seconds = timings
-    return result
+        annotation = read_annotation(image, labels, axis)
+        if not (annotation.target == IGNORE).any():
+            message = f"every slice along {AXIS_LETTERS[annotation.axis]} is annotated: nothing to segment"
+            emit(progress, "done", message)
+            return SegmentResult(labels=labels.copy(), axis=annotation.axis, message=message)
+        case = training_case(image, annotation, spacing, plan.init_model)
+        batches = BatchLimits()  # what fitted on the GPU in one stage, for the next
+        timings["prepare"] = time.perf_counter() - start
+        start = time.perf_counter()
+        model = finetune_case(case, plan, progress=progress, cancel=cancel, batches=batches,
+                              later=(plan.self_train, prediction["flip_tta"]))
+        timings["finetune"] = time.perf_counter() - start
+        if plan.self_train:
+            start = time.perf_counter()
+            self_train_round(model, case, plan, shape_prior=prediction["shape_prior"], progress=progress,
+                             cancel=cancel, batches=batches)
+            timings["self-train"] = time.perf_counter() - start
+        start = time.perf_counter()
+        result = predict_case(model, case, device=plan.device, progress=progress, cancel=cancel, batches=batches,
+                              **prediction)
+        timings["predict"] = time.perf_counter() - start
+        result.model = model
+        result.seconds = timings
+        return result

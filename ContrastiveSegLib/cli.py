@@ -47,10 +47,11 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 # ----------------------------------------------------------------------------------------------- progress output
 def _default_progress(command: str) -> str:
-    """A bar at a terminal; elsewhere (a log, a pipe) stage lines on stderr for ``segment``, else nothing."""
+    """A bar at a terminal; elsewhere (a log, a pipe) stage lines on stderr for the commands that train or predict,
+    else nothing."""
     if sys.stderr.isatty():
         return "bar"
-    return "log" if command == "segment" else "none"
+    return "log" if command in ("segment", "finetune", "predict") else "none"
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -60,8 +61,10 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
     # No choices= for --preset and --device: main() checks them (options.check_*), so that a near miss gets a
     # "did you mean" and, under --progress json, the error event too.
     parser.add_argument("--preset", default=options.DEFAULT_PRESET, help=options.preset_help())
+    from ContrastiveSegLib.zoo.registry import encoder_help
+
     parser.add_argument("--encoder", default=None, help="shipped encoder name, a .safetensors file, or "
-                        f"'{options.RANDOM_INIT}' for random initialisation (default: the shipped default, see 'contrastiveseg encoders')")
+                        f"'{options.RANDOM_INIT}' ({encoder_help()})")
     parser.add_argument("--init-model", type=Path, help="continue fine-tuning from this model (refinement)")
     parser.add_argument("--steps", type=int, help="fine-tuning steps (overrides the preset)")
     parser.add_argument("--batch-size", type=int, help="fine-tuning batch size (overrides the preset)")
@@ -88,8 +91,7 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     add_threads_option(parser)
     parser.add_argument("--progress", choices=options.PROGRESS_MODES, default=None,
                         help="progress display: json lines on stdout (for front ends), a bar on stderr, or none "
-                             "(default: a bar on a terminal; else for segment stage lines with the seconds "
-                             "elapsed on stderr, for the other commands none)")
+                             "(default: a bar on a terminal; else stage lines with the seconds elapsed on stderr)")
 
 
 def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
@@ -158,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_pretrain_parser(sub)  # adds its own --device, --threads and --progress
     add_methods_parser(sub)
+    from ContrastiveSegLib.web.cli import add_web_parser
+
+    add_web_parser(sub)
     return parser
 
 
@@ -275,6 +280,25 @@ def _check_choices(args) -> None:
         options.check_preset(args.preset)
 
 
+def _check_before_torch(args) -> None:
+    """The refusals that need no torch, made before torch loads (about a second, against the 20 s that loading
+    torch takes on a busy 2-core machine): a CUDA device on a machine without a GPU driver, the training options
+    (:func:`ContrastiveSegLib.options.check_training_options`, the API's own check), a missing model file."""
+    from ContrastiveSegLib.paths import check_input_file
+
+    if getattr(args, "device", None) is not None:
+        options.check_device_present(args.device)
+    if args.command in ("segment", "finetune"):
+        options.check_training_options(steps=args.steps, batch_size=args.batch_size, adapt=args.adapt,
+                                       adapt_steps=args.adapt_steps, consistency=args.consistency,
+                                       refine=args.init_model is not None)
+    elif args.command == "demo":
+        options.check_training_options(steps=args.steps)
+    for path in (getattr(args, "init_model", None), getattr(args, "model", None)):
+        if path is not None:
+            check_input_file(path, "model")
+
+
 def _load_init_model(args):
     if getattr(args, "init_model", None) is None:
         return None
@@ -332,10 +356,14 @@ def _new_summary(command: str, args, model, axis: int | None, labels):
     import torch
 
     from ContrastiveSegLib.io.annotations import annotated_slice_indices
-    from ContrastiveSegLib.report import RunSummary
+    from ContrastiveSegLib.report import RunSummary, read_label_names
 
     summary = RunSummary(command, device=_device_name(args.device), threads=torch.get_num_threads(),
                          encoder=None if model is None else model.encoder, axis=axis)
+    if command == "predict":  # the model was fine-tuned; its encoder is only where that started
+        summary.encoder, summary.model = None, f"{args.model} (fine-tuned from encoder {model.encoder})"
+    if getattr(args, "labels", None) is not None:
+        summary.label_names = read_label_names(args.labels)
     if labels is not None and axis is not None:
         summary.annotated_slices = int(len(annotated_slice_indices(labels.array, axis)))
     return summary
@@ -354,6 +382,8 @@ def _finish(summary, clock: _Clock, progress, message: str, **extra) -> None:
     from ContrastiveSegLib.progress import emit
 
     summary.seconds = dict(clock.seconds)
+    if summary.files:  # every file written, not only the last (the probabilities beside the label map, ...)
+        message = "wrote " + ", ".join(path for path, _ in summary.files)
     emit(progress, "done", message, **extra, summary=summary.as_dict())
     print("\n".join(summary.lines()), file=_summary_stream(progress), flush=True)
 
@@ -438,12 +468,12 @@ def _evaluate(summary, result_labels, reference, spacing, label_values, clock: _
     """Volumes per label of the result, and Dice / volume difference against ``--reference``."""
     from ContrastiveSegLib.report import label_volumes, reference_scores
 
-    with clock("evaluate"):
-        values = None if label_values is None else [v for v in label_values if v != 0]
-        summary.volumes = label_volumes(result_labels, spacing, values=values)
-        if reference is not None:
+    values = None if label_values is None else [v for v in label_values if v != 0]
+    summary.volumes = label_volumes(result_labels, spacing, values=values)
+    if reference is not None:  # the only part worth a line of the time summary
+        with clock("evaluate"):
             summary.reference = reference_scores(result_labels, reference.array, spacing)
-            summary.reference_path = str(args.reference)
+        summary.reference_path = str(args.reference)
 
 
 # ----------------------------------------------------------------------------------------------- commands
@@ -457,6 +487,7 @@ def cmd_segment(args, progress, cancel) -> int:
     with clock("load"):
         image, labels, reference = _read_inputs(args.image, args.labels, args.reference,
                                                 hint=_SWAP_HINT.format(command="segment"))
+    with clock("import torch"):  # its own line of the summary: 20 s on a busy machine, whatever the file
         _start_torch(args)
         from ContrastiveSegLib import api  # torch loads here, after the cheap checks above
     result = api.segment(image.array, labels.array, image.spacing, device=args.device, **_training_options(args),
@@ -484,17 +515,21 @@ def cmd_segment(args, progress, cancel) -> int:
 
 
 def cmd_finetune(args, progress, cancel) -> int:
+    from ContrastiveSegLib.progress import emit
     from ContrastiveSegLib.report import label_volumes
 
     _check_outputs(args.output, models=(args.output,))
     clock = _Clock()
+    emit(progress, "load", f"reading {args.image}")
     with clock("load"):
         image, labels, _ = _read_inputs(args.image, args.labels, hint=_SWAP_HINT.format(command="finetune"))
+    with clock("import torch"):
         _start_torch(args)
         from ContrastiveSegLib import api
     with clock("finetune"):
         model = api.finetune(image.array, labels.array, image.spacing, device=args.device,
                              **_training_options(args), progress=progress, cancel=cancel)
+    emit(progress, "write", f"writing {args.output}")
     with clock("write"), writing(cancel, [(args.output, "model")]) as moved:
         model.save(args.output)
         moved(args.output, "model")
@@ -507,15 +542,19 @@ def cmd_finetune(args, progress, cancel) -> int:
 
 
 def cmd_predict(args, progress, cancel) -> int:
+    from ContrastiveSegLib.progress import emit
+
     _check_outputs(args.output, args.probabilities, args.overlay, volumes=(args.output, args.probabilities),
                    pictures=(args.overlay,))
     clock = _Clock()
+    emit(progress, "load", f"reading {args.image}")
     with clock("load"):
         image, labels, reference = _read_inputs(args.image, args.labels, args.reference, hint=_PREDICT_HINT)
+    with clock("import torch"):
         _start_torch(args)
         from ContrastiveSegLib import api
         from ContrastiveSegLib.model import TrainedModel
-
+    with clock("load"):
         model = TrainedModel.load(args.model)
         if labels is not None:
             from ContrastiveSegLib.io.annotations import decode_annotation
@@ -529,11 +568,11 @@ def cmd_predict(args, progress, cancel) -> int:
                              spacing=image.spacing, device=args.device, probabilities=args.probabilities is not None,
                              flip_tta=args.tta, postprocess=not args.no_postprocess,
                              shape_prior=not args.no_shape_prior, progress=progress, cancel=cancel)
-    result.model = None
     summary = _new_summary("predict", args, model, model.axis, labels)
     _evaluate(summary, result.labels, reference, image.spacing, model.label_values, clock, args)
     channels = None if result.probabilities is None else tuple(model.label_values)
     summary.channels = channels
+    emit(progress, "write", f"writing {args.output}")
     with clock("write"):
         summary.files = _write_result(result, image, args, channels=channels, cancel=cancel,
                                       overlay=_overlay(args, image, result.labels, reference, labels, model.axis,
@@ -543,21 +582,25 @@ def cmd_predict(args, progress, cancel) -> int:
 
 
 def cmd_encoders(args, progress, cancel) -> int:
-    from ContrastiveSegLib.zoo.registry import shipped_encoders
+    from ContrastiveSegLib.zoo.registry import default_encoder, shipped_encoders
 
-    entries = shipped_encoders()
+    # 'random' is listed like the shipped ones, and the default is marked whichever it is (the same name as
+    # segment --help, the README and the run summary give).
+    default = default_encoder()
+    entries = [{"name": options.RANDOM_INIT, "method": options.RANDOM_INIT,
+                "description": "random initialisation (no pretraining)"}, *shipped_encoders()]
+    for entry in entries:
+        entry["default"] = entry["name"] == default
     if args.json:
         print(json.dumps(entries, indent=2))
-    elif not entries:
-        print(f"no pretrained encoders are shipped yet; '{options.RANDOM_INIT}' (random initialisation) is always "
-              "available")
-    else:
-        print(f"{'name':<12} {'method':<10} {'steps':>6}  description")
-        for entry in entries:
-            mark = " (default)" if entry.get("default") else ""
-            print(f"{entry['name']:<12} {entry.get('method', ''):<10} {entry.get('steps') or '':>6}  "
-                  f"{entry.get('description', '')}{mark}")
-        print(f"trained on: {entries[0].get('data', '')}; use one with 'segment --encoder NAME'")
+        return 0
+    print(f"{'name':<12} {'method':<10} {'steps':>6}  description")
+    for entry in entries:
+        mark = " (default)" if entry["default"] else ""
+        print(f"{entry['name']:<12} {entry.get('method', ''):<10} {entry.get('steps') or '':>6}  "
+              f"{entry.get('description', '')}{mark}")
+    if len(entries) > 1:
+        print(f"trained on: {entries[1].get('data', '')}; use one with 'segment --encoder NAME'")
     return 0
 
 
@@ -581,8 +624,15 @@ def cmd_methods(args, progress, cancel) -> int:
     return run_methods(args, progress, cancel)
 
 
+def cmd_web(args, progress, cancel) -> int:
+    """The browser front end (ContrastiveSegLib.web, imported only here: it needs the 'web' extra)."""
+    from ContrastiveSegLib.web.cli import run_web
+
+    return run_web(args)
+
+
 COMMANDS = {"segment": cmd_segment, "finetune": cmd_finetune, "predict": cmd_predict, "encoders": cmd_encoders,
-            "demo": cmd_demo, "pretrain": cmd_pretrain, "methods": cmd_methods}
+            "demo": cmd_demo, "pretrain": cmd_pretrain, "methods": cmd_methods, "web": cmd_web}
 
 
 # ----------------------------------------------------------------------------------------------- entry point
@@ -604,6 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(args, "threads"):
             args.threads = choose_threads(args.threads)  # a bad --threads is one line before any work
         _check_choices(args)
+        _check_before_torch(args)
         return COMMANDS[args.command](args, printer if printer.mode != "none" else None, cancel)
     except InputError as error:
         return _fail(printer, str(error), EXIT_BAD_INPUT)
@@ -612,7 +663,7 @@ def main(argv: list[str] | None = None) -> int:
     except OutOfMemory as error:  # the GPU, even at batch size 1: its message says what to do
         return _fail(printer, str(error), EXIT_INTERNAL)
     except MemoryError:
-        return _fail(printer, "out of memory; try --preset fast, a smaller --batch-size, or a GPU", EXIT_INTERNAL)
+        return _fail(printer, _host_memory_message(args), EXIT_INTERNAL)
     except Exception as error:  # the last resort: one line, the full trace only on request
         if os.environ.get("CONTRASTIVESEG_DEBUG"):
             raise
@@ -623,6 +674,14 @@ def main(argv: list[str] | None = None) -> int:
             for s, handler in previous.items():
                 signal.signal(s, handler)
         _restore_threads(args)
+
+
+def _host_memory_message(args) -> str:
+    """Out of host memory: what the command at hand can change (only the training commands have crops)."""
+    if getattr(args, "command", None) in ("segment", "finetune"):
+        return (f"out of memory; try smaller crops (--preset {options.LOW_MEMORY_PRESET}), a smaller --batch-size, "
+                "or a machine with more memory")
+    return "out of memory; try a machine with more memory"
 
 
 def _fail(printer: ProgressPrinter, message: str, code: int) -> int:

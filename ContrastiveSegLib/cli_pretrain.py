@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import textwrap
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -203,6 +204,11 @@ def _note_checkpoint(cancel, checkpoint: Path, started: float) -> None:
         cancel.written.append((str(checkpoint), f"checkpoint; continue with --resume {checkpoint}"))
 
 
+def _shown(value: Any) -> str:
+    """A parameter's default as ``--param`` takes it (a list comma-separated)."""
+    return ",".join(str(v) for v in value) if isinstance(value, (tuple, list)) else str(value)
+
+
 def run_methods(args, progress, cancel) -> int:
     """``contrastiveseg methods``: one line per method, or JSON with keys, parameters and defaults."""
     from ContrastiveSegLib.methods import METHODS, method_parameters
@@ -216,5 +222,9 @@ def run_methods(args, progress, cancel) -> int:
         return 0
     for name, cls in METHODS.items():
         print(f"{name:<10} {cls.description}")
-    print("\nparameters: contrastiveseg methods --json; set one with pretrain --param KEY=VALUE")
+        parameters = method_parameters(name)
+        if parameters:  # as the README promises: each method's parameters with their defaults
+            print(textwrap.fill("parameters: " + ", ".join(f"{k}={_shown(v)}" for k, v in parameters.items()),
+                                width=110, initial_indent=" " * 11, subsequent_indent=" " * 23))
+    print("\nset a parameter with pretrain --param KEY=VALUE (contrastiveseg methods --json: machine-readable)")
     return 0

@@ -179,7 +179,7 @@ def run_demo(args, progress: ProgressCallback, cancel) -> int:
     names = dict(LABEL_NAMES)  # label value -> structure name
     slices = choose_annotated_slices(reference.array, axis, args.k, list(names))
     sparse = sparse_annotation(reference.array, axis, slices)
-    emit(progress, "annotate", f"annotated {len(slices)} slices along axis {args.axis}: {slices}")
+    emit(progress, "annotate", f"annotated {len(slices)} slices along {args.axis}: {slices}")
 
     methods: list[dict] = []
     layers: dict[str, np.ndarray] = {}
@@ -212,7 +212,7 @@ def run_demo(args, progress: ProgressCallback, cancel) -> int:
         method["seconds"] = round(method["seconds"], 2)
     # stdout carries JSON lines under --progress json; keep it parseable and put the table on stderr there.
     table_stream = sys.stderr if getattr(args, "progress", None) == "json" else sys.stdout
-    print(f"\nDice on {SAMPLE} from k = {len(slices)} annotated slices along axis {args.axis} {slices}:",
+    print(f"\nDice on {SAMPLE} from k = {len(slices)} annotated slices along {args.axis} {slices}:",
           file=table_stream)
     print(format_table(methods, structures), file=table_stream)
     print(f"Dice: overlap with the sample's full {' and '.join(structures)} labels (reference.nii.gz), over the "

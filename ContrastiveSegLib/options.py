@@ -15,7 +15,10 @@ the packages the Slicer module needs (:mod:`ContrastiveSegLib.slicer.requirement
 from __future__ import annotations
 
 import difflib
+import glob
+import os
 import re
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -27,7 +30,8 @@ __all__ = [
     "ADAPT_STEPS", "AXIS_LETTERS", "CONSISTENCY_DECODERS", "CONSISTENCY_MODES", "DEFAULT_CONSISTENCY",
     "DEFAULT_DEVICE", "DEFAULT_PRESET", "DEVICE_FORMS", "DEVICE_KINDS", "METHOD_NAMES", "PRESETS", "PRESET_NAMES",
     "PRETRAIN_BATCH_SIZE", "PRETRAIN_LEARNING_RATE", "RANDOM_INIT", "RANDOM_INIT_ALIASES", "PRETRAIN_PATCH", "PRETRAIN_STEPS", "PROGRESS_MODES",
-    "REFINE_FRACTION", "Preset", "axis_index", "check_consistency", "check_device", "check_preset",
+    "LOW_MEMORY_PRESET", "PREDICT_BATCH_SIZE", "REFINE_FRACTION", "SELF_TRAIN_STEPS", "Preset", "axis_index",
+    "check_consistency", "check_count", "check_device", "check_preset", "check_training_options",
     "choose_threads", "default_threads", "device_help", "look_up", "preset_help", "requirements",
     "unknown_message",
 ]
@@ -81,6 +85,33 @@ def check_device(name: str | None) -> str:
     return text
 
 
+def no_cuda_message(name: str) -> str:
+    """The refusal of a CUDA device on a machine without one (here and in
+    :func:`ContrastiveSegLib.device.resolve_device`, in the same words)."""
+    return f"device '{name}' asked for, but no CUDA GPU is available (use --device cpu)"
+
+
+def _no_gpu_driver() -> bool:
+    """True only where no GPU that torch calls "cuda" can be present: macOS, or Linux without an NVIDIA driver
+    (/proc/driver/nvidia, /dev/nvidia*), a WSL GPU (/dev/dxg) or ROCm (/dev/kfd). Unknown (Windows): False."""
+    if sys.platform == "darwin":
+        return True
+    if sys.platform.startswith("linux"):
+        return not (os.path.exists("/proc/driver/nvidia/version") or glob.glob("/dev/nvidia[0-9]*")
+                    or os.path.exists("/dev/dxg") or os.path.exists("/dev/kfd"))
+    return False
+
+
+def check_device_present(name: str) -> str:
+    """:func:`check_device`, and InputError for a CUDA device on a machine that surely has no GPU driver, without
+    importing torch (the CLI asks before torch loads; torch's own answer comes later, in
+    :func:`ContrastiveSegLib.device.resolve_device`, where the driver is there but torch cannot use it)."""
+    name = check_device(name)
+    if name.startswith("cuda") and _no_gpu_driver():
+        raise InputError(no_cuda_message(name))
+    return name
+
+
 def device_help() -> str:
     """``auto | cpu | cuda | cuda:N | mps (default auto)``: the ``--device`` help."""
     return f"{' | '.join(DEVICE_FORMS)} (default {DEFAULT_DEVICE})"
@@ -106,6 +137,9 @@ PRESETS: Mapping[str, Preset] = {
 }
 PRESET_NAMES = tuple(PRESETS)
 DEFAULT_PRESET = "default"
+LOW_MEMORY_PRESET = "fast"
+"""The preset whose smaller crops need the least GPU memory per fine-tuning step: what an out-of-memory message
+suggests to a command that takes ``--preset``."""
 
 REFINE_FRACTION = 1 / 3
 """A refinement (``--init-model``: the previous model plus one corrected slice) starts from weights that already
@@ -137,6 +171,37 @@ def check_consistency(mode: str) -> str:
     return look_up("consistency", mode, CONSISTENCY_MODES)
 
 
+def check_count(name: str, value: object) -> None:
+    """InputError ``NAME must be >= 1, got VALUE`` unless ``value`` is None or a whole number >= 1."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(f"{name} must be a whole number, got {value!r}")
+    if value < 1:
+        raise InputError(f"{name} must be >= 1, got {value}")
+
+
+def check_training_options(*, steps: int | None = None, batch_size: int | None = None, adapt: str | None = None,
+                           adapt_steps: int | None = None, consistency: str = DEFAULT_CONSISTENCY,
+                           refine: bool = False) -> None:
+    """The one check of the fine-tuning options, torch-free: the API (:func:`ContrastiveSegLib.api.finetune`,
+    ``segment``), the CLI (before torch loads) and the Slicer job all call it, so a combination is refused in the
+    same words everywhere, before any work.
+
+    ``steps`` / ``batch_size`` None mean the preset's, ``adapt_steps`` None :data:`ADAPT_STEPS`; ``refine`` is a refinement (an initial model given), which
+    continues that model: adaptation and a second decoder apply to new models only, and are refused, never dropped.
+    """
+    check_consistency(consistency)
+    check_count("steps", steps)
+    check_count("batch size", batch_size)
+    check_count("adapt steps", adapt_steps)
+    if adapt:
+        look_up("method", adapt, METHOD_NAMES)
+    if refine and (adapt or CONSISTENCY_DECODERS[consistency] > 1):
+        raise InputError("adapt and bidirectional consistency apply to a new model, not to a refinement of a "
+                         "saved one (--adapt / --consistency with --init-model)")
+
+
 # --------------------------------------------------------------------------------------------- axes
 AXIS_LETTERS = ("k", "j", "i")
 """Array axis -> the letter the user names it by (``--axis``, the Slicer panel, the run summary). Arrays are
@@ -165,6 +230,12 @@ that the Slicer panel can list them without importing torch."""
 # --------------------------------------------------------------------------------------------- budgets
 ADAPT_STEPS = 100
 """Default steps of ``--adapt`` (pretraining the encoder on the scan at hand before fine-tuning)."""
+ADAPT_BATCH_SIZE = 8
+"""Crops per step of ``--adapt`` (one scan: fewer than pretraining's :data:`PRETRAIN_BATCH_SIZE`)."""
+PREDICT_BATCH_SIZE = 16
+"""Whole slices per forward pass of prediction (halved on running out of GPU memory)."""
+SELF_TRAIN_STEPS = 100
+"""Steps of the (experimental) self-training round the benchmark measures (ContrastiveSegLib.experimental)."""
 PRETRAIN_STEPS = 2000
 """Default budget of ``pretrain`` when neither steps nor minutes are given."""
 PRETRAIN_BATCH_SIZE = 16

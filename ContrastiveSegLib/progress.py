@@ -27,13 +27,18 @@ class StageProgress:
     steps are slow (memory allocation, cuDNN autotuning, thread-pool start-up, a machine busy with the previous
     stage), and a mean over them overestimated a 1,006 s run as 4,205 s. Only the first update, which has nothing
     recent to go by, uses the time since the stage began.
+
+    ``after_steps`` is the work of the run's later stages (a ``segment``'s prediction after fine-tuning), in this
+    stage's steps: the ETA counts it too, so that it says when the run ends, not only this stage (an ETA of the
+    fine-tuning alone ran low by the prediction's time: 302 s said, 385 s left).
     """
 
     ETA_WINDOW = 20  # updates; long enough to smooth step-to-step jitter, short enough to follow a change of pace
 
     def __init__(self, stage: str, total: int, callback: ProgressCallback = None, cancel=None, *,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, after_steps: float = 0.0):
         self.stage = stage
+        self.after_steps = max(float(after_steps), 0.0)
         self.total = max(int(total), 1)
         self.callback = callback
         self.cancel = cancel
@@ -46,10 +51,11 @@ class StageProgress:
             raise Cancelled("cancelled")
 
     def eta(self, step: int, now: float) -> float | None:
-        """Seconds left after ``step`` at time ``now``, from the recent step rate (None before the first step)."""
+        """Seconds left after ``step`` at time ``now`` (this stage and ``after_steps``), from the recent step rate
+        (None before the first step)."""
         if step <= 0:
             return None
-        remaining = max(self.total - step, 0)
+        remaining = max(self.total - step, 0) + self.after_steps
         if self._recent and step > self._recent[0][0]:
             first_step, first_time = self._recent[0]
             seconds_per_step = (now - first_time) / (step - first_step)

@@ -75,6 +75,29 @@ def reference_scores(labels: np.ndarray, reference: np.ndarray, spacing: Sequenc
     return scores
 
 
+def read_label_names(path) -> dict[int, str]:
+    """Label value -> segment name from a label map's header, where it carries them (the ``SegmentN_Name`` and
+    ``SegmentN_LabelValue`` keys of a segmentation Slicer saved as .seg.nrrd); {} otherwise or when unreadable."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return {}
+    keys = set(reader.GetMetaDataKeys())
+    names: dict[int, str] = {}
+    for key in keys:
+        if key.startswith("Segment") and key.endswith("_Name"):
+            value_key = key[:-len("_Name")] + "_LabelValue"
+            try:
+                names[int(reader.GetMetaData(value_key))] = reader.GetMetaData(key).strip()
+            except (RuntimeError, ValueError):
+                continue
+    return {value: name for value, name in names.items() if name}
+
+
 def format_seconds(seconds: float) -> str:
     """``0.4 s``, ``41 s``, ``3 min 05 s``."""
     if seconds < 10:
@@ -97,6 +120,8 @@ class RunSummary:
     device: str | None = None
     threads: int | None = None
     encoder: str | None = None
+    model: str | None = None  # the model a predict run used, and what it was fine-tuned from
+    label_names: dict[int, str] = field(default_factory=dict)  # label value -> structure name, where known
     axis: int | None = None  # numpy axis of the (z, y, x) array the network slices along
     annotated_slices: int | None = None  # slices holding an annotated voxel along ``axis``
     volumes: list[dict] = field(default_factory=list)  # label_volumes() of the result (or of the annotation)
@@ -112,12 +137,18 @@ class RunSummary:
         return {"command": self.command,
                 "seconds": {k: round(float(v), 2) for k, v in self.seconds.items()},
                 "total_s": round(float(sum(self.seconds.values())), 2), "device": self.device,
-                "threads": self.threads, "encoder": self.encoder,
+                "threads": self.threads, "encoder": self.encoder, "model": self.model,
+                "label_names": {str(k): v for k, v in sorted(self.label_names.items())},
                 "plane": None if self.axis is None else AXIS_LETTERS[self.axis],
                 "annotated_slices": self.annotated_slices, "volumes_of": self.volumes_of, "labels": self.volumes,
                 "reference": self.reference, "reference_path": self.reference_path,
                 "probabilities_channels": None if self.channels is None else list(self.channels),
                 "files": [{"path": p, "kind": k} for p, k in self.files], "notes": self.notes}
+
+    def _label(self, value: int) -> str:
+        """``label 1    `` or ``label 1 (grey matter)``: the value, and its name where known."""
+        name = self.label_names.get(int(value))
+        return f"label {value:<4}" if name is None else f"label {value} ({name})"
 
     def lines(self) -> list[str]:
         """The summary as text, one fact per line (no line starts with "contrastiveseg: ": front ends read those
@@ -131,18 +162,20 @@ class RunSummary:
             out.append(f"  device     {self.device}{threads}")
         if self.encoder is not None:
             out.append(f"  encoder    {self.encoder}")
+        if self.model is not None:
+            out.append(f"  model      {self.model}")
         if self.axis is not None:
             count = "" if self.annotated_slices is None else \
                 f" ({self.annotated_slices} annotated slice{'s' if self.annotated_slices != 1 else ''})"
             out.append(f"  plane      slices along {AXIS_LETTERS[self.axis]}{count}")
         for row in self.volumes:
-            out.append(f"  label {row['label']:<4} {row['voxels']:>10,} voxels {row['ml']:>11.2f} mL"
+            out.append(f"  {self._label(row['label'])} {row['voxels']:>10,} voxels {row['ml']:>11.2f} mL"
                        + ("" if self.volumes_of == "segmentation" else f" ({self.volumes_of})"))
         if self.reference:
             out.append(f"  against the reference {self.reference_path or ''}".rstrip())
             for row in self.reference:
                 percent = "" if row["difference_percent"] is None else f" ({row['difference_percent']:+.1f} %)"
-                out.append(f"  label {row['label']:<4} Dice {row['dice']:.3f}   volume {row['ml']:.2f} mL vs "
+                out.append(f"  {self._label(row['label'])} Dice {row['dice']:.3f}   volume {row['ml']:.2f} mL vs "
                            f"{row['reference_ml']:.2f} mL: {row['difference_ml']:+.2f} mL{percent}")
         if self.channels is not None:
             out.append(f"  channels   of the probabilities: {format_channels(self.channels)} "

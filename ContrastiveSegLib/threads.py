@@ -10,9 +10,12 @@ This module does not import torch at import time: the CLI reads and checks its a
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 from ContrastiveSegLib.errors import InputError
+
+_chosen: int | None = None  # the count an entry point of this process chose explicitly (apply_threads)
 
 
 def available_cpus() -> int:
@@ -65,6 +68,12 @@ def apply_threads(count: int) -> tuple[int, int]:
     notebook) can restore the first with ``torch.set_num_threads``. The inter-op pool can be sized only once per
     process, before any parallel work has started; later calls leave it as it is.
     """
+    global _chosen
+    _chosen = int(count)
+    return _set_threads(count)
+
+
+def _set_threads(count: int) -> tuple[int, int]:
     import torch
 
     previous = torch.get_num_threads()
@@ -74,6 +83,24 @@ def apply_threads(count: int) -> tuple[int, int]:
     except RuntimeError:  # "cannot set number of interop threads after parallel work has started or ..."
         pass
     return previous, torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def use_threads(requested: int | None = None):
+    """The Python API's entry points (:mod:`ContrastiveSegLib.api`) run inside this: torch uses ``requested``
+    threads, else the count this process chose already (:func:`apply_threads`: the CLI's ``--threads``, a
+    benchmark's), else :func:`choose_threads`'s default, the same rule as the CLI and the Slicer module; the
+    previous count comes back on leaving. Yields the count in use."""
+    import torch
+
+    if requested is None and _chosen is not None:
+        yield torch.get_num_threads()
+        return
+    previous, count = _set_threads(choose_threads(requested))
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(previous)
 
 
 def add_threads_option(parser) -> None:

@@ -108,7 +108,9 @@ def main() -> None:
     parser.add_argument("--dropout", type=float, default=0.5, help="probability of dropping a crop's coordinates")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    from ContrastiveSegLib.threads import apply_threads
+
+    apply_threads(1)  # the API's entry points keep this choice (threads.use_threads)
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path = args.out / "coordinates.csv"
     for name in args.tasks:

@@ -84,9 +84,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args()
     if args.threads:
-        import torch
+        from ContrastiveSegLib.threads import apply_threads
 
-        torch.set_num_threads(args.threads)
+        apply_threads(args.threads)  # the API's entry points keep this choice (threads.use_threads)
     run(args.tasks, args.seeds, args.out)
 
 

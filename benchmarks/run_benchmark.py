@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout's library, not an installed one
 from tasks import ABLATION, CANDIDATES, OUR_METHODS, TASKS  # noqa: E402
 
-from ContrastiveSegLib import api  # noqa: E402
+from ContrastiveSegLib import api, experimental  # noqa: E402
 from ContrastiveSegLib.demo import FILL, GROW, run_baseline  # noqa: E402
 from ContrastiveSegLib.evaluation.metrics import (  # noqa: E402
     choose_annotated_slices, dice_per_label, sparse_annotation)
@@ -63,15 +63,18 @@ PREDICTION_OPTIONS = ("shape_prior",)  # api.predict options: they do not change
 def _segment(trained: dict, image, sparse, spacing, axis, preset, seed, kwargs) -> tuple[np.ndarray, float]:
     """(labels, seconds) of ``api.segment`` for one variant. The trained model is cached in ``trained`` by its
     training options, so variants that differ only in :data:`PREDICTION_OPTIONS` are trained once; the seconds of
-    a reused model include its training time, as a separate run's would."""
+    a reused model include its training time, as a separate run's would. The candidates' experimental options
+    (``self_train``, ``prior_labels``) go through :mod:`ContrastiveSegLib.experimental`, which takes every other
+    option as the API does."""
     start = time.perf_counter()
     if kwargs.get("self_train"):
-        labels = api.segment(image, sparse, spacing, axis=axis, preset=preset, seed=seed, **kwargs).labels
+        labels = experimental.segment(image, sparse, spacing, axis=axis, preset=preset, seed=seed, **kwargs).labels
         return labels, time.perf_counter() - start
     training = {key: value for key, value in kwargs.items() if key not in PREDICTION_OPTIONS}
     key = json.dumps(training, sort_keys=True)
     if key not in trained:
-        trained[key] = (api.finetune(image, sparse, spacing, axis=axis, preset=preset, seed=seed, **training),
+        trained[key] = (experimental.finetune(image, sparse, spacing, axis=axis, preset=preset, seed=seed,
+                                              **training),
                         time.perf_counter() - start)
     model, training_seconds = trained[key]
     start = time.perf_counter()
@@ -245,9 +248,9 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", help="only these variants (names in tasks.py)")
     args = parser.parse_args()
     if args.threads:
-        import torch
+        from ContrastiveSegLib.threads import apply_threads
 
-        torch.set_num_threads(args.threads)
+        apply_threads(args.threads)  # the API's entry points keep this choice (threads.use_threads)
     if args.summarise_only:
         if args.candidates:
             summarise_variants(args.out)

@@ -20,6 +20,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ContrastiveSegLib.options import SELF_TRAIN_STEPS
+
 # Our method's variants: (name in the tables, keyword arguments for ContrastiveSegLib.api.segment beyond the
 # preset and seed the harness sets). "ContrastiveSeg" is the default configuration (random initialisation, the
 # shape prior weighed in at prediction); "no shape prior" is the same trained network predicting alone (the
@@ -35,7 +37,7 @@ OUR_METHODS: list[tuple[str, dict]] = [
 CANDIDATES: list[tuple[str, dict]] = [
     ("shape prior", {}),
     ("no shape prior", {"shape_prior": False}),
-    ("shape prior + self-training", {"self_train": 100}),
+    ("shape prior + self-training", {"self_train": SELF_TRAIN_STEPS}),
     ("shape prior + prior labels", {"prior_labels": True}),
     ("shape prior + simclr encoder", {"encoder": "simclr"}),
     ("shape prior + bidirectional", {"consistency": "bidirectional"}),

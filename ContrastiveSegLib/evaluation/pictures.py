@@ -15,6 +15,7 @@ Public API (the benchmark calls these; keep the signatures stable):
 from __future__ import annotations
 
 import os
+import textwrap
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -30,6 +31,11 @@ IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 FILL_ALPHA = 0.35
 PANEL_INCHES = 2.4
 DPI = 100
+TITLE_POINTS = 9
+# Characters of a column title per line: a panel's width over the mean width of a character (about 0.6 em), so
+# that neighbouring titles never run into each other; longer titles wrap onto more lines.
+TITLE_CHARACTERS = int(PANEL_INCHES * 72 / (0.6 * TITLE_POINTS))
+MAX_ANNOTATED_ROWS = 8  # more painted slices than this: an evenly spread choice of them gets a row
 
 # Where screen "up" and screen "right" point, in LPS, for each physical axis a displayed array axis can follow
 # (0 = L/R, 1 = A/P, 2 = S/I): superior up, anterior up in axial slices; patient left on the right (radiological
@@ -91,7 +97,8 @@ def _grey_window(image: np.ndarray) -> tuple[float, float]:
 
 
 def montage_slices(reference: np.ndarray, axis: int, annotated: Sequence[int], rows: int = 4) -> list[int]:
-    """Slices to show: the middle annotated slice, and up to ``rows - 1`` unannotated slices.
+    """Slices to show: every annotated slice (an even choice of :data:`MAX_ANNOTATED_ROWS` when there are more),
+    and up to ``rows - 1`` unannotated slices.
 
     The unannotated rows are what the picture is for (the method had to infer them): each is the slice of the
     labelled extent of ``reference`` along ``axis`` farthest from every annotated or already chosen slice, so
@@ -105,15 +112,18 @@ def montage_slices(reference: np.ndarray, axis: int, annotated: Sequence[int], r
     first, last = (int(present[0]), int(present[-1])) if present.size else (0, size - 1)
     taken = set(int(s) for s in annotated)
     chosen: set[int] = set()
-    if taken:
+    if taken:  # the user's own slices: seeing them next to the inferred ones shows what was given
         ordered = sorted(taken)
-        chosen.add(ordered[len(ordered) // 2])
+        if len(ordered) > MAX_ANNOTATED_ROWS:
+            ordered = [ordered[i] for i in np.linspace(0, len(ordered) - 1, MAX_ANNOTATED_ROWS).round().astype(int)]
+        chosen.update(ordered)
+    wanted = len(chosen) + rows - 1
     # Greedy farthest-point choice among unannotated slices inside 5-95 % of the extent (the very ends hold
     # slivers): first the middles of the widest gaps between annotations, the slices hardest to infer.
     low, high = first + 0.05 * (last - first), first + 0.95 * (last - first)
     free = np.array([s for s in range(size) if s not in taken and low <= s <= high] or
                     [s for s in range(size) if s not in taken], dtype=float)
-    while free.size and len(chosen) < rows:
+    while free.size and len(chosen) < wanted:
         anchors = np.array(sorted(taken | chosen), dtype=float)
         if anchors.size:
             distance = np.abs(free[:, None] - anchors[None, :]).min(axis=1)
@@ -153,6 +163,16 @@ def overlay_montage(image: np.ndarray, layers: Mapping[str, np.ndarray], axis: i
     Returns:
         ``path`` as a Path.
     """
+    figure = montage_figure(image, layers, axis, slices, spacing=spacing, direction=direction, title=title,
+                            annotated=annotated, label_names=label_names, crop=crop)
+    return _save(figure, path)
+
+
+def montage_figure(image: np.ndarray, layers: Mapping[str, np.ndarray], axis: int, slices: Sequence[int], *,
+                   spacing: Sequence[float] = (1.0, 1.0, 1.0), direction: Sequence[float] = IDENTITY,
+                   title: str | None = None, annotated: Iterable[int] = (),
+                   label_names: Mapping[int, str] | None = None, crop: bool = True):
+    """The matplotlib Figure that :func:`overlay_montage` writes (same arguments but ``path``)."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
@@ -187,7 +207,10 @@ def overlay_montage(image: np.ndarray, layers: Mapping[str, np.ndarray], axis: i
     aspect = spacing_zyx[row_axis] / spacing_zyx[col_axis]
     columns = 1 + len(layers)
     panel_h = PANEL_INCHES * height_mm / width_mm
-    figure = Figure(figsize=(PANEL_INCHES * columns, panel_h * len(slices) + (0.9 if title else 0.5)), dpi=DPI)
+    titles = [textwrap.fill(name, TITLE_CHARACTERS) for name in ["image", *layers]]
+    title_lines = max(t.count("\n") + 1 for t in titles)
+    head = (0.9 if title else 0.5) + (title_lines - 1) * TITLE_POINTS * 1.3 / 72
+    figure = Figure(figsize=(PANEL_INCHES * columns, panel_h * len(slices) + head), dpi=DPI)
     axes = figure.subplots(len(slices), columns, squeeze=False)
     low, high = _grey_window(image)
     values = sorted({int(v) for labels in layers.values() for v in np.unique(labels)} - {0, IGNORE})
@@ -206,7 +229,7 @@ def overlay_montage(image: np.ndarray, layers: Mapping[str, np.ndarray], axis: i
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(name, fontsize=9)
+                ax.set_title(titles[column], fontsize=TITLE_POINTS)
         note = " (annotated)" if index in annotated else ""
         axes[row, 0].set_ylabel(f"slice {index}{note}", fontsize=8)
 
@@ -218,7 +241,7 @@ def overlay_montage(image: np.ndarray, layers: Mapping[str, np.ndarray], axis: i
     if title:
         figure.suptitle(title, fontsize=10)
     figure.tight_layout(rect=(0, 0.04 if handles else 0, 1, 1))
-    return _save(figure, path)
+    return figure
 
 
 def _draw_labels(ax, labels: np.ndarray, values: Sequence[int], aspect: float) -> None:

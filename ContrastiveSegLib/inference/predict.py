@@ -12,15 +12,31 @@ import torch
 from ContrastiveSegLib.data.slices import SliceStack, pad_to_divisor
 from ContrastiveSegLib.inference.shape_prior import PRIOR_WEIGHT
 from ContrastiveSegLib.progress import ProgressCallback, StageProgress
-from ContrastiveSegLib.device import autocast_context, halve_batch
+from ContrastiveSegLib.device import BatchLimits, autocast_context, halve_batch
+from ContrastiveSegLib.options import PREDICT_BATCH_SIZE
+
+
+def _slice_logits(model: torch.nn.Module, stack: SliceStack, indices: np.ndarray, divisor: int,
+                  device: torch.device, flip_tta: bool) -> torch.Tensor:
+    """float32 logits (B, C, H', W') of the slices ``indices``, padded to ``divisor``. The input batch lives in this
+    frame only (see :func:`~ContrastiveSegLib.device.halve_batch`)."""
+    x = pad_to_divisor(stack.inputs(indices), divisor)
+    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    with autocast_context(device):
+        logits = model(x).float()
+        if flip_tta:
+            # The flipped coordinate channels flip with the image, so each pixel keeps its own position.
+            logits = 0.5 * (logits + model(x.flip(-1)).float().flip(-1))
+    return logits
 
 
 @torch.no_grad()
 def predict_volume(model: torch.nn.Module, stack: SliceStack, device: torch.device, *, divisor: int,
-                   batch_size: int = 16, flip_tta: bool = False, keep_probabilities: bool = False,
+                   batch_size: int = PREDICT_BATCH_SIZE, flip_tta: bool = False, keep_probabilities: bool = False,
                    prior=None, keep_confidence: bool = False, progress: ProgressCallback = None,
-                   cancel=None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Segment every slice of ``stack``.
+                   cancel=None, batches: BatchLimits | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Segment every slice of ``stack``, ``batch_size`` slices per pass (halved on running out of GPU memory;
+    ``batches`` carries the size that fitted to the run's later stages).
 
     ``prior`` (a :class:`~ContrastiveSegLib.inference.shape_prior.ShapePrior`) multiplies the network's class
     probabilities by the shape prior's, raised to ``PRIOR_WEIGHT``, and renormalises (a product of experts).
@@ -36,22 +52,21 @@ def predict_volume(model: torch.nn.Module, stack: SliceStack, device: torch.devi
     classes = np.empty((num, stack.height, stack.width), dtype=np.uint8)
     probabilities = None
     reporter = StageProgress("predict", num, progress, cancel)
+    batches = batches if batches is not None else BatchLimits()
+    requested, batch_size = batch_size, batches.start("predict", batch_size)
     start = 0
     while start < num:
         reporter.check_cancel()
         indices = np.arange(start, min(start + batch_size, num))
-        x = pad_to_divisor(stack.inputs(indices), divisor)
-        x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        failure = logits = log_probs = probs = None  # the last pass's tensors go before this one starts
         try:
-            with autocast_context(device):
-                logits = model(x).float()
-                if flip_tta:
-                    # The flipped coordinate channels flip with the image, so each pixel keeps its own position.
-                    logits = 0.5 * (logits + model(x.flip(-1)).float().flip(-1))
-        except torch.OutOfMemoryError:
-            del x  # before the cache is emptied
-            batch_size = halve_batch(batch_size, "predicting", progress, "predict")
+            logits = _slice_logits(model, stack, indices, divisor, device, flip_tta)
+        except torch.OutOfMemoryError as error:
+            failure = error.with_traceback(None)  # the traceback holds the pass's frames and tensors
+        if failure is not None:  # outside the except block: nothing of the failed pass is referenced now
+            batch_size = halve_batch(batch_size, "predicting", progress, "predict", cause=failure)
             continue
+        batches.record("predict", batch_size, requested)
         log_probs = torch.log_softmax(logits[..., :stack.height, :stack.width], dim=1)
         if prior is not None:
             log_probs = log_probs + PRIOR_WEIGHT * prior.log_probs(indices).to(log_probs.device)

@@ -18,7 +18,7 @@ import torch
 
 from ContrastiveSegLib.data.augment import BatchAugmenter
 from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler, UnannotatedSliceSampler
-from ContrastiveSegLib.device import autocast_context, halve_batch
+from ContrastiveSegLib.device import BatchLimits, autocast_context, fine_tuning_advice, halve_batch
 from ContrastiveSegLib.losses.segmentation import MaskedDiceCELoss
 from ContrastiveSegLib.options import DEFAULT_PRESET, PRESETS
 from ContrastiveSegLib.progress import ProgressCallback, StageProgress
@@ -87,16 +87,44 @@ def _unannotated_logits(model, crops: torch.Tensor, augmenter: BatchAugmenter | 
     return [l.float() for l in logits]
 
 
+def _training_step(model, sampler: AnnotatedSliceSampler, batch_size: int, criterion, optimizer,
+                   config: FinetuneConfig, step: int, device: torch.device, augmenter: BatchAugmenter | None,
+                   unannotated: UnannotatedSliceSampler | None) -> float:
+    """One optimisation step at ``batch_size`` (sample, move, augment, forward, loss, backward, update); returns
+    the loss. Every tensor of the step lives in this frame only, so that after an out-of-memory error nothing of it
+    survives once the caller has left its ``except`` block (:func:`~ContrastiveSegLib.device.halve_batch`)."""
+    inputs, targets = sampler.batch(batch_size)
+    inputs = inputs.to(device, non_blocking=True)
+    targets = targets.to(device, non_blocking=True)
+    if augmenter is not None:
+        inputs, targets = augmenter(inputs, targets)
+    inputs = inputs.contiguous(memory_format=torch.channels_last)
+    with autocast_context(device):
+        outputs = model.forward_decoders(inputs) if unannotated is not None else [model(inputs)]
+    loss = sum(criterion(logits.float(), targets) for logits in outputs)
+    if unannotated is not None:
+        loss = loss + consistency_ramp(step, config) * consistency_loss(
+            _unannotated_logits(model, unannotated.batch(batch_size), augmenter, device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
 def train_segmentation(model: torch.nn.Module, sampler: AnnotatedSliceSampler, config: FinetuneConfig,
                        device: torch.device, augmenter: BatchAugmenter | None = None,
                        progress: ProgressCallback = None, cancel=None,
-                       unannotated: UnannotatedSliceSampler | None = None) -> list[float]:
+                       unannotated: UnannotatedSliceSampler | None = None,
+                       batches: BatchLimits | None = None, after_steps: float = 0.0) -> list[float]:
     """The fine-tuning loop (behind :func:`ContrastiveSegLib.api.finetune`): train ``model`` in place on batches
     from ``sampler``, augmented on ``device`` by ``augmenter`` (None: no augmentation); returns the loss of every
     step.
 
     With ``unannotated`` (and a network with two decoders) each step adds the bidirectional consistency term on
-    as many unannotated crops as annotated ones. Raises Cancelled when ``cancel`` is set (checked every step).
+    as many unannotated crops as annotated ones. ``batches`` carries the batch size that fitted after running out
+    of GPU memory from one stage of a run to the next; ``after_steps`` is the run's later work in steps of this loop,
+    for the ETA (:class:`~ContrastiveSegLib.progress.StageProgress`). Raises Cancelled when ``cancel`` is set (checked every
+    step).
     """
     dual = getattr(model, "decoder2", None) is not None
     if (unannotated is not None) != dual:
@@ -110,36 +138,27 @@ def train_segmentation(model: torch.nn.Module, sampler: AnnotatedSliceSampler, c
     # LambdaLR, not PolynomialLR: that one multiplies the rate by a per-step factor, which drifts from this closed
     # form in the last bits (about 1e-18 at 1e-2), which would move the trained weights.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: (1 - step / config.steps) ** POLY_POWER)
-    reporter = StageProgress("finetune", config.steps, progress, cancel)
-    batch_size = config.batch_size
+    reporter = StageProgress("finetune", config.steps, progress, cancel, after_steps=after_steps)
+    batches = batches if batches is not None else BatchLimits()
+    batch_size = batches.start("finetune", config.batch_size)
     losses: list[float] = []
     step = 0
     while step < config.steps:
         reporter.check_cancel()
-        inputs, targets = sampler.batch(batch_size)
-        inputs = inputs.to(device, non_blocking=True)
-        targets = targets.to(device, non_blocking=True)
-        if augmenter is not None:
-            inputs, targets = augmenter(inputs, targets)
-        inputs = inputs.contiguous(memory_format=torch.channels_last)
+        failure = None
         try:
-            with autocast_context(device):
-                outputs = model.forward_decoders(inputs) if dual else [model(inputs)]
-            loss = sum(criterion(logits.float(), targets) for logits in outputs)
-            if dual:
-                loss = loss + consistency_ramp(step, config) * consistency_loss(
-                    _unannotated_logits(model, unannotated.batch(batch_size), augmenter, device))
+            value = _training_step(model, sampler, batch_size, criterion, optimizer, config, step, device,
+                                   augmenter, unannotated)
+        except torch.OutOfMemoryError as error:
+            failure = error.with_traceback(None)  # the traceback holds the step's frames and tensors
+        if failure is not None:  # outside the except block: the step's tensors are gone now
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        except torch.OutOfMemoryError:
-            optimizer.zero_grad(set_to_none=True)  # gradients and batch go before the cache is emptied
-            del inputs, targets
-            batch_size = halve_batch(batch_size, "fine-tuning", progress, "finetune")
+            batch_size = halve_batch(batch_size, "fine-tuning", progress, "finetune",
+                                     advice=fine_tuning_advice(config.patch), cause=failure)
             continue
+        batches.record("finetune", batch_size, config.batch_size)
         scheduler.step()
         step += 1
-        value = float(loss.detach())
         if not math.isfinite(value):
             raise FloatingPointError(f"fine-tuning diverged at step {step} (loss {value})")
         losses.append(value)

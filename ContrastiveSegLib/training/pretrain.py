@@ -27,10 +27,10 @@ from ContrastiveSegLib.data.slices import InputSpec
 from ContrastiveSegLib.data.unlabelled import MIN_IN_PLANE, SliceStream, StreamConfig, VolumeSource, check_sources
 from ContrastiveSegLib.data.views import TwoViews, ViewConfig
 from ContrastiveSegLib.device import resolve_device
-from ContrastiveSegLib.errors import Cancelled, InputError
+from ContrastiveSegLib.errors import Cancelled, InputError, OutOfMemory
 from ContrastiveSegLib.methods import DEFAULT_FEATURES, DEFAULT_NORM, PretrainMethod, get_method
-from ContrastiveSegLib.options import (DEFAULT_DEVICE, PRETRAIN_BATCH_SIZE, PRETRAIN_LEARNING_RATE, PRETRAIN_PATCH,
-                                       PRETRAIN_STEPS)
+from ContrastiveSegLib.options import (AXIS_LETTERS, DEFAULT_DEVICE, PRETRAIN_BATCH_SIZE, PRETRAIN_LEARNING_RATE,
+                                       PRETRAIN_PATCH, PRETRAIN_STEPS)
 from ContrastiveSegLib.progress import ProgressCallback, StageProgress, emit
 from ContrastiveSegLib.training import distributed
 from ContrastiveSegLib.training.checkpoint import load_checkpoint, read_checkpoint_header, save_checkpoint, save_encoder
@@ -179,13 +179,19 @@ def pretrain(method: PretrainMethod, data, config: PretrainConfig, device: torch
             method.on_epoch_start(epoch, config.epochs)
         for group in optimizer.param_groups:
             group["lr"] = config.learning_rate_at(fraction)
-        batch = views(_to_device(data.batch(config.batch_size), device))
-        with autocast_context(device):
-            output = model(batch)
-        loss = output.loss.float()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        try:
+            batch = views(_to_device(data.batch(config.batch_size), device))
+            with autocast_context(device):
+                output = model(batch)
+            loss = output.loss.float()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        except torch.OutOfMemoryError as error:
+            # No halving here: fewer crops per step change the contrastive loss (fewer negatives). The advice is
+            # what the pretrain command itself takes (not a fine-tuning preset).
+            raise OutOfMemory(f"out of memory while pretraining at batch size {config.batch_size}: use a smaller "
+                              "--batch-size or --patch, or the CPU (--device cpu)") from error
         step += 1
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -271,7 +277,8 @@ def pretrain_encoder(sources: Sequence[VolumeSource], method: str, output: str |
         keys = pretrain_method.required_keys
         stream = replace(stream, patch=patch, superpixels="superpixels1" in keys, labels="labels1" in keys)
         emit(progress if context.is_main else None, "pretrain",
-             f"pretraining '{method}' on {len(sources)} volume(s) along axis {axis}, {patch} x {patch} crops "
+             f"pretraining '{method}' on {len(sources)} volume(s) along {AXIS_LETTERS[axis]}, {patch} x {patch} "
+             "crops "
              f"({torch_device.type}{f', {context.world_size} processes' if context.enabled else ''})")
         if stream.superpixels and context.is_main:
             emit(progress, "pretrain", "computing Felzenszwalb superpixels once per volume (cached in "

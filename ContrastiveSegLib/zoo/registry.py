@@ -13,7 +13,6 @@ from pathlib import Path
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.options import RANDOM_INIT, RANDOM_INIT_ALIASES, unknown_message
 from ContrastiveSegLib.paths import models_dir
-from ContrastiveSegLib.zoo.weights import sha256
 
 
 
@@ -23,6 +22,12 @@ def shipped_encoders(directory: Path | None = None) -> list[dict]:
     if not manifest.is_file():
         return []
     return json.loads(manifest.read_text())
+
+
+def encoder_help() -> str:
+    """The ``--encoder`` default in the words ``contrastiveseg encoders``, the README and the summary use."""
+    return (f"default: {default_encoder()}, the one 'contrastiveseg encoders' marks as default; "
+            f"'{RANDOM_INIT}' is random initialisation")
 
 
 def default_encoder(directory: Path | None = None) -> str:
@@ -72,6 +77,8 @@ def resolve_encoder(name_or_path: str | None, directory: Path | None = None) -> 
         entry = entries[name_or_path]
         if not path.is_file():
             raise InputError(f"shipped encoder '{name_or_path}' is missing its file {path}")
+        from ContrastiveSegLib.zoo.weights import sha256  # here: listing the encoders must not load torch
+
         if sha256(path) != entry["sha256"]:
             raise InputError(f"encoder '{name_or_path}' fails its checksum ({path}); reinstall ContrastiveSeg")
         return path

@@ -23,6 +23,7 @@ import torch
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.annotations import IGNORE
 from ContrastiveSegLib.io.volume import IncompleteWriteError, atomic_write
+from ContrastiveSegLib.paths import check_input_file
 
 HEADER_KEY = "contrastiveseg"
 FORMAT_VERSION = 1
@@ -90,11 +91,7 @@ def read_weights_header(path: str | os.PathLike, *, kind: str | None = None,
     """
     from safetensors import SafetensorError, safe_open
 
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
-    if not path.is_file():  # a FIFO would block open() forever; a folder or device is no weights file either
-        raise InputError(f"{what} {path} is not a regular file")
+    path = check_input_file(path, what)
     where = f"{what} {path}"
     try:
         with safe_open(str(path), framework="pt") as handle:  # checks the layout: offsets, sizes, truncation

@@ -15,6 +15,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+HANG_GUARD_S = 900
+"""The timeout of a test that waits for a child process (torchrun ranks, the CLI in a fresh interpreter): a guard
+against a hang, never against slowness. Generous because a fresh clone on a loaded 2-core machine once took over
+120 s to start two torch.distributed ranks (issue 16, bug 8); a healthy run never comes near it."""
+
 # Two cores are shared by several jobs: one thread each keeps the timings of the suite predictable.
 torch.set_num_threads(1)
 

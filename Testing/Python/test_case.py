@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ContrastiveSegLib import api
+from ContrastiveSegLib import api, experimental
 from ContrastiveSegLib.data import case as case_module
 from ContrastiveSegLib.data.case import PreparedCase, read_annotation, spec_for
 from ContrastiveSegLib.errors import InputError
@@ -61,7 +61,7 @@ def test_segment_normalises_the_scan_once_for_all_stages(monkeypatch):
 
     monkeypatch.setattr(case_module, "normalise_intensity", counting)
     image, labels = _scan()
-    result = api.segment(image, labels, (1, 1, 1), steps=2, batch_size=2, self_train=1, device="cpu")
+    result = experimental.segment(image, labels, (1, 1, 1), steps=2, batch_size=2, self_train=1, device="cpu")
     assert len(calls) == 1
     assert result.model.spec.window == calls[0]
     assert set(result.seconds) == {"prepare", "finetune", "self-train", "predict"}

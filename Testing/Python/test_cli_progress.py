@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import write_image
+from conftest import HANG_GUARD_S, write_image
 from ContrastiveSegLib.cli import main
 from ContrastiveSegLib.errors import Cancelled
 from ContrastiveSegLib.progress import Cancellation, ProgressPrinter, StageLog, writing
@@ -124,6 +124,25 @@ def test_segment_off_a_terminal_logs_its_stages_then_the_summary(inputs, tmp_pat
     assert not any(line.startswith("contrastiveseg: ") for line in lines)
 
 
+def test_finetune_and_predict_off_a_terminal_log_their_stages_too(inputs, tmp_path):
+    # Was: nothing until the end (10 minutes of silence in a log).
+    image, labels, _ = inputs
+    model, out = tmp_path / "m.safetensors", tmp_path / "out.nii.gz"
+    for argv, first, counted, last in (
+            (["finetune", image, labels, "-o", model, *TRAIN], f"reading {image}", "finetune 3/3 ",
+             f"wrote {model}"),
+            (["predict", image, "--model", model, "-o", out, "--device", "cpu"], f"reading {image}", "predict 16/16",
+             f"wrote {out}")):
+        code, stdout, err = _main(argv)
+        assert code == 0, err
+        assert stdout == ""
+        lines = err.splitlines()
+        end = next(i for i, line in enumerate(lines) if line.startswith("summary of "))
+        texts = [STAGE_LINE.match(line).group(2) for line in lines[:end]]
+        assert texts[0] == first and texts[-1] == last
+        assert any(t.startswith(counted) for t in texts) and texts[-2] == f"writing {argv[argv.index('-o') + 1]}"
+
+
 @pytest.mark.parametrize("mode", ["json", "none"])
 def test_json_and_none_print_no_stage_line(inputs, tmp_path, mode):
     image, labels, _ = inputs
@@ -150,7 +169,7 @@ def test_a_refusal_found_by_the_api_is_still_one_line_in_a_real_process(inputs, 
            "OMP_NUM_THREADS": "1"}
     result = subprocess.run([sys.executable, "-m", "ContrastiveSegLib", "segment", str(image), str(labels), "-o",
                              str(tmp_path / "out.nii.gz"), "--init-model", str(model), "--threads", "1", *TRAIN],
-                            capture_output=True, text=True, env=env, timeout=300)
+                            capture_output=True, text=True, env=env, timeout=HANG_GUARD_S)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("contrastiveseg: error: model classes [0, 1]")
     assert sorted(os.listdir(tmp_path)) == before

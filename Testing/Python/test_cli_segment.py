@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import Phantom, dice, make_phantom, write_image
+from conftest import HANG_GUARD_S, Phantom, dice, make_phantom, write_image
 from ContrastiveSegLib.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -171,7 +171,7 @@ def test_sigint_during_finetune_exits_130_and_writes_nothing(tmp_path):
         else:
             pytest.fail(f"no fine-tuning progress before exit: {process.stderr.read()}")
         process.send_signal(signal.SIGINT)
-        stdout, stderr = process.communicate(timeout=60)
+        stdout, stderr = process.communicate(timeout=HANG_GUARD_S)
     finally:
         if process.poll() is None:
             process.kill()

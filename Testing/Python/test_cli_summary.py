@@ -100,8 +100,13 @@ def test_json_lines_stay_parseable_and_the_last_carries_the_summary(run):
     summary = done["summary"]
     assert summary["command"] == "segment" and summary["plane"] == "k" and summary["annotated_slices"] == 3
     assert summary["device"] == "cpu" and summary["threads"] >= 1 and summary["encoder"]
-    assert list(summary["seconds"]) == ["load", "prepare", "finetune", "predict", "evaluate", "write"]
+    # Reading the files and loading torch are two lines: 'load' is the files' time, not torch's 20 s.
+    assert list(summary["seconds"]) == ["load", "import torch", "prepare", "finetune", "predict", "evaluate",
+                                        "write"]
     assert all(v >= 0 for v in summary["seconds"].values())
+    # The last message names every file written, not only the label map.
+    assert done["message"] == "wrote " + ", ".join(str(p) for p in (run.probabilities, run.model, run.overlay,
+                                                                      run.output))
     assert summary["files"] == [{"path": str(run.probabilities), "kind": "probabilities"},
                                 {"path": str(run.model), "kind": "model"},
                                 {"path": str(run.overlay), "kind": "overlay picture"},
@@ -181,6 +186,8 @@ def test_finetune_and_predict_end_with_a_summary(run, tmp_path):
                             "--device", "cpu"])
     assert code == 0, err
     assert "summary of predict: " in err and "Dice" in err and f"  wrote      {output} (label map)" in err
+    # predict used a fine-tuned model: it says so, not "encoder random" as if the model were untrained
+    assert f"  model      {model} (fine-tuned from encoder random)" in err and "  encoder " not in err
     assert overlay.read_bytes()[:8] == PNG
     assert read_channel_labels(probabilities) == (0, 1, 2)  # NIfTI: in the description
     assert sitk.ReadImage(str(probabilities)).GetMetaData("descrip") == "channel labels: 0-2"
@@ -240,6 +247,7 @@ def test_reference_on_another_grid_is_refused_before_work(phantom_files, monkeyp
     change = dict(change)  # the parameter's dict is shared by both commands
     reference = f.phantom.reference[:, :, :40] if change.pop("crop", False) else f.phantom.reference
     other = write_image(reference, f.folder / "reference_other_grid.nii.gz", **change)
+    (f.folder / "m.safetensors").write_bytes(b"")  # a model file is there (a missing one is refused first)
     inputs = [f.image, "--model", f.folder / "m.safetensors"] if command == "predict" else [f.image, f.labels]
     line = _bad_input([command, *inputs, "-o", f.folder / "out.nii.gz", "--reference", other, "--device", "cpu"],
                       monkeypatch, f.folder)
@@ -276,6 +284,7 @@ def test_an_integer_image_as_labels_is_refused_by_its_many_values(phantom_files,
 
 def test_an_image_as_predict_labels_is_refused(phantom_files, monkeypatch):
     f = phantom_files
+    (f.folder / "m.safetensors").write_bytes(b"")  # a model file is there (a missing one is refused first)
     line = _bad_input(["predict", f.image, "--model", f.folder / "m.safetensors", "--labels", f.image, "-o",
                        f.folder / "out.nii.gz"], monkeypatch, f.folder)
     assert "labels are not integers" in line and "rather than this scan's sparse label map" in line
@@ -317,6 +326,7 @@ def test_no_shape_prior_reaches_the_api(phantom_files, monkeypatch, flag, expect
     monkeypatch.setattr(api, "segment", capture)
     monkeypatch.setattr(api, "predict", capture)
     monkeypatch.setattr("ContrastiveSegLib.model.TrainedModel.load", lambda path: None)
+    (f.folder / "m.safetensors").write_bytes(b"")  # there, though never read (load is replaced)
     assert _main(["segment", f.image, f.labels, "-o", f.folder / "out.nii.gz", *flag])[0] == 2
     assert seen.pop("shape_prior") is expected
     assert _main(["predict", f.image, "--model", f.folder / "m.safetensors", "-o", f.folder / "out.nii.gz",
@@ -363,3 +373,20 @@ def test_a_file_without_channel_labels_reads_as_none(run):
 def test_run_summary_without_outputs_says_so():
     lines = RunSummary("segment").lines()
     assert lines[0] == "summary of segment: 0.0 s in all" and lines[-1] == "  wrote      nothing"
+
+
+def test_no_evaluate_time_without_a_reference_and_label_names_from_the_header(run, tmp_path):
+    # A label map saved by Slicer as a segmentation (.seg.nrrd) names its segments: the summary uses the names.
+    labels = sitk.ReadImage(str(run.labels))
+    for index, (value, name) in enumerate([(1, "liver"), (2, "left kidney")]):
+        labels.SetMetaData(f"Segment{index}_Name", name)
+        labels.SetMetaData(f"Segment{index}_LabelValue", str(value))
+    named = tmp_path / "painted.seg.nrrd"
+    sitk.WriteImage(labels, str(named))
+    output = tmp_path / "out.nii.gz"
+    code, out, err = _main(["segment", run.image, named, "-o", output, "--progress", "json", *TRAIN])
+    assert code == 0, err
+    summary = json.loads(out.strip().splitlines()[-1])["summary"]
+    assert "evaluate" not in summary["seconds"]  # nothing was evaluated: no "evaluate 0.0 s"
+    assert summary["label_names"] == {"1": "liver", "2": "left kidney"}
+    assert "  label 1 (liver) " in err and "  label 2 (left kidney) " in err

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import HANG_GUARD_S
+
 pytestmark = pytest.mark.slow  # two gloo ranks and torchrun start several interpreters
 
 FEATURES = (8, 8, 16, 16, 32)
@@ -39,7 +41,7 @@ def worker(out: Path, data: Path) -> None:
                                                       "losses": job.result.losses}))
 
 
-def torchrun(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def torchrun(*args: str, timeout: float = HANG_GUARD_S) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
         [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]

@@ -12,6 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 # The core library: what the Slicer module and ``api`` users load. None of it may import the evaluation package.
 CORE = ("api", "training", "inference", "data", "io", "networks", "losses", "methods")
+from conftest import HANG_GUARD_S  # noqa: E402
+
 EVALUATION = ("metrics", "phantoms", "pictures")
 # What evaluation code must not pull in: the command line and the demo sit above it, not below.
 FRONT_ENDS = ("ContrastiveSegLib.cli", "ContrastiveSegLib.cli_pretrain", "ContrastiveSegLib.demo")
@@ -25,7 +27,7 @@ def _modules_after(code: str) -> set[str]:
         "\nprint('\\n'.join(sorted(sys.modules)))")
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     package = next(line.split(" ", 1)[1] for line in lines if line.startswith("package "))

@@ -20,6 +20,8 @@ from ContrastiveSegLib import options
 from ContrastiveSegLib.cli import build_parser, main
 from ContrastiveSegLib.errors import EXIT_BAD_INPUT, InputError
 
+from conftest import HANG_GUARD_S  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "ContrastiveSeg" / "ContrastiveSeg.py"
 
@@ -27,7 +29,7 @@ MODULE = ROOT / "ContrastiveSeg" / "ContrastiveSeg.py"
 def test_the_module_loads_without_torch_or_monai():
     code = ("import sys; import ContrastiveSegLib.options; "
             "print(sorted(m for m in ('torch', 'monai', 'numpy') if m in sys.modules))")
-    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+    completed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD_S,
                                cwd=ROOT)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "[]"

@@ -7,13 +7,19 @@ the same simulation) and test_slicer_bridge.py / test_slicer_cli_contract.py (no
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
 
+from ContrastiveSegLib import options
+from ContrastiveSegLib.data.augment import BatchAugmenter
+
 from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler
 from ContrastiveSegLib.data.slices import InputSpec, SliceStack
-from ContrastiveSegLib.device import OutOfMemory, halve_batch
+from ContrastiveSegLib.device import (PREDICTION_ADVICE, BatchLimits, OutOfMemory, fine_tuning_advice,
+                                      halve_batch)
 from ContrastiveSegLib.inference.predict import predict_volume
 from ContrastiveSegLib.io.annotations import IGNORE
 from ContrastiveSegLib.training.finetune import FinetuneConfig, train_segmentation
@@ -76,15 +82,83 @@ def test_prediction_halves_the_batch_and_gives_the_same_result(phantom):
 
 def test_at_batch_size_1_fine_tuning_and_prediction_stop_with_one_clear_line(phantom):
     with pytest.raises(OutOfMemory, match=r"^out of memory while fine-tuning even at batch size 1: use the CPU "
-                                          r"\(--device cpu\) or the 'fast' preset$") as raised:
+                                          r"\(--device cpu\)$") as raised:
         train_segmentation(Greedy(InputSpec().in_channels, 3, limit=0), _sampler(phantom),
                  FinetuneConfig(steps=2, batch_size=2, patch=32), torch.device("cpu"))
     assert isinstance(raised.value, MemoryError)  # the CLI reports a MemoryError as out of memory, exit code 1
-    assert isinstance(raised.value.__context__, torch.OutOfMemoryError)  # CUDA's own message stays in the chain
+    assert isinstance(raised.value.__cause__, torch.OutOfMemoryError)  # CUDA's own message stays in the chain
+    assert raised.value.__cause__.__traceback__ is None  # ... without the failed step's frames
     model = Greedy(InputSpec().in_channels, 3, limit=0)
-    with pytest.raises(OutOfMemory, match="^out of memory while predicting even at batch size 1"):
+    with pytest.raises(OutOfMemory, match=r"^out of memory while predicting even at batch size 1: use the CPU "
+                                          r"\(--device cpu\)$"):
         predict_volume(model, SliceStack(phantom.image, 0, InputSpec()), torch.device("cpu"), divisor=16, batch_size=5)
     assert model.seen == [5, 2, 1]
+
+
+def test_the_advice_is_what_the_command_at_hand_can_do():
+    # Fine-tuning with crops larger than the low-memory preset's: that preset helps. With crops as small already,
+    # or for prediction (no preset, whole slices), only the CPU does.
+    assert fine_tuning_advice(128) == "use the CPU (--device cpu) or smaller crops (--preset fast: 96 px)"
+    assert fine_tuning_advice(96) == fine_tuning_advice(32) == "use the CPU (--device cpu)"
+    assert PREDICTION_ADVICE == "use the CPU (--device cpu)"
+    assert options.PRESETS[options.LOW_MEMORY_PRESET].patch == 96
+
+
+class Leaky(Greedy):
+    """Greedy, plus weak references to the batch and an intermediate activation of every failed forward pass."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.failed: list[weakref.ref] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.conv(x)  # a large activation that the failed pass's frame holds
+        if x.shape[0] > self.limit:
+            self.failed += [weakref.ref(x), weakref.ref(hidden)]
+        return super().forward(x)
+
+
+@pytest.mark.parametrize("work", ["fine-tuning", "prediction"])
+def test_the_failed_step_is_released_before_the_cache_is_emptied(phantom, monkeypatch, work):
+    # nnU-Net's order: leave the except frame, drop every tensor of the failed step, then empty the cache. A weak
+    # reference to the failed batch (and to an activation of its forward pass) must be dead when the cache is
+    # emptied, else the retry at half the batch would not get the memory back.
+    model = Leaky(InputSpec().in_channels, 3, limit=2)
+    alive_at_emptying: list[bool] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache",
+                        lambda: alive_at_emptying.append(any(ref() is not None for ref in model.failed)))
+    if work == "fine-tuning":
+        train_segmentation(model, _sampler(phantom), FinetuneConfig(steps=2, batch_size=8, patch=32),
+                           torch.device("cpu"), augmenter=BatchAugmenter(image_channels=3, seed=0))
+    else:
+        predict_volume(model, SliceStack(phantom.image, 0, InputSpec()), torch.device("cpu"), divisor=16,
+                       batch_size=8)
+    assert model.seen[:2] == [8, 4] and len(model.failed) == 4  # two failed passes, two references each
+    assert alive_at_emptying == [False, False]
+
+
+def test_the_batch_that_fitted_is_kept_for_the_later_stages_of_a_run(phantom):
+    # One BatchLimits per run (api.segment makes it): the second fine-tuning stage (a self-training round) and the
+    # second prediction start at the size that fitted, instead of running out of memory again.
+    batches = BatchLimits()
+    model = Greedy(InputSpec().in_channels, 3, limit=2)
+    train_segmentation(model, _sampler(phantom), FinetuneConfig(steps=2, batch_size=8, patch=32),
+                       torch.device("cpu"), batches=batches)
+    assert model.seen == [8, 4, 2, 2]
+    model.seen.clear()
+    train_segmentation(model, _sampler(phantom), FinetuneConfig(steps=2, batch_size=8, patch=32),
+                       torch.device("cpu"), batches=batches)
+    assert model.seen == [2, 2]
+    stack = SliceStack(phantom.image, 0, InputSpec())
+    model.seen.clear()
+    predict_volume(model, stack, torch.device("cpu"), divisor=16, batch_size=16, batches=batches)
+    assert model.seen == [16, 8, 4] + [2] * 8
+    model.seen.clear()
+    predict_volume(model, stack, torch.device("cpu"), divisor=16, batch_size=16, batches=batches)
+    assert model.seen == [2] * 8
+    assert batches.fitted == {"finetune": 2, "predict": 2}
+    # A stage that asks for less than what fitted keeps its own size.
+    assert batches.start("predict", 1) == 1
 
 
 def test_halve_batch_rounds_down_and_never_below_1():
@@ -112,5 +186,29 @@ def test_the_cli_prints_what_ran_out_at_batch_size_1(phantom_files, capsys, monk
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
     assert err[0] == ("contrastiveseg: error: out of memory while fine-tuning even at batch size 1: use the CPU "
-                      "(--device cpu) or the 'fast' preset")
+                      "(--device cpu)")
     assert sorted(p.name for p in f.folder.iterdir()) == before
+
+
+def test_pretraining_and_adaptation_give_advice_their_own_commands_take(phantom, monkeypatch):
+    # Pretraining does not halve (fewer crops change the contrastive loss): one line naming pretrain's options.
+    # Adapting inside segment names segment's (its crops are the preset's); neither names a preset that the
+    # command at hand does not have (the Slicer module passes a message starting "out of memory" on as it is).
+    from ContrastiveSegLib import api
+    from ContrastiveSegLib.data.unlabelled import ArrayVolume
+    from ContrastiveSegLib.training import pretrain
+
+    def no_memory(device):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(pretrain, "autocast_context", no_memory)
+    with pytest.raises(OutOfMemory) as raised:
+        pretrain.pretrain_encoder([ArrayVolume(phantom.image, name="scan")], "simclr", None,
+                                  pretrain.PretrainConfig(steps=1, batch_size=4), features=(8, 8, 16, 16, 32),
+                                  patch=32, device="cpu")
+    assert str(raised.value) == ("out of memory while pretraining at batch size 4: use a smaller --batch-size or "
+                                 "--patch, or the CPU (--device cpu)")
+    with pytest.raises(OutOfMemory) as raised:
+        api.finetune(phantom.image, phantom.sparse, adapt="simclr", adapt_steps=1, steps=1, device="cpu")
+    assert str(raised.value) == (f"out of memory while adapting the encoder at batch size {options.ADAPT_BATCH_SIZE}: "
+                                 "use the CPU (--device cpu) or smaller crops (--preset fast: 96 px)")

@@ -69,3 +69,32 @@ def test_no_callback_means_no_clock_work_and_cancel_still_checked():
     cancel.set()
     with pytest.raises(Cancelled):
         reporter.update(2)
+
+
+def test_the_eta_counts_the_later_stages_of_the_run():
+    # Fine-tuning's ETA is when the run ends: the prediction after it (in fine-tuning steps) is counted too.
+    clock, events = FakeClock(), []
+    reporter = StageProgress("finetune", 10, events.append, clock=clock, after_steps=5)
+    for step in range(1, 11):
+        clock.now += 2.0
+        reporter.update(step)
+    assert [e["eta_s"] for e in events] == pytest.approx([2.0 * (10 - s + 5) for s in range(1, 11)])
+
+
+def test_segment_tells_fine_tuning_what_follows(phantom, monkeypatch):
+    # The prediction of a whole volume in fine-tuning steps: a step is 3 passes over batch x patch^2 pixels.
+    from ContrastiveSegLib import api
+    from ContrastiveSegLib.training import finetune
+
+    seen = []
+    original = finetune.train_segmentation
+
+    def spy(*args, after_steps=0.0, **kwargs):
+        seen.append(after_steps)
+        return original(*args, after_steps=after_steps, **kwargs)
+
+    monkeypatch.setattr(api, "train_segmentation", spy)
+    api.segment(phantom.image, phantom.sparse, steps=1, batch_size=2, preset="fast", device="cpu")
+    api.finetune(phantom.image, phantom.sparse, steps=1, batch_size=2, preset="fast", device="cpu")
+    slices, height, width = phantom.image.shape
+    assert seen == [pytest.approx(slices * height * width / (3 * 2 * 96 ** 2)), 0.0]

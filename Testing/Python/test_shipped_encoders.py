@@ -93,8 +93,18 @@ def test_encoders_command_lists_them(capsys):
     out = capsys.readouterr().out
     for entry in ENTRIES:
         assert entry["name"] in out
+    # 'random' is listed too, and the default is marked: the name segment --help, the README and the summary give.
+    default = default_encoder()
+    rows = {line.split()[0]: line for line in out.splitlines()[1:] if line.strip()}
+    assert "random" in rows and rows[default].endswith("(default)")
+    assert [name for name, line in rows.items() if line.endswith("(default)")] == [default]
     assert main(["encoders", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == ENTRIES
+    listed = json.loads(capsys.readouterr().out)
+    assert listed[0]["name"] == "random" and [e["name"] for e in listed[1:]] == [e["name"] for e in ENTRIES]
+    assert [e["name"] for e in listed if e["default"]] == [default]
+    for entry, shipped in zip(listed[1:], ENTRIES):
+        assert {k: v for k, v in entry.items() if k != "default"} == {k: v for k, v in shipped.items()
+                                                                      if k != "default"}
 
 
 def test_a_damaged_copy_fails_its_checksum(tmp_path):

@@ -14,6 +14,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package is not slicer-core", allow_module_level=True)
 import SimpleITK as sitk  # noqa: E402
 
+from ContrastiveSegLib import options as options_module  # noqa: E402
 from ContrastiveSegLib.errors import InputError  # noqa: E402
 from ContrastiveSegLib.io.annotations import IGNORE, decode_annotation  # noqa: E402
 from ContrastiveSegLib.io.volume import Volume, read_volume, write_volume  # noqa: E402
@@ -285,7 +286,12 @@ def test_correcting_a_slice_of_the_result_in_the_same_node(scene):
 
 # ------------------------------------------------------------------------------------ a whole run (no GUI)
 FAKE_LIBRARY_CLI = '''
-import json, os, sys
+import json, os, runpy, sys
+if sys.argv[1:2] == ["-m"] and sys.argv[2] != "ContrastiveSegLib":  # the module's own workers run for real
+    module = sys.argv[2]
+    sys.argv = [module] + sys.argv[3:]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    sys.exit(0)
 import numpy as np
 import SimpleITK as sitk
 from ContrastiveSegLib.cli import build_parser
@@ -345,7 +351,10 @@ def fake_python(tmp_path):
 
 @pytest.mark.skipif(__import__("os").name == "nt", reason="a POSIX shell stands in for PythonSlicer")
 def test_a_whole_segment_run_without_gui(scene, fake_python, tmp_path):
+    import sys
+
     from ContrastiveSegLib.slicer.job import Job, JobOptions, segments_file
+    from ContrastiveSegLib.slicer.scoring import ScoringRun, suggest_from_scores
 
     python, env, log = fake_python
     _, volume_node = _volume(scene, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -366,9 +375,13 @@ def test_a_whole_segment_run_without_gui(scene, fake_python, tmp_path):
     liver = output.GetSegmentation().GetSegmentIdBySegmentName("Liver")
     expected = np.broadcast_to(_slab([2]).any(axis=0), SHAPE)
     np.testing.assert_array_equal(nodes.segment_mask(output, liver, volume_node), expected)
-    assert result.suggestion is not None and result.suggestion[0] == 7
-    entropy = slicer.util.arrayFromVolume(result.uncertainty_node)
+    assert result.suggestion is None and result.uncertainty_node is None  # scored by a worker, not here
+    scored = ScoringRun(result.probabilities_path, SHAPE, entropy=True, python=sys.executable).run(timeout=60)
+    assert scored.ok, scored.message
+    assert suggest_from_scores(scored.scores, result.annotation.axis, result.annotation.slices)[0] == 7
+    entropy = read_volume(scored.entropy_path).array
     assert entropy.shape == SHAPE and entropy[7].mean() == pytest.approx(1.0, abs=1e-5)
+    assert entropy[6].mean() == pytest.approx(0.2864, abs=1e-3)  # -(.95 ln .95 + .05 ln .05) / ln 2
     assert result.model_path.read_bytes() == b"weights" and segments_file(result.model_path).is_file()
     assert not any(p.name.startswith("run-") for p in (tmp_path / "state").iterdir())  # exchange files removed
 
@@ -450,22 +463,28 @@ def test_models_and_probabilities_go_to_a_folder_only_this_user_can_read(scene, 
 
 
 @pytest.mark.skipif(__import__("os").name == "nt", reason="a POSIX shell stands in for PythonSlicer")
-def test_adapt_and_consistency_reach_the_cli_for_new_models_only(scene, fake_python, tmp_path):
+def test_adapt_and_consistency_reach_the_cli_for_new_models_and_are_refused_for_a_refinement(scene, fake_python,
+                                                                                               tmp_path):
     from ContrastiveSegLib.slicer.job import Job, JobOptions
 
     python, env, log = fake_python
     _, volume_node = _volume(scene)
     segmentation, _ = _segmentation(scene, volume_node, {"Liver": ((1, 0, 0), _slab([3]))})
-    for init_model in (None, str(tmp_path / "previous.safetensors")):
-        options = JobOptions(device="cpu", probabilities=False, adapt="mixcl", consistency="bidirectional",
-                             init_model=init_model)
-        job = Job("segment", volume_node, segmentation, None, options, state_dir=tmp_path, python=python, env=env)
-        job.prepare()
-        command = " ".join(job.command())
-        if init_model is None:
-            assert "--adapt mixcl" in command and "--consistency bidirectional" in command
-        else:  # a refinement continues its model: the CLI would refuse both
-            assert "--adapt" not in command and "--consistency" not in command and "--init-model" in command
+    options = JobOptions(device="cpu", probabilities=False, adapt="mixcl", consistency="bidirectional")
+    job = Job("segment", volume_node, segmentation, None, options, state_dir=tmp_path, python=python, env=env)
+    job.prepare()
+    command = " ".join(job.command())
+    assert "--adapt mixcl" in command and "--consistency bidirectional" in command
+    # A refinement continues its model: the job refuses adapt / consistency in the API's words (one shared
+    # check, options.check_training_options), before any file is written, instead of dropping them silently.
+    previous = str(tmp_path / "previous.safetensors")
+    for chosen in (dict(adapt="mixcl"), dict(consistency="bidirectional")):
+        with pytest.raises(InputError) as refused:
+            JobOptions(device="cpu", init_model=previous, **chosen)
+        with pytest.raises(InputError) as by_the_api:
+            options_module.check_training_options(refine=True, **chosen)
+        assert str(refused.value) == str(by_the_api.value)
+        assert "not to a refinement" in str(refused.value)
 
 
 def test_bad_options_and_inputs_are_one_line_errors(scene):
@@ -523,5 +542,11 @@ def test_the_real_cli_from_nodes_to_segments(scene, tmp_path):
     mask = nodes.segment_mask(output, output.GetSegmentation().GetSegmentIdBySegmentName("Sphere"), volume_node)
     dice = 2 * (mask & sphere).sum() / (mask.sum() + sphere.sum())
     assert dice > 0.5, f"Dice {dice:.3f}"
-    assert result.suggestion is not None and result.suggestion[0] not in (9, 12, 15)
-    assert slicer.util.arrayFromVolume(result.uncertainty_node).shape == sphere.shape
+    from ContrastiveSegLib.slicer.scoring import ScoringRun, suggest_from_scores
+
+    scored = ScoringRun(result.probabilities_path, sphere.shape, entropy=True, python=sys.executable,
+                        env=env).run(timeout=120)
+    assert scored.ok, scored.message
+    assert suggest_from_scores(scored.scores, 0, (9, 12, 15))[0] not in (9, 12, 15)
+    uncertainty = nodes.put_uncertainty(read_volume(scored.entropy_path).array, volume_node)
+    assert slicer.util.arrayFromVolume(uncertainty).shape == sphere.shape

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from ContrastiveSegLib.evaluation.pictures import DPI, PANEL_INCHES, dice_vs_k_plot, montage_slices, overlay_montage
+from ContrastiveSegLib.evaluation.pictures import (DPI, MAX_ANNOTATED_ROWS, PANEL_INCHES, dice_vs_k_plot,
+                                                   montage_figure, montage_slices, overlay_montage)
 
 
 def _volume() -> tuple[np.ndarray, np.ndarray]:
@@ -92,9 +93,12 @@ def test_bad_arguments_name_the_bad_value(tmp_path):
 def test_montage_rows_fall_midway_between_annotations():
     reference = np.zeros((61, 4, 4), np.uint8)
     reference[:, 1:3, 1:3] = 1  # labelled on every slice 0..60
-    # Middle annotated slice 30; then the slices farthest from every annotation: 20 and 40 (10 away), then 3
-    # (7 away; 3 = 5 % of the extent, the ends are left out; ties go to the lower slice).
-    assert montage_slices(reference, 0, [10, 30, 50], rows=4) == [3, 20, 30, 40]
+    # Every annotated slice (10, 30, 50); then the slices farthest from every annotation: 20 and 40 (10 away),
+    # then 3 (7 away; 3 = 5 % of the extent, the ends are left out; ties go to the lower slice).
+    assert montage_slices(reference, 0, [10, 30, 50], rows=4) == [3, 10, 20, 30, 40, 50]
+    # Many painted slices: an even choice of MAX_ANNOTATED_ROWS of them, plus the unannotated rows.
+    many = montage_slices(reference, 0, list(range(2, 60, 4)), rows=2)
+    assert len(many) == MAX_ANNOTATED_ROWS + 1 and {2, 58} <= set(many)
     with pytest.raises(ValueError, match="rows must be >= 2"):
         montage_slices(reference, 0, [10], rows=1)
 
@@ -111,3 +115,25 @@ def test_dice_vs_k_plot_one_panel_per_task(tmp_path):
         dice_vs_k_plot([{"task": "a", "method": "m", "k": 1}], tmp_path / "x.png")
     with pytest.raises(ValueError, match="no rows"):
         dice_vs_k_plot([], tmp_path / "x.png")
+
+
+def test_column_titles_neither_overlap_nor_leave_the_picture():
+    # The demo's titles: long method names with their mean Dice (they ran into each other and lost a letter).
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rng = np.random.default_rng(0)
+    image = rng.normal(size=(12, 40, 40)).astype(np.float32)
+    labels = np.zeros(image.shape, np.uint8)
+    labels[:, 10:30, 8:20] = 1
+    labels[:, 10:30, 22:34] = 2
+    layers = {"reference": labels, "ContrastiveSeg (mean Dice 0.912)": labels,
+              "Grow from seeds (mean Dice 0.655)": labels, "Fill between slices (mean Dice 0.804)": labels}
+    figure = montage_figure(image, layers, 0, [2, 5, 8], annotated=[5], title="mni152_2mm: 3 annotated slices")
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    boxes = [ax.title.get_window_extent(renderer) for ax in figure.axes[:len(layers) + 1]]
+    picture = figure.bbox
+    for i, box in enumerate(boxes):
+        assert picture.x0 <= box.x0 and box.x1 <= picture.x1 and box.y1 <= picture.y1, i
+        for other in boxes[i + 1:]:
+            assert box.x1 <= other.x0  # left to right, apart
+    assert [ax.title.get_text().replace("\n", " ") for ax in figure.axes[:len(layers) + 1]] == ["image", *layers]
