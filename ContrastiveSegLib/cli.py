@@ -102,7 +102,7 @@ def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
                         help="keep components that touch no annotated voxel of their class")
     parser.add_argument("--no-shape-prior", action="store_true",
                         help="do not weigh in the painted outlines interpolated between the painted slices "
-                             "(shape prior)")
+                             "(contour prior) nor Slicer's grow-cut from them")
     parser.add_argument("--reference", type=Path, metavar="LABELS", help="a full reference label map on the "
                         "image's grid: the summary gives Dice and the volume difference per label against it (with "
                         "--progress json also the final event, under summary.reference)")
