@@ -206,15 +206,16 @@ def _note_checkpoint(cancel, checkpoint: Path, started: float) -> None:
 def run_methods(args, progress, cancel) -> int:
     """``contrastiveseg methods``: one line per method, or JSON with keys, parameters and defaults."""
     from ContrastiveSegLib.methods import METHODS, method_parameters
+    from ContrastiveSegLib.progress import write_stdout
 
     if args.json:
         entries = [{"name": name, "description": cls.description, "batch_keys": list(cls.required_keys),
                     "parameters": {k: list(v) if isinstance(v, tuple) else v
                                    for k, v in method_parameters(name).items()}}
                    for name, cls in METHODS.items()]
-        print(json.dumps(entries, indent=2))
-        return 0
-    for name, cls in METHODS.items():
-        print(f"{name:<10} {cls.description}")
-    print("\nparameters: contrastiveseg methods --json; set one with pretrain --param KEY=VALUE")
+        text = json.dumps(entries, indent=2) + "\n"
+    else:
+        text = "".join(f"{name:<10} {cls.description}\n" for name, cls in METHODS.items()) + \
+            "\nparameters: contrastiveseg methods --json; set one with pretrain --param KEY=VALUE\n"
+    write_stdout(text, "list of methods")  # stdout closed or its reader gone: one line on stderr, exit 2
     return 0

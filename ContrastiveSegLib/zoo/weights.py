@@ -90,11 +90,12 @@ def read_weights_header(path: str | os.PathLike, *, kind: str | None = None,
     """
     from safetensors import SafetensorError, safe_open
 
+    from ContrastiveSegLib.io.files import check_readable, check_regular_file
+
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
-    if not path.is_file():  # a FIFO would block open() forever; a folder or device is no weights file either
-        raise InputError(f"{what} {path} is not a regular file")
+    # A FIFO would block open() forever; a folder or device is no weights file either.
+    check_regular_file(path, what, hint="give a .safetensors file")
+    check_readable(path, what)
     where = f"{what} {path}"
     try:
         with safe_open(str(path), framework="pt") as handle:  # checks the layout: offsets, sizes, truncation
@@ -112,8 +113,8 @@ def read_weights_header(path: str | os.PathLike, *, kind: str | None = None,
     if not isinstance(header, dict):
         raise InputError(f"{where} has a corrupt header (not a JSON object)")
     if kind is not None and header.get("kind") != kind:
-        found = header.get("kind") if isinstance(header.get("kind"), str) else "unknown"
-        raise InputError(f"{where} holds a {found[:40]}, not a {kind}")
+        found = printable(header.get("kind"), 40) if isinstance(header.get("kind"), str) else "unknown"
+        raise InputError(f"{where} holds a {found}, not a {kind}")
     check_header(header, where)
     return header, tensors
 
@@ -135,10 +136,23 @@ def read_tensors(path: str | os.PathLike, *, what: str = "weights file") -> dict
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise InputError(f"{what} {path} is not a readable safetensors file ({str(error).splitlines()[0][:120]})") \
             from None
+    check_finite_tensors(tensors, f"{what} {path}")
+    return tensors
+
+
+def check_finite_tensors(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """InputError naming the first tensor holding NaN or infinite values: such weights (a diverged run's, a
+    damaged file) predict all background or make training diverge at its first step, so they are refused when
+    loaded, not used."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(f"{where} holds {bad} NaN or infinite values in tensor '{printable(name)}'; its "
+                             "weights are unusable (a diverged or damaged run?)")
 
 
 def load_weights(path: str | os.PathLike, *, kind: str | None = None,
@@ -340,6 +354,8 @@ class _Fields:
         # the run's summary show it.
         if not isinstance(value, str) or not value or len(value) > 4096 or "\n" in value or "\r" in value:
             self.fail(name, "must be a one-line name", value)
+        # Shown in messages and the run's summary: terminal escape codes and other control characters escaped.
+        self.header[name] = value = printable(value, 4096)
         return value
 
     def choice(self, name: str, choices: tuple[str, ...], required: bool = True) -> str | None:
