@@ -5,6 +5,6 @@ from ContrastiveSegLib.signals import hold_early_signals
 
 hold_early_signals()  # before the imports below: a Ctrl-C during start-up is a cancel, not a traceback
 
-from ContrastiveSegLib.cli import main  # noqa: E402
+from ContrastiveSegLib.cli import run  # noqa: E402
 
-sys.exit(main())
+sys.exit(run())

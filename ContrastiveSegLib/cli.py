@@ -677,6 +677,17 @@ def main(argv: list[str] | None = None) -> int:
         _restore_threads(args)
 
 
+def run() -> int:
+    """The process's entry point (the ``contrastiveseg`` script, ``python -m ContrastiveSegLib``): :func:`main`,
+    then the cancel signals ignored while the interpreter shuts down. Python puts back the default handlers while
+    it finalises (a few tenths of a second after a torch run), and a SIGTERM then would kill a run that has
+    finished and said so with -15 and no word."""
+    code = main()
+    for signum in CANCEL_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    return code
+
+
 def _check_arguments(args) -> None:
     """Every check of the parsed arguments that needs no file read: threads (and OMP_NUM_THREADS, settled before
     torch loads), bounds of every count and rate, the free-text choices, the paths."""
@@ -699,4 +710,4 @@ def _fail(printer: ProgressPrinter, message: str, code: int) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(run())

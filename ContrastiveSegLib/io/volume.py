@@ -273,10 +273,8 @@ def read_volume(path: str | os.PathLike, *, what: str = "image") -> Volume:
     multi-component (vector/RGB) image.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
-    if not path.is_dir():
-        _check_regular(path, what)
+    if not os.path.isdir(path):
+        _check_regular(path, what)  # missing, a name too long, a FIFO or device: one line, nothing opened
     check_readable(path, what)
     if not path.is_dir():
         data_files = [f for f in detached_data_files(path) if os.path.lexists(f)]
@@ -296,14 +294,14 @@ def read_volume(path: str | os.PathLike, *, what: str = "image") -> Volume:
                              "not independent, so voxels have no place in space); fix the file's orientation (NRRD "
                              "'space directions', MetaImage 'TransformMatrix', NIfTI qform/sform)") from None
         raise InputError(f"cannot read {what} {path}: {library_reason(error, printed)}") from None
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise InputError(f"{what} {path} holds complex values ({image.GetPixelIDTypeAsString()}); a real-valued "
+                         "volume is needed (take the magnitude first)")
     if image.GetDimension() != 3:
         raise InputError(f"{what} {path} is {image.GetDimension()}D; a 3D volume is needed")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{what} {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                          "a single-channel 3D volume is needed")
-    if "complex" in image.GetPixelIDTypeAsString():
-        raise InputError(f"{what} {path} holds complex values ({image.GetPixelIDTypeAsString()}); a real-valued "
-                         "volume is needed (take the magnitude first)")
     _check_geometry(image, path, what)
     array = _sitk().GetArrayFromImage(image)
     if min(array.shape) < 1:
@@ -437,6 +435,7 @@ def check_writable(path: str | os.PathLike, *, what: str = "output") -> Path:
     (a read-only folder or file system, missing permissions), and ``path`` must not be a folder, FIFO or device."""
     path = Path(path)
     folder = path.parent
+    check_name_length(path, what)  # first: the checks below would fail on such a name with ENAMETOOLONG
     if not folder.is_dir() and str(folder) not in ("", "."):
         raise InputError(f"{what} folder does not exist: {folder}")
     if path.is_dir():
@@ -445,7 +444,6 @@ def check_writable(path: str | os.PathLike, *, what: str = "output") -> Path:
         raise InputError(f"{what} {path} exists and is not a regular file")
     # Create (and remove) what the write will create, a hidden folder beside the output: permission bits alone do
     # not tell (root, ACLs, a file system mounted read-only).
-    check_name_length(path, what)
     try:
         os.rmdir(tempfile.mkdtemp(prefix=f".{_short_name(path)}.probe-", dir=folder))
     except OSError as error:
