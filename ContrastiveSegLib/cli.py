@@ -1,8 +1,8 @@
 """``contrastiveseg``: the command line over :mod:`ContrastiveSegLib.api`.
 
 Every failure the user can cause ends in one line on stderr (``contrastiveseg: error: ...``) and exit code 2;
-a cancelled run (Ctrl-C, SIGTERM) exits 130 with a line naming any output already in place (the outputs move
-into place together, after the whole run succeeded). With ``--progress json`` stdout carries one JSON object per
+a cancelled run (Ctrl-C, SIGTERM or SIGHUP, at any moment) exits 130 with a line naming any output already in
+place (the outputs move into place together, after the whole run succeeded). With ``--progress json`` stdout carries one JSON object per
 line (stage, step, of, loss, eta_s, message) for the Slicer module and other front ends; the last one (stage
 "done") holds the run's summary under ``summary``. Off a terminal, ``segment`` logs its stages on stderr
 (:class:`~ContrastiveSegLib.progress.StageLog`), from the point where no input can be refused any more.
