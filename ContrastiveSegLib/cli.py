@@ -2,10 +2,11 @@
 
 Every failure the user can cause ends in one line on stderr (``contrastiveseg: error: ...``) and exit code 2;
 a cancelled run (Ctrl-C, SIGTERM or SIGHUP, at any moment) exits 130 with a line naming any output already in
-place (the outputs move into place together, after the whole run succeeded). With ``--progress json`` stdout carries one JSON object per
-line (stage, step, of, loss, eta_s, message) for the Slicer module and other front ends; the last one (stage
-"done") holds the run's summary under ``summary``. Off a terminal, ``segment`` logs its stages on stderr
-(:class:`~ContrastiveSegLib.progress.StageLog`), from the point where no input can be refused any more.
+place (the outputs move into place together, after the whole run succeeded). With ``--progress json`` stdout
+carries one JSON object per line (stage, step, of, loss, eta_s, message) for the Slicer module and other front
+ends; the last one (stage "done") holds the run's summary under ``summary``. Off a terminal, ``segment`` logs its
+stages on stderr (:class:`~ContrastiveSegLib.progress.StageLog`), from the point where no input can be refused any
+more.
 
 ``segment``, ``finetune`` and ``predict`` end with a summary (time per stage, device and threads, encoder, plane,
 volume per label, Dice against ``--reference``, files written): on stdout at a terminal, else on stderr, so that
@@ -435,9 +436,9 @@ def _overlay(args, image, segmentation, reference, labels, axis: int, summary):
     segmentation's mean Dice against the reference in its title."""
     if getattr(args, "overlay", None) is None:
         return None
-    from ContrastiveSegLib.io.annotations import annotated_slice_indices
-
     import numpy as np
+
+    from ContrastiveSegLib.io.annotations import annotated_slice_indices
 
     layers = {} if reference is None else {"reference": reference.array}
     name = "segmentation"
@@ -590,9 +591,8 @@ def cmd_predict(args, progress, cancel) -> int:
 
 
 def cmd_encoders(args, progress, cancel) -> int:
-    from ContrastiveSegLib.zoo.registry import shipped_encoders
-
     from ContrastiveSegLib.progress import write_stdout
+    from ContrastiveSegLib.zoo.registry import shipped_encoders
 
     entries = shipped_encoders()
     if args.json:

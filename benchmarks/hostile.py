@@ -703,7 +703,8 @@ def _issue18_cases(root: Path, inputs: Path, out: Callable[[str], Path], add: Ca
             ("--seed 2^70", ["--seed", 2**70], "--seed must be <= 4294967295", {}),
             ("--threads 2^70", ["--threads", 2**70], "--threads must be <= 256", {}),
             ("--threads 4096", ["--threads", 4096], "--threads must be <= 256", {}),
-            ("OMP_NUM_THREADS=100000", [], "OMP_NUM_THREADS=100000 asks for more than 256", {"OMP_NUM_THREADS": "100000"})):
+            ("OMP_NUM_THREADS=100000", [], "OMP_NUM_THREADS=100000 asks for more than 256",
+             {"OMP_NUM_THREADS": "100000"})):
         folder = out("option-" + "-".join(title.replace("=", " ").replace("^", "e").split()).lower())
         argv = ["segment", image, labels, "-o", folder / "seg.nii.gz", *TRAIN, "--device", "cpu", *extra]
         if "--threads" not in extra and not env:

@@ -23,7 +23,7 @@ from ContrastiveSegLib.data.unlabelled import find_volumes
 from ContrastiveSegLib.errors import Cancelled, InputError
 from ContrastiveSegLib.io.files import check_name_length, check_readable
 from ContrastiveSegLib.io.volume import check_volume_suffix, check_writable, read_volume
-from ContrastiveSegLib.zoo.weights import HEADER_KEY, read_weights_header, save_weights
+from ContrastiveSegLib.zoo.weights import read_weights_header, save_weights
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--preset", "fast", "--steps", "2", "--device", "cpu", "--threads", "1"]
@@ -213,9 +213,7 @@ def test_non_finite_weights_are_refused_naming_the_file(phantom_files, capsys):
     model = _model(f.folder / "m.safetensors", label_values=(0, 1, 2))
     from safetensors.torch import load_file
 
-    from ContrastiveSegLib.zoo.weights import read_weights_header as header_of
-
-    header, _ = header_of(model)
+    header, _ = read_weights_header(model)
     tensors = load_file(str(model))
     name = sorted(tensors)[0]
     tensors[name] = tensors[name].clone().fill_(float("inf"))
