@@ -173,14 +173,21 @@ def check_consistency(mode: str) -> str:
     return look_up("consistency", mode, CONSISTENCY_MODES)
 
 
-def check_count(name: str, value: object) -> None:
-    """InputError ``NAME must be >= 1, got VALUE`` unless ``value`` is None or a whole number >= 1."""
+def check_count(name: str, value: object, *, label: str | None = None) -> None:
+    """InputError ``LABEL must be >= LOW, got VALUE`` (or ``<= HIGH``, or ``a whole number``) unless ``value`` is
+    None or a whole number within :data:`COUNT_BOUNDS` ``[name]`` (``name`` as the API spells it, ``steps`` or
+    ``batch size``; at least 1 when it has no entry). ``label`` is what the message calls it (the CLI's ``--steps``),
+    ``name`` by default: the API and the CLI apply one rule and differ only in the name they give."""
     if value is None:
         return
+    label = label or name
+    low, high = COUNT_BOUNDS.get(name.replace(" ", "_"), (1, None))
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{name} must be a whole number, got {value!r}")
-    if value < 1:
-        raise InputError(f"{name} must be >= 1, got {value}")
+        raise InputError(f"{label} must be a whole number, got {value!r}")
+    if value < low:
+        raise InputError(f"{label} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise InputError(f"{label} must be <= {high}, got {value}")
 
 
 def check_training_options(*, steps: int | None = None, batch_size: int | None = None, adapt: str | None = None,
@@ -273,17 +280,8 @@ def check_bounds(values: Mapping[str, object]) -> None:
     """InputError (one line naming the option) for the first value of ``values`` (argparse destination -> value;
     None = not given) outside :data:`COUNT_BOUNDS` / :data:`NUMBER_BOUNDS`. Checked before any work, so that
     ``--steps 10**30`` or ``--lr nan`` never reach a training loop."""
-    for name, (low, high) in COUNT_BOUNDS.items():
-        value = values.get(name)
-        if value is None:
-            continue
-        flag = "--" + name.replace("_", "-")
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{flag} must be a whole number, got {value!r}")
-        if value < low:
-            raise InputError(f"{flag} must be >= {low}, got {value}")
-        if value > high:
-            raise InputError(f"{flag} must be <= {high}, got {value}")
+    for name in COUNT_BOUNDS:
+        check_count(name, values.get(name), label="--" + name.replace("_", "-"))
     for name, (low, high) in NUMBER_BOUNDS.items():
         value = values.get(name)
         if value is None:
