@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from ContrastiveSegLib import options
-from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.cli import build_parser, main
 from ContrastiveSegLib.errors import EXIT_BAD_INPUT, InputError
 
