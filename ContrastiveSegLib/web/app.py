@@ -3,7 +3,8 @@
 Thin by design: widgets gather inputs and call :class:`~.session.Session`; one asyncio ticker (every 0.25 s)
 ticks the session's run driver (the bridge's :class:`~ContrastiveSegLib.slicer.driver.RunDriver`, which Slicer's
 module ticks from a Qt timer: progress, the result, then the uncertainty scored in a worker child) and refreshes
-the painted-slice summary when the paint changed. State the page shows (and the end-to-end test reads through ``window.trame.state``):
+the painted-slice summary when the paint changed. State the page shows (and the end-to-end test reads through
+``window.trame.state``):
 
     scan_name, painted_lines, painted (see nodes.Annotation.painted_extents), run_line, run_fraction, running,
     run_ok, can_undo_result, suggestion, saved, error, clients, axial_slice / axial_slices
