@@ -47,6 +47,7 @@ from ContrastiveSegLib.slicer.childrun import error_line, private_state_dir, rem
 from ContrastiveSegLib.slicer.driver import RunDriver  # noqa: E402
 from ContrastiveSegLib.slicer.pretraining import DEFAULT_METHOD, OFFERED_METHODS, scene_scans  # noqa: E402
 from ContrastiveSegLib.slicer.runner import Progress, overall_fraction, python_executable  # noqa: E402
+from ContrastiveSegLib.slicer.scoring import remove_run_files  # noqa: E402
 
 DEFAULT_ENCODER = "default"
 ENCODERS = [DEFAULT_ENCODER, *environment.shipped_encoder_names(), RANDOM_INIT]
@@ -666,7 +667,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         for old, new in ((node.lastModelPath, result.model_path), (node.lastProbabilitiesPath,
                                                                    result.probabilities_path)):
             if old and new is not None and pathlib.Path(old) != new:
-                _removeRunFiles(old)
+                remove_run_files(old)
         if result.model_path is not None:
             node.lastModelPath = str(result.model_path)
             node.lastModelSegments = "\n".join(s.name for s in result.annotation.segments)
@@ -705,7 +706,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         """The scene closes: remove the files its runs left (last model, probabilities and their scores)."""
         for text in (node.lastModelPath, node.lastProbabilitiesPath):
             if text:
-                _removeRunFiles(text)
+                remove_run_files(text)
         node.lastModelPath = node.lastModelSegments = node.lastProbabilitiesPath = ""
         self._undo = None
 
@@ -737,28 +738,16 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         """Score the last result's uncertainty in a worker process (never on the main thread): the slice scores
         "Suggest next slice" uses and, when the panel shows it, the uncertainty volume (under the volume's parent
         transform). ``completedCallback(outcome)``: outcome.suggestion, outcome.uncertainty_node."""
-        from ContrastiveSegLib.slicer import nodes
-        from ContrastiveSegLib.slicer.scoring import ScoringRun
+        from ContrastiveSegLib.slicer.scoring import place_scores, scoring_run
 
         node = node or self.getParameterNode()
         volumeNode = node.inputVolume
-        shape = tuple(reversed(volumeNode.GetImageData().GetDimensions())) if volumeNode else None
-        run = ScoringRun(node.lastProbabilitiesPath, shape, entropy=node.showUncertainty,
-                         python=python_executable(), env=slicer.util.startupEnvironment())
-        run.prepare()
+        run = scoring_run(node.lastProbabilitiesPath, volumeNode, entropy=node.showUncertainty,
+                          python=python_executable(), env=slicer.util.startupEnvironment())
 
         def remember(job, outcome):
-            outcome.suggestion = outcome.uncertainty_node = None
-            if not outcome.ok or volumeNode is None:
-                return
-            if outcome.entropy_path is not None:
-                outcome.uncertainty_node = nodes.put_uncertainty_file(outcome.entropy_path, volumeNode)
-                outcome.entropy_path.unlink(missing_ok=True)
-            if node.inputSegmentation is not None:
-                try:
-                    outcome.suggestion = self._suggest(node, outcome.scores)[1:]
-                except InputError:
-                    pass
+            place_scores(outcome, volumeNode,
+                         None if node.inputSegmentation is None else lambda: self._readAnnotation(node))
 
         self._scoring = None if waitForCompletion else run
         return self._follow(run, waitForCompletion, None, remember, completedCallback, timeout)
@@ -777,11 +766,15 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         return [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())
                 if segmentation.GetNthSegment(n).GetName().strip().lower() != "background"]
 
-    def _suggest(self, node, scores):
+    def _readAnnotation(self, node):
         from ContrastiveSegLib.slicer import nodes
+
+        return nodes.read_annotation(node.inputSegmentation, node.inputVolume, resample=node.allowResampling)
+
+    def _suggest(self, node, scores):
         from ContrastiveSegLib.slicer.scoring import suggest_from_scores
 
-        annotation = nodes.read_annotation(node.inputSegmentation, node.inputVolume, resample=node.allowResampling)
+        annotation = self._readAnnotation(node)
         index, score = suggest_from_scores(scores, annotation.axis, annotation.slices)
         return annotation, index, score
 
@@ -830,16 +823,6 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         from ContrastiveSegLib.slicer import nodes
 
         return None if volumeNode is None else nodes.find_uncertainty_node(volumeNode)
-
-
-def _removeRunFiles(path) -> None:
-    """Remove a model or probability file a run left, with the files beside it (segments, scores, entropy)."""
-    from ContrastiveSegLib.slicer.job import segments_file
-    from ContrastiveSegLib.slicer.scoring import entropy_file, scores_file
-
-    path = pathlib.Path(path)
-    for each in (path, segments_file(path), scores_file(path), entropy_file(path)):
-        each.unlink(missing_ok=True)
 
 
 class _Inputs:

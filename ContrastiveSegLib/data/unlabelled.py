@@ -30,8 +30,8 @@ from ContrastiveSegLib.data.slices import InputSpec, SliceStack, coordinate_wind
 from ContrastiveSegLib.data.superpixels import SuperpixelParams, cached_superpixels
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.annotations import IGNORE
+from ContrastiveSegLib.io.volume import IMAGE_FILE_SUFFIXES
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MIN_IN_PLANE = 16  # the encoder halves the slice four times: anything smaller has no bottleneck left
 UNKNOWN_TAG = -1
 
@@ -121,7 +121,7 @@ VolumeSource = Union[FileVolume, ArrayVolume]
 
 
 def _is_volume_file(path: Path) -> bool:
-    return path.name.lower().endswith(VOLUME_SUFFIXES)
+    return path.name.lower().endswith(IMAGE_FILE_SUFFIXES)
 
 
 def find_volumes(paths: Sequence[str | os.PathLike]) -> list[FileVolume]:

@@ -27,7 +27,19 @@ from ContrastiveSegLib.io.files import check_name_length, check_readable, check_
 # the same grid: files written by different tools round geometry differently.
 _TOLERANCE = 1e-4
 
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+"""File name endings of the scans the library reads (the last, .dcm, only as a DICOM series' file)."""
+IMAGE_FILE_SUFFIXES = VOLUME_SUFFIXES[:-1]
+"""The single-file formats among them: what SimpleITK writes, and what a folder of scans is searched for."""
+
+
+def volume_stem(name: str) -> str:
+    """``name`` without its scan suffix (any case): "CT.nii.gz" -> "CT"; unchanged when it has none."""
+    lower = name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 @dataclass
@@ -455,10 +467,10 @@ def check_volume_suffix(path: Path, *, what: str = "output") -> None:
     """InputError unless ``path`` ends in a volume suffix SimpleITK writes (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd),
     in lower case: ITK's NIfTI and MetaImage writers refuse ``.NII.GZ`` or ``.MHA`` (after the whole run)."""
     name = str(path)
-    if not name.lower().endswith(_VOLUME_SUFFIXES[:-1]):
+    if not name.lower().endswith(IMAGE_FILE_SUFFIXES):
         raise InputError(f"{what} {path}: unknown file type; use .nii.gz, .nii, .nrrd or .mha")
-    if not name.endswith(_VOLUME_SUFFIXES[:-1]):
-        suffix = next(s for s in _VOLUME_SUFFIXES if name.lower().endswith(s))
+    if not name.endswith(IMAGE_FILE_SUFFIXES):
+        suffix = next(s for s in VOLUME_SUFFIXES if name.lower().endswith(s))
         raise InputError(f"{what} {path}: write the file type in lower case ({suffix}); the writers do not take "
                          f"{name[-len(suffix):]}")
 

@@ -177,12 +177,34 @@ class Annotation:
         """The painted planes' axes, the annotation axis first."""
         return [self.axis] + sorted(a for a in self.planes if a != self.axis)
 
+    def painted_planes(self, info: SegmentInfo) -> dict[int, tuple[int, ...]]:
+        """{axis: painted slices} of one segment (a single-plane segment: its slices along :attr:`axis`)."""
+        return dict(info.planes) or {self.axis: info.slices}
+
+    def painted_extents(self) -> dict[str, dict[str, dict[int, list[int]]]]:
+        """Per segment name, per plane letter (k, j, i), per painted slice: ``[voxels, row_min, row_max, col_min,
+        col_max]``, the segment's painted voxel count and bounding box in that slice (rows and columns of the
+        (k, j, i) array with the slice's axis taken out). Where strokes landed, e.g. for a browser's test."""
+        report: dict[str, dict[str, dict[int, list[int]]]] = {}
+        for info in self.segments:
+            mask = self.labels == info.label_value
+            planes: dict[str, dict[int, list[int]]] = {}
+            for axis, slices in self.painted_planes(info).items():
+                moved = np.moveaxis(mask, axis, 0)
+                for s in slices:
+                    rows, cols = np.nonzero(moved[s])
+                    if rows.size:
+                        planes.setdefault(AXIS_LETTERS[axis], {})[int(s)] = [
+                            int(rows.size), int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())]
+            report[info.name] = planes
+        return report
+
     def summary(self) -> list[str]:
         """One line per segment for the module panel, e.g. ``"Liver: 3 axial slices (k = 4, 10, 17)"`` or
         ``"Liver: 2 axial slices (k = 12, 30) + 1 coronal slice (j = 50)"``."""
         lines = []
         for info in self.segments:
-            painted = dict(info.planes) or {self.axis: info.slices}
+            painted = self.painted_planes(info)
             parts = [_count_slices(len(painted[a]), self.plane_name(a), AXIS_LETTERS[a], painted[a])
                      for a in self.ordered_axes() if painted.get(a)]
             lines.append(f"{info.name}: " + (" + ".join(parts) or _count_slices(0, self.plane, "", ())))
@@ -266,6 +288,36 @@ def segment_mask(segmentation_node, segment_id: str, volume_node) -> np.ndarray:
 
 Box = tuple[slice, slice, slice]
 """A (k, j, i) box of a volume's voxel grid."""
+
+
+def label_map(segmentation_node, volume_node) -> np.ndarray:
+    """Every segment of ``segmentation_node`` as one label map (k, j, i) on ``volume_node``'s grid: segment n (in
+    segment order, from 1) has value n, a later segment wins where two overlap; uint8 (uint16 from 255 segments).
+    InputError (one line) when there is no segment."""
+    ids = _segment_ids(segmentation_node)
+    if not ids:
+        raise InputError("the segmentation has no segment")
+    labels = None
+    for value, segment_id in enumerate(ids, start=1):
+        mask = segment_mask(segmentation_node, segment_id, volume_node)
+        if labels is None:
+            labels = np.zeros(mask.shape, dtype=np.uint8 if len(ids) < 255 else np.uint16)
+        labels[mask] = value
+    return labels
+
+
+def write_segmentation_file(segmentation_node, path) -> None:
+    """Write ``segmentation_node`` as Slicer's ``.seg.nrrd`` (segment names, colours, terminology and tags),
+    atomically: OutputError (one line) when it cannot be written, and then no partial file."""
+    from ContrastiveSegLib.io.volume import atomic_write
+
+    def write(tmp) -> None:
+        storage = slicer.vtkMRMLSegmentationStorageNode()
+        storage.SetFileName(str(tmp))
+        if not storage.WriteData(segmentation_node):
+            raise OSError(f"Slicer could not write {tmp.name}")
+
+    atomic_write(path, write)
 
 
 def _segment_hits(segmentation_node, segment_id: str, reference: np.ndarray, shape: Sequence[int]):

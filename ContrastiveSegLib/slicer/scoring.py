@@ -19,7 +19,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,10 +97,13 @@ def main(argv=None) -> int:
 
 @dataclass
 class ScoringOutcome(ChildOutcome):
-    """How a scoring run ended: the scores per axis and, when asked, the entropy map file."""
+    """How a scoring run ended: the scores per axis and, when asked, the entropy map file; after
+    :func:`place_scores`, the uncertainty volume node and the suggested (slice, score)."""
 
     scores: dict[int, np.ndarray] = field(default_factory=dict)
     entropy_path: Path | None = None
+    uncertainty_node: object = None
+    suggestion: tuple[int, float] | None = None
 
 
 class ScoringRun(ChildRun):
@@ -135,6 +138,46 @@ class ScoringRun(ChildRun):
             path = entropy_file(self.probabilities_path)
             outcome.entropy_path = path if self.entropy and path.is_file() else None
         return outcome
+
+
+def scoring_run(probabilities_path: str | os.PathLike, volume_node, *, entropy: bool, python: str | None = None,
+                env: Mapping[str, str] | None = None) -> ScoringRun:
+    """A prepared :class:`ScoringRun` of a result's probabilities on ``volume_node``'s grid (what both front ends
+    start after a successful run). InputError (one line) when there is no probability file."""
+    shape = tuple(reversed(volume_node.GetImageData().GetDimensions())) if volume_node is not None else None
+    run = ScoringRun(probabilities_path, shape, entropy=entropy, python=python, env=env)
+    run.prepare()
+    return run
+
+
+def place_scores(outcome: ScoringOutcome, volume_node, read_annotation: Callable | None = None) -> None:
+    """Put a finished scoring run into the scene: the entropy map (if any) as ``volume_node``'s uncertainty volume
+    (``outcome.uncertainty_node``; the file is removed once loaded) and, when ``read_annotation()`` gives the
+    painting, ``outcome.suggestion``: the most uncertain slice not painted yet along its axis (None when every
+    slice is painted or the painting cannot be read). Nothing on a failed run."""
+    from ContrastiveSegLib.slicer import nodes
+
+    outcome.suggestion = outcome.uncertainty_node = None
+    if not outcome.ok or volume_node is None:
+        return
+    if outcome.entropy_path is not None:
+        outcome.uncertainty_node = nodes.put_uncertainty_file(outcome.entropy_path, volume_node)
+        outcome.entropy_path.unlink(missing_ok=True)
+    if read_annotation is not None:
+        try:
+            annotation = read_annotation()
+            outcome.suggestion = suggest_from_scores(outcome.scores, annotation.axis, annotation.slices)
+        except InputError:
+            pass
+
+
+def remove_run_files(path: str | os.PathLike) -> None:
+    """Remove a model or probability file a run left, with the files beside it (segments, scores, entropy)."""
+    from ContrastiveSegLib.slicer.job import segments_file
+
+    path = Path(path)
+    for each in (path, segments_file(path), scores_file(path), entropy_file(path)):
+        each.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
 """The browser page: Slicer's slice and 3D views and Segment Editor (trame-slicer) beside the ContrastiveSeg panel.
 
 Thin by design: widgets gather inputs and call :class:`~.session.Session`; one asyncio ticker (every 0.25 s)
-follows the worker child (progress, then the result) and refreshes the painted-slice summary when the paint
-changed. State the page shows (and the end-to-end test reads through ``window.trame.state``):
+ticks the session's run driver (the bridge's :class:`~ContrastiveSegLib.slicer.driver.RunDriver`, which Slicer's
+module ticks from a Qt timer: progress, the result, then the uncertainty scored in a worker child) and refreshes
+the painted-slice summary when the paint changed. State the page shows (and the end-to-end test reads through
+``window.trame.state``):
 
-    scan_name, painted_lines, painted (see session.painted_slices), run_line, run_fraction, running, run_ok,
-    suggestion, saved, error, clients, axial_slice / axial_slices
+    scan_name, painted_lines, painted (see nodes.Annotation.painted_extents), run_line, run_fraction, running,
+    run_ok, can_undo_result, suggestion, saved, error, clients, axial_slice / axial_slices
 
 Needs the ``web`` extra (trame-slicer, which brings slicer-core 5.11 and VTK 9.6).
 """
@@ -107,6 +109,7 @@ class ContrastiveSegWebApp(TrameApp):
         s.run_fraction = 0
         s.run_ok = None
         s.run_count = 0
+        s.can_undo_result = False
         s.suggestion = ""
         s.model_path = ""
         s.saved = {}
@@ -193,6 +196,8 @@ class ContrastiveSegWebApp(TrameApp):
                         id="segment")
                 v3.VBtn("Refine", click=self.refine, disabled=("running || clients > 1",), id="refine")
                 v3.VBtn("Cancel", click=self.cancel, v_if="running", color="error", id="cancel")
+                v3.VBtn("Undo result", click=self.undo_result, v_if="can_undo_result && !running",
+                        id="undo-result")
             v3.VProgressLinear(model_value=("run_fraction * 100",), v_if="running || run_line", height=6)
             html.Div("{{ run_line }}", classes="text-caption", id="run-line")
             with html.Div(v_if="suggestion", classes="d-flex ga-1 align-center"):
@@ -369,11 +374,17 @@ class ContrastiveSegWebApp(TrameApp):
         self.state.tool = "navigate"
         self.session.start(kind, self._options(), **kwargs)
         self.state.running, self.state.run_ok, self.state.run_fraction = True, None, 0
+        self.state.can_undo_result = False
         self.state.run_line = self.session.status.line
 
     def cancel(self) -> None:
-        self._guard(self.session.cancel)
-        self._follow_run()
+        self._guard(self.session.cancel)  # returns at once; the ticker follows the run to its end
+
+    def undo_result(self) -> None:
+        if self._guard(self.session.undo_result):
+            self._show_segmentation()
+            self.state.can_undo_result, self.state.suggestion, self.state.result = False, "", {}
+            self._refresh_segments()
 
     def go_to_suggestion(self) -> None:
         if self.session.suggestion is not None and self.session.suggestion_axis == self._axial_axis():
@@ -410,16 +421,22 @@ class ContrastiveSegWebApp(TrameApp):
                 self.state.running = False
                 self.state.run_ok = status.ok
                 self.state.run_count += 1
+                self.state.can_undo_result = self.session.can_undo
                 if status.ok:
                     self._after_result()
                 elif not status.cancelled:  # a cancel is what the user asked for: the run line says it
                     self.state.error = status.line
 
+    def _show_segmentation(self) -> None:
+        """Edit (and show) the session's segmentation node: a Predict only result, or the painting again."""
+        session, editor = self.session, self.slicer_app.segmentation_editor
+        if session.segmentation_node is not editor.active_segmentation_node:
+            editor.set_active_segmentation(session.segmentation_node, session.volume_node)
+            editor.show_3d(True)
+
     def _after_result(self) -> None:
         session, app = self.session, self.slicer_app
-        if session.segmentation_node is not app.segmentation_editor.active_segmentation_node:
-            app.segmentation_editor.set_active_segmentation(session.segmentation_node, session.volume_node)
-            app.segmentation_editor.show_3d(True)
+        self._show_segmentation()
         if session.uncertainty_node is not None and self.state.show_uncertainty:
             for view in app.view_manager.get_slice_views():
                 view.set_foreground_volume_id(session.uncertainty_node.GetID())

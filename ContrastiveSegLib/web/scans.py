@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ContrastiveSegLib.errors import InputError
-from ContrastiveSegLib.io.volume import _VOLUME_SUFFIXES
+from ContrastiveSegLib.io.volume import VOLUME_SUFFIXES
 from ContrastiveSegLib.web import MAX_UPLOAD_BYTES
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -22,7 +22,7 @@ _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 def is_scan_name(name: str) -> bool:
     """True for a file name with a volume suffix the library reads (.nii.gz, .nrrd, ...)."""
     lower = name.lower()
-    return any(lower.endswith(suffix) for suffix in _VOLUME_SUFFIXES)
+    return any(lower.endswith(suffix) for suffix in VOLUME_SUFFIXES)
 
 
 class ScanFolders:

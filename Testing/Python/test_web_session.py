@@ -21,7 +21,7 @@ slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel")
 
 from ContrastiveSegLib.slicer import nodes  # noqa: E402  (needs slicer)
 from ContrastiveSegLib.slicer.job import JobOptions  # noqa: E402
-from ContrastiveSegLib.web.session import Session, painted_slices  # noqa: E402
+from ContrastiveSegLib.web.session import Session  # noqa: E402
 
 
 def _sphere_scan(folder: Path) -> tuple[Path, np.ndarray]:
@@ -133,7 +133,10 @@ def test_painted_report_names_slices_and_where_on_them(scene, tmp_path):
     assert lines == ["Segment 1: 2 axial slices (k = 7, 12)", "Other: 1 axial slice (k = 12)"]
     assert report == {"Segment 1": {"k": {7: [60, 18, 20, 10, 29], 12: [42, 19, 21, 12, 25]}},
                       "Other": {"k": {12: [12, 2, 4, 2, 5]}}}
-    assert painted_slices(session.annotation()) == report
+    labels = session.label_map()  # both segments as one label map, in segment order
+    assert labels.dtype == np.uint8 and labels.shape == sphere.shape
+    assert labels[7, 19, 15] == 1 and labels[12, 3, 3] == 2 and labels[0, 0, 0] == 0
+    assert np.bincount(labels.ravel()).tolist() == [labels.size - 114, 60 + 42, 12]
 
 
 def test_a_second_scan_replaces_the_first(scene, tmp_path):
@@ -165,6 +168,7 @@ def test_segment_in_the_child_then_save_and_predict_only(scene, tmp_path):
     assert session.uncertainty_node is not None and session.suggestion is not None
     assert session.suggestion[0] not in (7, 10, 13)
     assert session.suggestion_text().startswith(f"Paint axial slice k = {session.suggestion[0]} next")
+    assert not list(session.state_dir.glob("probabilities-*"))  # scored in a child, then removed
 
     written = session.save("result")
     assert sorted(written) == ["model", "nifti", "seg"]
@@ -188,6 +192,12 @@ def test_segment_in_the_child_then_save_and_predict_only(scene, tmp_path):
              for n in range(predicted.GetSegmentation().GetNumberOfSegments())]
     assert names == ["Segment 1"]
 
+    assert session.can_undo
+    session.undo_result()  # Predict only's node goes, the painting shows again
+    assert predicted.GetScene() is None and session.segmentation_node is painting and not session.can_undo
+    with pytest.raises(InputError, match="no result to take back"):
+        session.undo_result()
+
 
 @pytest.mark.slow
 def test_cancel_leaves_the_paint_and_refine_continues_from_the_last_model(scene, tmp_path):
@@ -200,7 +210,8 @@ def test_cancel_leaves_the_paint_and_refine_continues_from_the_last_model(scene,
     while session.status.stage != "finetune" and time.monotonic() < wait:  # cancel in the middle of training
         session.poll()
         time.sleep(0.1)
-    session.cancel()
+    session.cancel()  # returns at once: the next polls end the run
+    _finish(session)
     assert not session.running and session.status.ok is False and session.status.cancelled
     assert "cancel" in session.status.line.lower()
     mask = nodes.segment_mask(session.segmentation_node, segment_id, session.volume_node)
@@ -211,10 +222,14 @@ def test_cancel_leaves_the_paint_and_refine_continues_from_the_last_model(scene,
     status = _finish(session)
     first_model = session.last_model
     assert status.ok and first_model is not None
+    first = nodes.segment_mask(session.segmentation_node, segment_id, session.volume_node)
     session.start("segment", JobOptions(preset="fast", steps=5, device="cpu"), refine=True)
     assert session.job.options.init_model == str(first_model)
     assert "--init-model" in session.job.command()
     assert _finish(session).ok and session.last_model != first_model
+    assert not first_model.exists()  # only the latest model stays in the private folder
+    session.undo_result()  # the refined result goes, the first one is back in the same node
+    assert np.array_equal(nodes.segment_mask(session.segmentation_node, segment_id, session.volume_node), first)
 
 
 # ---------------------------------------------------------------------------------------- the command line
