@@ -42,11 +42,12 @@ except ImportError:  # a source checkout added through "Additional module paths"
 from ContrastiveSegLib.errors import InputError  # noqa: E402
 from ContrastiveSegLib.options import (AXIS_LETTERS, DEFAULT_CONSISTENCY, DEFAULT_DEVICE, DEFAULT_PRESET,  # noqa: E402
                                        DEVICE_KINDS, PRESET_NAMES, PRETRAIN_STEPS, RANDOM_INIT, axis_index)
-from ContrastiveSegLib.slicer import environment  # noqa: E402
-from ContrastiveSegLib.slicer.geometry import slice_center_ras  # noqa: E402
-from ContrastiveSegLib.slicer.childrun import private_state_dir  # noqa: E402
+from ContrastiveSegLib.slicer import environment, panel  # noqa: E402
+from ContrastiveSegLib.slicer.childrun import error_line, private_state_dir, remove_state_dirs  # noqa: E402
+from ContrastiveSegLib.slicer.driver import RunDriver  # noqa: E402
 from ContrastiveSegLib.slicer.pretraining import DEFAULT_METHOD, OFFERED_METHODS, scene_scans  # noqa: E402
 from ContrastiveSegLib.slicer.runner import Progress, overall_fraction, python_executable  # noqa: E402
+from ContrastiveSegLib.slicer.scoring import remove_run_files  # noqa: E402
 
 DEFAULT_ENCODER = "default"
 ENCODERS = [DEFAULT_ENCODER, *environment.shipped_encoder_names(), RANDOM_INIT]
@@ -75,6 +76,24 @@ class ContrastiveSeg(ScriptedLoadableModule):
             "Contrastive pretraining implements SimCLR (Chen et al., ICML 2020), self-paced contrast with "
             "meta-labels (Peng et al., NeurIPS 2021), IDEAL (Basak et al., ICASSP 2023), LRC (Yan et al., MICCAI "
             "2023) and MixCL (Li et al., 2022); networks and losses are built on MONAI.")
+        # The sample (the bundled MNI brain with 3 painted slices) goes into Sample Data once Slicer has started.
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData() -> None:
+    """Offer the bundled sample in the Sample Data module (ContrastiveSegLib.slicer.sample)."""
+    import SampleData
+
+    from ContrastiveSegLib.slicer.sample import register_sample
+
+    def onLoaded(volumeNode, segmentationNode) -> None:
+        # A first-time user lands in the module with the sample chosen: pressing Segment is all that is left.
+        node = ContrastiveSegLogic().getParameterNode()
+        node.inputVolume, node.inputSegmentation = volumeNode, segmentationNode
+        slicer.util.selectModule("ContrastiveSeg")
+
+    thumbnail = os.path.join(os.path.dirname(__file__), "Resources", "Icons", "ContrastiveSeg.png")
+    register_sample(SampleData.SampleDataLogic, lambda: slicer.mrmlScene, thumbnail, onLoaded)
 
 
 @parameterNodeWrapper
@@ -85,7 +104,8 @@ class ContrastiveSegParameterNode:
     inputSegmentation: vtkMRMLSegmentationNode
     outputSegmentation: vtkMRMLSegmentationNode  # None: a new segmentation node for each run
     encoder: Annotated[str, Choice(ENCODERS)] = DEFAULT_ENCODER
-    encoderFile: pathlib.Path
+    # Paths are text ("" = not set), wired by hand (panel.PATH_FIELDS): a pathlib.Path parameter shows "." unset.
+    encoderFile: str = ""
     device: Annotated[str, Choice(DEVICES)] = DEFAULT_DEVICE
     gpuIndex: Annotated[int, WithinRange(0, 15)] = 0
     preset: Annotated[str, Choice(list(PRESET_NAMES))] = DEFAULT_PRESET
@@ -97,14 +117,14 @@ class ContrastiveSegParameterNode:
     seed: Annotated[int, WithinRange(0, 1000000)] = 0
     batchSize: Annotated[int, WithinRange(0, 1024)] = 0
     allowResampling: bool = False
-    modelFile: pathlib.Path
+    modelFile: str = ""
     # Pretraining: an encoder from unlabelled scans; on success it becomes encoderFile (the next Segment's).
     pretrainSource: Annotated[str, Choice([FROM_SCENE, FROM_FOLDER])] = FROM_SCENE
-    pretrainFolder: pathlib.Path
+    pretrainFolder: str = ""
     pretrainMethod: Annotated[str, Choice(list(OFFERED_METHODS))] = DEFAULT_METHOD
     pretrainSteps: Annotated[int, WithinRange(1, 1000000)] = PRETRAIN_STEPS
     pretrainMinutes: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0  # 0: no time limit
-    pretrainOutput: pathlib.Path  # empty: a new file in the module's encoders folder
+    pretrainOutput: str = ""  # empty: a new file in the module's encoders folder
     # Not shown: what the last run left behind (refine from it, suggest the next slice from it).
     lastModelPath: str = ""
     lastModelSegments: str = ""
@@ -112,8 +132,7 @@ class ContrastiveSegParameterNode:
 
 
 def _path_or_none(path) -> str | None:
-    text = str(path or "")
-    return None if text in ("", ".") else text
+    return panel.path_text(path) or None
 
 
 def valid_device(value) -> str:
@@ -133,6 +152,8 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._observedSegmentation = None
         self._summaryTimer = None
+        self._summaryState = None
+        self._shortcuts = []
         # Remarks of the current run that must stay visible, e.g. the child's "out of GPU memory: retrying with
         # batch size N" (the child halves its batch itself; the panel only reports).
         self._notes = []
@@ -157,15 +178,26 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveModelButton.connect("clicked(bool)", self.onSaveModelButton)
         self.ui.pretrainButton.connect("clicked(bool)", self.onPretrainButton)
         self.ui.installButton.connect("clicked(bool)", self.onInstallButton)
+        self.ui.undoButton.connect("clicked(bool)", self.onUndoButton)
+        for widgetName, parameter in panel.PATH_FIELDS.items():
+            getattr(self.ui, widgetName).connect("currentPathChanged(QString)",
+                                                 lambda text, p=parameter: self.onPathChanged(p, text))
+        for key, action in ((panel.SHORTCUT_SEGMENT, self.onSegmentShortcut),
+                            (panel.SHORTCUT_SUGGEST, self.onSuggestShortcut), (panel.SHORTCUT_UNDO, self.onUndoButton)):
+            shortcut = qt.QShortcut(qt.QKeySequence(key), self.parent)
+            shortcut.setContext(qt.Qt.WidgetWithChildrenShortcut)  # only in this panel: the editor keeps its keys
+            shortcut.connect("activated()", action)
+            self._shortcuts.append(shortcut)
         # "activated", not "currentIndexChanged": only the user's own choice is saved. Binding the parameter node
         # (connectGui) clears and refills this combo box, which changes its index before the setting is read.
         self.ui.deviceComboBox.connect("activated(int)", self.onDeviceChosen)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        """Slicer closes the module (and itself): stop any run, remove this session's folder of run files."""
         self._summaryTimer.stop()
-        self.logic.cancel()
         self.removeObservers()
+        self.logic.cleanup()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -179,6 +211,8 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.logic.cancel()
+        if self._parameterNode:
+            self.logic.forgetRunFiles(self._parameterNode)  # the scene's model and probabilities go with it
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -218,16 +252,32 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.predictButton.enabled = not running and bool(node and node.inputVolume and
                                                              _path_or_none(node.modelFile))
         self.ui.saveModelButton.enabled = not running and bool(node and node.lastModelPath)
-        self.ui.suggestButton.enabled = not running and bool(node and node.lastProbabilitiesPath)
-        self.ui.gpuIndexSpinBox.visible = bool(node and node.device == "cuda")
+        self.ui.suggestButton.enabled = not running and self.logic.scoresReady(node)
+        self.ui.undoButton.enabled = not running and self.logic.canUndo()
+        cuda = bool(node and node.device == "cuda")
+        self.ui.gpuIndexSpinBox.visible = self.ui.gpuIndexLabel.visible = cuda
+        for widgetName, parameter in panel.PATH_FIELDS.items():
+            widget = getattr(self.ui, widgetName)
+            text = panel.path_text(getattr(node, parameter)) if node else ""
+            if widget.currentPath != text:
+                widget.currentPath = text
         self._observeSegmentation(node.inputSegmentation if node else None)
+        state = panel.summary_state(node)
+        if state != self._summaryState:  # volume, segmentation, axis or resampling changed
+            self._summaryState = state
+            self._scheduleSummary()
+
+    def onPathChanged(self, parameter: str, text: str) -> None:
+        if self._parameterNode and getattr(self._parameterNode, parameter) != panel.path_text(text):
+            setattr(self._parameterNode, parameter, panel.path_text(text))
 
     def _observeSegmentation(self, segmentationNode) -> None:
         if segmentationNode is self._observedSegmentation:
             return
-        # Painting fires the segmentation's segment events (forwarded by the node), not the node's ModifiedEvent.
-        events = (slicer.vtkSegmentation.SegmentModified, slicer.vtkSegmentation.SegmentAdded,
-                  slicer.vtkSegmentation.SegmentRemoved)
+        # Painting fires SourceRepresentationModified (forwarded by the node), not the node's ModifiedEvent.
+        events = [getattr(slicer.vtkSegmentation, name, None) or
+                  getattr(slicer.vtkSegmentation, panel.LEGACY_EVENT_NAMES.get(name, name))
+                  for name in panel.SUMMARY_EVENTS]
         for event in events:
             if self._observedSegmentation is not None:
                 self.removeObserver(self._observedSegmentation, event, self._scheduleSummary)
@@ -241,14 +291,15 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def updateSummary(self) -> None:
         node = self._parameterNode
-        if not (node and node.inputVolume and node.inputSegmentation) or self.logic.isRunning():
-            self.ui.summaryLabel.text = _("Choose a volume and a segmentation painted on a few slices.")
-            return
-        try:
-            lines = self.logic.annotationSummary(node.inputVolume, node.inputSegmentation, node)
-        except InputError as error:
-            lines = [str(error)]
-        self.ui.summaryLabel.text = "\n".join(lines)
+        ready = bool(node and node.inputVolume and node.inputSegmentation)
+        running = self.logic.runKind if self.logic.isRunning() else None
+        lines = None
+        if ready and running is None:
+            try:
+                lines = self.logic.annotationSummary(node.inputVolume, node.inputSegmentation, node)
+            except InputError as error:
+                lines = [str(error)]
+        self.ui.summaryLabel.text = _(panel.summary_text(ready, running, lines))
 
     def showStatus(self, text: str, error: bool = False) -> None:
         self.ui.statusLabel.text = text
@@ -276,7 +327,8 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return False
 
     def _startOrCancel(self, launch) -> None:
-        """The Segment and Pretrain buttons turn into Cancel while their run is going."""
+        """The Segment and Pretrain buttons turn into Cancel while their run is going. Cancel returns at once;
+        the run's timer finishes the clean-up and brings the panel back."""
         if self.logic.isRunning():
             self.showStatus(_("Cancelling..."))
             self.logic.cancel()
@@ -306,7 +358,11 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             launch()
         except InputError as error:  # the user's input: one line in the panel
             self.showStatus(str(error), error=True)
+        except Exception as error:  # noqa: BLE001 - anything else: one line here, the traceback in the log
+            logging.exception("ContrastiveSeg: the run could not start")
+            self.showStatus(error_line(error, "starting the run"), error=True)
         self.updateGui()
+        self.updateSummary()
 
     def onProgress(self, progress: Progress) -> None:
         self.ui.progressBar.value = int(100 * overall_fraction(progress, self.logic.runKind))
@@ -318,15 +374,39 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.value = 100 if result.ok else 0
         text = result.message
         if result.ok:
-            text = _("Done in {seconds:.0f} s.").format(seconds=result.seconds)
-            if result.suggestion is not None:
-                text += " " + _("Most uncertain slice: {index}.").format(index=result.suggestion[0])
-            text = " ".join([text, *self._notes, *result.notes])
-            if result.uncertainty_node is not None:
-                slicer.util.setSliceViewerLayers(foreground=result.uncertainty_node, foregroundOpacity=0.4)
+            text = " ".join([_("Done in {seconds:.0f} s.").format(seconds=result.seconds), *self._notes,
+                             *result.notes])
+            if result.probabilities_path is not None:  # scored in a worker process: the panel stays free
+                try:
+                    self.logic.scoreUncertainty(self._parameterNode, completedCallback=self.onScored)
+                except InputError as error:
+                    text += " " + str(error)
         self.showStatus(text, error=not result.ok and not result.run.cancelled)
         self.updateGui()
         self.updateSummary()
+
+    def onScored(self, outcome) -> None:
+        if outcome.ok and outcome.uncertainty_node is not None:
+            slicer.util.setSliceViewerLayers(foreground=outcome.uncertainty_node, foregroundOpacity=0.4)
+        if outcome.ok and outcome.suggestion is not None:
+            self.showStatus(" ".join([self.ui.statusLabel.text, _("Most uncertain slice: {index}.").format(
+                index=outcome.suggestion[0])]))
+        self.updateGui()
+
+    def onUndoButton(self) -> None:
+        if self.logic.isRunning() or not self.logic.canUndo():
+            return
+        self.showStatus(self.logic.undoLastResult())
+        self.updateGui()
+        self.updateSummary()
+
+    def onSegmentShortcut(self) -> None:
+        if self.ui.segmentButton.enabled:
+            self.onSegmentButton()
+
+    def onSuggestShortcut(self) -> None:
+        if self.ui.suggestButton.enabled:
+            self.onSuggestButton()
 
     def onSuggestButton(self) -> None:
         node = self._parameterNode
@@ -356,9 +436,14 @@ class ContrastiveSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSaveModelButton(self) -> None:
         path = qt.QFileDialog.getSaveFileName(None, _("Save the fine-tuned model"), "model.safetensors",
                                               "Model (*.safetensors)")
-        if path:
+        if not path:
+            return
+        try:
             self.logic.saveModel(self._parameterNode, path)
-            self.showStatus(_("Model saved to {path}; use it with 'Predict only'.").format(path=path))
+        except InputError as error:  # a full disk, a folder without write access: one line, Slicer goes on
+            self.showStatus(str(error), error=True)
+            return
+        self.showStatus(_("Model saved to {path}; use it with 'Predict only'.").format(path=path))
 
 
 class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
@@ -368,7 +453,9 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self.job = None
         self.runKind = "segment"  # of the current (or last) run: segment, predict or pretrain
-        self._timer = None
+        self._timers = []  # one per run being followed (a run and its uncertainty worker)
+        self._scoring = None  # the uncertainty worker of the last result (ContrastiveSegLib.slicer.scoring)
+        self._undo = None  # how to take the last result back (ContrastiveSegLib.slicer.nodes.ResultUndo)
         self._gpus = None
 
     def getParameterNode(self):
@@ -405,7 +492,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
             node.device = valid_device(device)
             node.inputVolume = self.firstScan(scene)
             if not _path_or_none(node.encoderFile) and encoderFile and pathlib.Path(encoderFile).is_file():
-                node.encoderFile = pathlib.Path(encoderFile)  # the user's own pretrained encoder
+                node.encoderFile = str(encoderFile)  # the user's own pretrained encoder
         if not node.inputSegmentation:
             node.inputSegmentation = scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
 
@@ -522,8 +609,12 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
     def _launch(self, job, kind, wait, progressCallback, completedCallback, timeout, remember):
         if self.isRunning():
             raise InputError(_("a run is in progress; cancel it first"))
+        if self._scoring is not None and self._scoring.running:
+            self._scoring.cancel()  # the last result's uncertainty is about to be replaced
         job.prepare()
         self.runKind = kind
+        if not wait:
+            self.job = job
 
         def onEvent(event):
             if isinstance(event, Progress):
@@ -532,45 +623,51 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
             else:
                 logging.info(event)
 
+        return self._follow(job, wait, onEvent, remember, completedCallback, timeout)
+
+    def _follow(self, run, wait, onEvent, remember, completedCallback, timeout):
+        """Run ``run`` to its end (``wait``: here, for batch scripts; else from a timer, and return it started)."""
         if wait:
-            result = job.run(on_event=onEvent, timeout=timeout)
-            remember(job, result)
+            result = run.run(on_event=onEvent, timeout=timeout)
+            remember(run, result)
             if completedCallback:
                 completedCallback(result)
             return result
-        job.start()
-        self.job = job
-        self._timer = qt.QTimer()
-        self._timer.setInterval(200)
+        run.start()
+        # Every way the run ends (done, failed, cancelled, an error while reading the result) reaches
+        # completedCallback through the driver; the timer only ticks it.
+        self._startTimer(RunDriver(run, onEvent, remember, completedCallback))
+        return run
 
-        def poll():
-            for event in job.poll():
-                onEvent(event)
-            if not job.running:
-                self._timer.stop()
-                self.job = None
-                result = job.finish()
-                remember(job, result)
-                if completedCallback:
-                    completedCallback(result)
+    def _startTimer(self, driver):
+        timer = qt.QTimer()
+        timer.setInterval(200)
 
-        self._timer.timeout.connect(poll)
-        self._timer.start()
-        return job
+        def tick():
+            if not driver.tick():
+                timer.stop()
+                if self.job is driver.job:
+                    self.job = None
+
+        timer.timeout.connect(tick)
+        timer.start()
+        self._timers = [t for t in self._timers if t.isActive()] + [timer]
+        return timer
 
     def _remember(self, job, result) -> None:
         if not result.ok:
             logging.warning("ContrastiveSeg: " + result.message + "\n" + "\n".join(result.run.stderr_tail[-10:]))
             return
         node = self.getParameterNode()
+        self._undo = result.undo
+        if node.outputSegmentation is None and result.segmentation_node is not None:
+            # The selector shows the node just made, so the next run replaces it instead of adding another.
+            node.outputSegmentation = result.segmentation_node
         # Only the latest model and probabilities are kept in the temporary folder ("Save model" keeps others).
-        from ContrastiveSegLib.slicer.job import segments_file
-
         for old, new in ((node.lastModelPath, result.model_path), (node.lastProbabilitiesPath,
                                                                    result.probabilities_path)):
             if old and new is not None and pathlib.Path(old) != new:
-                for path in (pathlib.Path(old), segments_file(pathlib.Path(old))):
-                    path.unlink(missing_ok=True)
+                remove_run_files(old)
         if result.model_path is not None:
             node.lastModelPath = str(result.model_path)
             node.lastModelSegments = "\n".join(s.name for s in result.annotation.segments)
@@ -582,16 +679,78 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         if not result.ok:
             logging.warning("ContrastiveSeg: " + result.message + "\n" + "\n".join(result.run.stderr_tail[-10:]))
             return
-        self.getParameterNode().encoderFile = result.encoder_path
+        self.getParameterNode().encoderFile = str(result.encoder_path)
         qt.QSettings().setValue(SETTINGS_ENCODER_FILE, str(result.encoder_path))
 
     def isRunning(self) -> bool:
         return self.job is not None and self.job.running
 
     def cancel(self) -> None:
-        """Stop the running job (and every process it started); the scene stays as it was."""
+        """Ask the running job (and every process it started) to stop; returns at once, the run's timer does the
+        rest and calls its completion callback. The scene stays as it was."""
         if self.job is not None:
             self.job.cancel()
+        if self._scoring is not None and self._scoring.running:
+            self._scoring.cancel()
+
+    def cleanup(self) -> None:
+        """The module closes (or Slicer does): stop any run and remove this session's folder of run files (the
+        last model and probabilities); what the user saved stays."""
+        for run in (self.job, self._scoring):
+            if run is not None and run.running:
+                run.cancel()
+        self._undo = None
+        remove_state_dirs()
+
+    def forgetRunFiles(self, node) -> None:
+        """The scene closes: remove the files its runs left (last model, probabilities and their scores)."""
+        for text in (node.lastModelPath, node.lastProbabilitiesPath):
+            if text:
+                remove_run_files(text)
+        node.lastModelPath = node.lastModelSegments = node.lastProbabilitiesPath = ""
+        self._undo = None
+
+    # ------------------------------------------------------------------------------------ undo
+    def canUndo(self) -> bool:
+        return self._undo is not None
+
+    def undoLastResult(self) -> str:
+        """Take the last result back (the segmentation as it was before that run, or no new node); returns the
+        one line for the panel."""
+        from ContrastiveSegLib.slicer import nodes
+
+        if self._undo is None:
+            return _("Nothing to undo.")
+        undo, self._undo = self._undo, None
+        node = self.getParameterNode()
+        if undo.created and node.outputSegmentation is undo.node:
+            node.outputSegmentation = None
+        nodes.undo_result(undo)
+        return _("The last result was taken back.")
+
+    # ------------------------------------------------------------------------------ uncertainty
+    def scoresReady(self, node) -> bool:
+        from ContrastiveSegLib.slicer.scoring import scores_file
+
+        return bool(node and node.lastProbabilitiesPath and scores_file(node.lastProbabilitiesPath).is_file())
+
+    def scoreUncertainty(self, node=None, waitForCompletion=False, completedCallback=None, timeout=None):
+        """Score the last result's uncertainty in a worker process (never on the main thread): the slice scores
+        "Suggest next slice" uses and, when the panel shows it, the uncertainty volume (under the volume's parent
+        transform). ``completedCallback(outcome)``: outcome.suggestion, outcome.uncertainty_node."""
+        from ContrastiveSegLib.slicer.scoring import place_scores, scoring_run
+
+        node = node or self.getParameterNode()
+        volumeNode = node.inputVolume
+        run = scoring_run(node.lastProbabilitiesPath, volumeNode, entropy=node.showUncertainty,
+                          python=python_executable(), env=slicer.util.startupEnvironment())
+
+        def remember(job, outcome):
+            place_scores(outcome, volumeNode,
+                         None if node.inputSegmentation is None else lambda: self._readAnnotation(node))
+
+        self._scoring = None if waitForCompletion else run
+        return self._follow(run, waitForCompletion, None, remember, completedCallback, timeout)
 
     # ------------------------------------------------------------------------------------- helpers
     def annotationSummary(self, volumeNode, segmentationNode, node=None) -> list[str]:
@@ -607,38 +766,71 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
         return [segmentation.GetNthSegment(n).GetName() for n in range(segmentation.GetNumberOfSegments())
                 if segmentation.GetNthSegment(n).GetName().strip().lower() != "background"]
 
+    def _readAnnotation(self, node):
+        from ContrastiveSegLib.slicer import nodes
+
+        return nodes.read_annotation(node.inputSegmentation, node.inputVolume, resample=node.allowResampling)
+
+    def _suggest(self, node, scores):
+        from ContrastiveSegLib.slicer.scoring import suggest_from_scores
+
+        annotation = self._readAnnotation(node)
+        index, score = suggest_from_scores(scores, annotation.axis, annotation.slices)
+        return annotation, index, score
+
     def suggestNextSlice(self, volumeNode, segmentationNode, node=None, jump=True):
         """(plane, slice index, mean uncertainty) of the least certain slice not annotated yet; moves the slice
-        views there when ``jump``. Uses the probabilities of the last run."""
+        views there (in world coordinates: through the volume's parent transform) when ``jump``. Uses the
+        uncertainty scores of the last run (scored in a worker process; scored now, in one, if not yet)."""
         from ContrastiveSegLib.slicer import nodes
-        from ContrastiveSegLib.slicer.uncertainty import normalized_entropy, read_probabilities, suggest_slice
+        from ContrastiveSegLib.slicer.scoring import read_scores
 
         node = node or self.getParameterNode()
         if not node.lastProbabilitiesPath or not pathlib.Path(node.lastProbabilitiesPath).is_file():
             raise InputError(_("run Segment first: the suggestion comes from the last result"))
-        annotation = nodes.read_annotation(segmentationNode, volumeNode, resample=node.allowResampling)
-        shape = annotation.labels.shape
-        entropy = normalized_entropy(read_probabilities(node.lastProbabilitiesPath, shape).array)
-        index, score = suggest_slice(entropy, annotation.axis, annotation.slices)
+        scores = read_scores(node.lastProbabilitiesPath)
+        if scores is None:
+            outcome = self.scoreUncertainty(node, waitForCompletion=True)
+            if not outcome.ok:
+                raise InputError(outcome.message)
+            scores = outcome.scores
+        annotation, index, score = self._suggest(_Inputs(node, volumeNode, segmentationNode), scores)
         if jump and hasattr(slicer.modules, "markups"):
-            ras = slice_center_ras(nodes.ijk_to_ras(volumeNode), shape, annotation.axis, index)
+            ras = nodes.slice_center_world(volumeNode, annotation.axis, index)
             slicer.modules.markups.logic().JumpSlicesToLocation(*ras, True)
         return annotation.plane, index, score
 
     def saveModel(self, node, path) -> None:
-        """Copy the last fine-tuned model (and its segment names and colours) to ``path``."""
+        """Copy the last fine-tuned model (and its segment names and colours) to ``path``. Raises InputError
+        (one line) when it cannot be written; a partly written copy is removed."""
         from ContrastiveSegLib.slicer.job import segments_file
 
         source = pathlib.Path(node.lastModelPath)
         if not source.is_file():
             raise InputError(_("no fine-tuned model yet: run Segment first"))
-        shutil.copyfile(source, path)
-        shutil.copyfile(segments_file(source), segments_file(pathlib.Path(path)))
+        target = pathlib.Path(path)
+        try:
+            shutil.copyfile(source, target)
+            shutil.copyfile(segments_file(source), segments_file(target))
+        except OSError as error:
+            for each in (target, segments_file(target)):
+                each.unlink(missing_ok=True)
+            raise InputError(_("could not save the model to {path}: {reason}").format(
+                path=path, reason=error.strerror or error)) from None
 
     def _uncertaintyNode(self, volumeNode):
-        if volumeNode is None:
-            return None
-        return slicer.mrmlScene.GetFirstNodeByName(f"{volumeNode.GetName()} uncertainty")
+        """The uncertainty volume this module made for ``volumeNode`` (found by its marks, never by name)."""
+        from ContrastiveSegLib.slicer import nodes
+
+        return None if volumeNode is None else nodes.find_uncertainty_node(volumeNode)
+
+
+class _Inputs:
+    """The parameter node's choices with another volume and segmentation (suggestNextSlice's arguments)."""
+
+    def __init__(self, node, volumeNode, segmentationNode) -> None:
+        self.inputVolume, self.inputSegmentation = volumeNode, segmentationNode
+        self.allowResampling = node.allowResampling
 
 
 class ContrastiveSegTest(ScriptedLoadableModuleTest):

@@ -28,9 +28,10 @@ from ContrastiveSegLib.device import BatchLimits, fine_tuning_advice, resolve_de
 from ContrastiveSegLib.errors import InputError, OutOfMemory
 from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
 from ContrastiveSegLib.inference.predict import predict_volume
+from ContrastiveSegLib.inference.fusion import fused_prior_of
 from ContrastiveSegLib.inference.region import region_of_case
 from ContrastiveSegLib.inference.shape_prior import (PSEUDO_SLICES, build_shape_prior, evenly_spread,
-                                                     prior_pseudo_labels)
+                                                     prior_pseudo_labels, stack_spacing)
 from ContrastiveSegLib.io.annotations import IGNORE, SparseAnnotation
 from ContrastiveSegLib.model import TrainedModel, load_encoder_into
 from ContrastiveSegLib.networks import NetworkConfig, build_network
@@ -264,7 +265,7 @@ def predict_case(model: TrainedModel, case: PreparedCase, *, device: str | torch
     targets = case.targets
     prior = None
     if targets is not None and shape_prior:
-        prior = shape_prior_of(targets, len(model.label_values), model.axis, case.spacing)
+        prior = fused_prior_of(case.image, targets, len(model.label_values), model.axis, case.spacing)
     # Only components touching the painting are kept, so with post-processing only where the painting reaches is
     # predicted (inference/region.py); background elsewhere.
     region = region_of_case(targets if postprocess else None, len(model.label_values), model.axis, case.spacing,
@@ -287,9 +288,8 @@ def predict_case(model: TrainedModel, case: PreparedCase, *, device: str | torch
 def shape_prior_of(targets: np.ndarray, num_classes: int, axis: int, spacing):
     """The shape prior of ``targets`` ((S, H, W), slices along array axis ``axis`` first) on a scan of
     ``spacing`` (x, y, z) mm, or None (fewer than two fully painted slices)."""
-    spacing_zyx = tuple(float(v) for v in spacing)[::-1]
-    inplane = tuple(v for a, v in enumerate(spacing_zyx) if a != axis)
-    return build_shape_prior(targets, num_classes, inplane, spacing_zyx[axis])
+    inplane, slice_mm = stack_spacing(spacing, axis)
+    return build_shape_prior(targets, num_classes, inplane, slice_mm)
 
 
 def self_train_round(model: TrainedModel, case: PreparedCase, plan: TrainingPlan, *, shape_prior: bool = True,

@@ -135,6 +135,15 @@ class ChildProcess:
         self._signal_group(forced=True)
         self._process.wait()
 
+    def request_stop(self, forced: bool = False) -> None:
+        """Send the polite (or, ``forced``, the forced) signal to the whole group and return at once, without
+        waiting or reaping: for a caller that must not block (a GUI's main thread), which then polls
+        :meth:`poll` and escalates to ``forced`` itself."""
+        if self._process is not None and self._process.poll() is None:
+            self._signal_group(forced=forced)
+        elif self._process is not None and forced:
+            self._signal_group(forced=True)  # the child is gone; its children in the group may not be
+
     def _signal_group(self, forced: bool) -> None:
         pid = self._process.pid
         if os.name == "nt":

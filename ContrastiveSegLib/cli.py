@@ -1,11 +1,12 @@
 """``contrastiveseg``: the command line over :mod:`ContrastiveSegLib.api`.
 
 Every failure the user can cause ends in one line on stderr (``contrastiveseg: error: ...``) and exit code 2;
-a cancelled run (Ctrl-C, SIGTERM) exits 130 with a line naming any output already in place (the outputs move
-into place together, after the whole run succeeded). With ``--progress json`` stdout carries one JSON object per
-line (stage, step, of, loss, eta_s, message) for the Slicer module and other front ends; the last one (stage
-"done") holds the run's summary under ``summary``. Off a terminal, ``segment`` logs its stages on stderr
-(:class:`~ContrastiveSegLib.progress.StageLog`), from the point where no input can be refused any more.
+a cancelled run (Ctrl-C, SIGTERM or SIGHUP, at any moment) exits 130 with a line naming any output already in
+place (the outputs move into place together, after the whole run succeeded). With ``--progress json`` stdout
+carries one JSON object per line (stage, step, of, loss, eta_s, message) for the Slicer module and other front
+ends; the last one (stage "done") holds the run's summary under ``summary``. Off a terminal, ``segment`` logs its
+stages on stderr (:class:`~ContrastiveSegLib.progress.StageLog`), from the point where no input can be refused any
+more.
 
 ``segment``, ``finetune`` and ``predict`` end with a summary (time per stage, device and threads, encoder, plane,
 volume per label, Dice against ``--reference``, files written): on stdout at a terminal, else on stderr, so that
@@ -24,25 +25,25 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 from ContrastiveSegLib import options
 from ContrastiveSegLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, Cancelled, InputError, OutOfMemory
-from ContrastiveSegLib.progress import Cancellation, ProgressPrinter, writing
-from ContrastiveSegLib.threads import add_threads_option, apply_threads, choose_threads
+from ContrastiveSegLib.progress import Cancellation, ProgressPrinter, open_standard_streams, writing
+from ContrastiveSegLib.signals import CANCEL_SIGNALS, early_signal
+from ContrastiveSegLib.threads import add_threads_option, apply_threads, choose_threads, settle_environment
 
 # A label map of painted structures holds a few values; an image holds hundreds or thousands. More than this many
 # distinct values in LABELS means the arguments were most likely given the other way round (the issue's case:
 # a 241-class model trained without a word).
 MAX_LABEL_VALUES = 50
+_MAX_FLOAT_LABEL = 2.0**53  # the largest whole number a float64 holds exactly
 
 
 class _ArgumentParser(argparse.ArgumentParser):
-    """argparse exits 2 on bad usage already; keep its message to one line."""
+    """argparse exits 2 on bad usage already; keep its message to one line (no usage block of a dozen lines before
+    the words that matter), with where to look for the rest."""
 
     def error(self, message: str) -> None:  # pragma: no cover - exercised through main()
-        self.print_usage(sys.stderr)
-        raise InputError(message)
+        raise InputError(f"{message} (see '{self.prog} --help')")
 
 
 # ----------------------------------------------------------------------------------------------- progress output
@@ -102,7 +103,7 @@ def _add_prediction_options(parser: argparse.ArgumentParser) -> None:
                         help="keep components that touch no annotated voxel of their class")
     parser.add_argument("--no-shape-prior", action="store_true",
                         help="do not weigh in the painted outlines interpolated between the painted slices "
-                             "(shape prior)")
+                             "(contour prior) nor Slicer's grow-cut from them")
     parser.add_argument("--reference", type=Path, metavar="LABELS", help="a full reference label map on the "
                         "image's grid: the summary gives Dice and the volume difference per label against it (with "
                         "--progress json also the final event, under summary.reference)")
@@ -160,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_pretrain_parser(sub)  # adds its own --device, --threads and --progress
     add_methods_parser(sub)
+    from ContrastiveSegLib.web.cli import add_web_parser
+
+    add_web_parser(sub)
     return parser
 
 
@@ -170,7 +174,7 @@ _PREDICT_HINT = "; is it an image rather than this scan's sparse label map?"
 _REFERENCE_HINT = "; is it an image rather than a label map?"
 
 
-def _distinct_values(array: np.ndarray, limit: int) -> tuple[int, bool]:
+def _distinct_values(array, limit: int) -> tuple[int, bool]:
     """How many distinct values other than 0 and 255 ``array`` holds, and whether that count is exact. A strided
     sample of about a million voxels is looked at first: an image passed as labels shows hundreds of values there
     already, and then the whole volume (up to a few hundred million voxels) is not sorted for nothing."""
@@ -182,7 +186,9 @@ def _distinct_values(array: np.ndarray, limit: int) -> tuple[int, bool]:
     return _count_values(flat), True
 
 
-def _count_values(flat: np.ndarray) -> int:
+def _count_values(flat) -> int:
+    import numpy as np
+
     if flat.dtype.kind in "ui" and flat.dtype.itemsize <= 2:  # label maps: a histogram, linear time, no sort
         low = int(flat.min())
         shifted = flat.astype(np.int32) - low if low < 0 else flat
@@ -195,13 +201,20 @@ def _count_values(flat: np.ndarray) -> int:
 def _check_label_map(volume, path: Path, what: str, hint: str) -> None:
     """Refuse, before any work, a label map that looks like an image (the arguments swapped, or the wrong file):
     non-integer values, or more distinct values than painted structures ever have (:data:`MAX_LABEL_VALUES`)."""
+    import numpy as np
+
     array = volume.array
     if np.issubdtype(array.dtype, np.floating):
         # Slab by slab: no second full-size copy of a large float volume.
         for slab in array:
-            bad = ~np.isfinite(slab) | (slab != np.round(slab))
+            # Whole numbers beyond 2**53 are not exact as floats and overflow every integer type a label map
+            # is read into (1e20 became -9223372036854775808).
+            bad = ~np.isfinite(slab) | (slab != np.round(slab)) | (np.abs(slab) > _MAX_FLOAT_LABEL)
             if bad.any():
                 example = float(slab[bad].flat[0])
+                if np.isfinite(example) and example == round(example):
+                    raise InputError(f"{what} {path} hold {example:g}, beyond any label value (at most "
+                                     f"{_MAX_FLOAT_LABEL:.0f}){hint}")
                 raise InputError(f"{what} are not integers: {path} holds {example:g}; a label map holds whole "
                                  f"numbers (0 = background){hint}")
     elif not np.issubdtype(array.dtype, np.integer) and array.dtype != bool:
@@ -263,6 +276,42 @@ def _check_outputs(*paths: Path | None, volumes=(), models=(), pictures=()) -> N
             raise InputError(f"overlay {path} must end in .png")
 
 
+# argparse destinations of the files a command reads and writes (every command's, pretrain's included).
+_INPUT_ARGS = {"image": "image", "labels": "labels", "reference": "reference", "model": "model",
+               "init_model": "model to refine", "tags": "tags file", "data": "data"}
+_OUTPUT_ARGS = {"output": "output", "probabilities": "probabilities", "model_out": "model output",
+                "overlay": "overlay", "checkpoint": "checkpoint"}
+
+
+def _given_paths(args, names: dict) -> list:
+    """(what, Path) for each path option of ``names`` that ``args`` has (a list option gives one per item)."""
+    found = []
+    for name, what in names.items():
+        value = getattr(args, name, None)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, Path):
+                found.append((what, item))
+    return found
+
+
+def _check_paths(args) -> None:
+    """Before anything is read: relative paths under a deleted working folder, and an output that is an input
+    (``-o`` naming the image, a hard link to it, ``sub/../image.nii.gz``): refused in one line. A checkpoint may
+    be the one resumed from (that is how a resumed pretraining keeps writing it)."""
+    from ContrastiveSegLib.io.files import check_working_folder, refuse_output_is_input
+
+    inputs = _given_paths(args, _INPUT_ARGS)
+    encoder = getattr(args, "encoder", None)
+    if isinstance(encoder, str) and encoder.strip() and os.path.lexists(encoder):
+        inputs.append(("encoder", Path(encoder)))
+    resume = getattr(args, "resume", None)
+    outputs = _given_paths(args, _OUTPUT_ARGS)
+    check_working_folder([path for _, path in inputs + outputs] + [resume])
+    refuse_output_is_input([o for o in outputs if o[0] != "checkpoint"],
+                           inputs + ([("checkpoint to resume", resume)] if resume is not None else []))
+    refuse_output_is_input([o for o in outputs if o[0] == "checkpoint"], inputs)
+
+
 def _axis(args) -> int | None:
     return options.axis_index(args.axis) if getattr(args, "axis", None) else None
 
@@ -281,7 +330,7 @@ def _check_before_torch(args) -> None:
     """The refusals that need no torch, made before torch loads (about a second, against the 20 s that loading
     torch takes on a busy 2-core machine): a CUDA device on a machine without a GPU driver, the training options
     (:func:`ContrastiveSegLib.options.check_training_options`, the API's own check), a missing model file."""
-    from ContrastiveSegLib.paths import check_input_file
+    from ContrastiveSegLib.io.files import check_input_file
 
     if getattr(args, "device", None) is not None:
         options.check_device_present(args.device)
@@ -417,6 +466,8 @@ def _overlay(args, image, segmentation, reference, labels, axis: int, summary):
     segmentation's mean Dice against the reference in its title."""
     if getattr(args, "overlay", None) is None:
         return None
+    import numpy as np
+
     from ContrastiveSegLib.io.annotations import annotated_slice_indices
 
     layers = {} if reference is None else {"reference": reference.array}
@@ -579,6 +630,7 @@ def cmd_predict(args, progress, cancel) -> int:
 
 
 def cmd_encoders(args, progress, cancel) -> int:
+    from ContrastiveSegLib.progress import write_stdout
     from ContrastiveSegLib.zoo.registry import default_encoder, shipped_encoders
 
     # 'random' is listed like the shipped ones, and the default is marked whichever it is (the same name as
@@ -589,15 +641,16 @@ def cmd_encoders(args, progress, cancel) -> int:
     for entry in entries:
         entry["default"] = entry["name"] == default
     if args.json:
-        print(json.dumps(entries, indent=2))
-        return 0
-    print(f"{'name':<12} {'method':<10} {'steps':>6}  description")
-    for entry in entries:
-        mark = " (default)" if entry["default"] else ""
-        print(f"{entry['name']:<12} {entry.get('method', ''):<10} {entry.get('steps') or '':>6}  "
-              f"{entry.get('description', '')}{mark}")
-    if len(entries) > 1:
-        print(f"trained on: {entries[1].get('data', '')}; use one with 'segment --encoder NAME'")
+        lines = [json.dumps(entries, indent=2)]
+    else:
+        lines = [f"{'name':<12} {'method':<10} {'steps':>6}  description"]
+        for entry in entries:
+            mark = " (default)" if entry["default"] else ""
+            lines.append(f"{entry['name']:<12} {entry.get('method', ''):<10} {entry.get('steps') or '':>6}  "
+                         f"{entry.get('description', '')}{mark}")
+        if len(entries) > 1:
+            lines.append(f"trained on: {entries[1].get('data', '')}; use one with 'segment --encoder NAME'")
+    write_stdout("\n".join(lines) + "\n", "list of encoders")
     return 0
 
 
@@ -621,30 +674,38 @@ def cmd_methods(args, progress, cancel) -> int:
     return run_methods(args, progress, cancel)
 
 
+def cmd_web(args, progress, cancel) -> int:
+    """The browser front end (ContrastiveSegLib.web, imported only here: it needs the 'web' extra)."""
+    from ContrastiveSegLib.web.cli import run_web
+
+    return run_web(args)
+
+
 COMMANDS = {"segment": cmd_segment, "finetune": cmd_finetune, "predict": cmd_predict, "encoders": cmd_encoders,
-            "demo": cmd_demo, "pretrain": cmd_pretrain, "methods": cmd_methods}
+            "demo": cmd_demo, "pretrain": cmd_pretrain, "methods": cmd_methods, "web": cmd_web}
 
 
 # ----------------------------------------------------------------------------------------------- entry point
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 1 internal error, 2 bad input, 130 cancelled)."""
+    """Run the CLI; returns the exit code (0 ok, 1 internal error, 2 bad input, 130 cancelled: SIGINT, SIGTERM or
+    SIGHUP at any moment, with the line naming what was written)."""
+    open_standard_streams()  # before any file is opened: a closed fd 1 or 2 must not become an output's
     cancel = Cancellation()  # stops the run; the message says which outputs were already written
     printer = ProgressPrinter("none")
     _on_signal = cancel.on_signal
 
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: signal.getsignal(s) for s in CANCEL_SIGNALS}
     if threading.current_thread() is threading.main_thread():
         for s in previous:
             signal.signal(s, _on_signal)
     args = None
     try:
+        if early_signal() is not None:  # held by ``python -m ContrastiveSegLib`` while it started
+            raise Cancelled("cancelled")
         args = build_parser().parse_args(argv)
         if hasattr(args, "progress"):
             printer = ProgressPrinter(args.progress or _default_progress(args.command))
-        if hasattr(args, "threads"):
-            args.threads = choose_threads(args.threads)  # a bad --threads is one line before any work
-        _check_choices(args)
-        _check_before_torch(args)
+        _check_arguments(args)
         return COMMANDS[args.command](args, printer if printer.mode != "none" else None, cancel)
     except InputError as error:
         return _fail(printer, str(error), EXIT_BAD_INPUT)
@@ -674,12 +735,38 @@ def _host_memory_message(args) -> str:
     return "out of memory; try a machine with more memory"
 
 
+def run() -> int:
+    """The process's entry point (the ``contrastiveseg`` script, ``python -m ContrastiveSegLib``): :func:`main`,
+    then the cancel signals ignored while the interpreter shuts down. Python puts back the default handlers while
+    it finalises (a few tenths of a second after a torch run), and a SIGTERM then would kill a run that has
+    finished and said so with -15 and no word."""
+    code = main()
+    for signum in CANCEL_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    return code
+
+
+def _check_arguments(args) -> None:
+    """Every check of the parsed arguments that needs no file read: threads (and OMP_NUM_THREADS, settled before
+    torch loads), bounds of every count and rate, the free-text choices, the paths."""
+    if hasattr(args, "threads"):
+        args.threads = choose_threads(args.threads)  # a bad --threads is one line before any work
+        settle_environment(args.threads)
+    options.check_bounds(vars(args))
+    _check_choices(args)
+    _check_before_torch(args)
+    _check_paths(args)
+
+
 def _fail(printer: ProgressPrinter, message: str, code: int) -> int:
     message = " ".join(message.split())  # one line, always
     printer.error(message, code)
-    print(f"contrastiveseg: error: {message}", file=sys.stderr)
+    try:
+        print(f"contrastiveseg: error: {message}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr on a full device or closed: the exit code is all that is left
+        pass
     return code
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(run())

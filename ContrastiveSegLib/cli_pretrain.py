@@ -212,19 +212,23 @@ def _shown(value: Any) -> str:
 def run_methods(args, progress, cancel) -> int:
     """``contrastiveseg methods``: one line per method, or JSON with keys, parameters and defaults."""
     from ContrastiveSegLib.methods import METHODS, method_parameters
+    from ContrastiveSegLib.progress import write_stdout
 
     if args.json:
         entries = [{"name": name, "description": cls.description, "batch_keys": list(cls.required_keys),
                     "parameters": {k: list(v) if isinstance(v, tuple) else v
                                    for k, v in method_parameters(name).items()}}
                    for name, cls in METHODS.items()]
-        print(json.dumps(entries, indent=2))
-        return 0
-    for name, cls in METHODS.items():
-        print(f"{name:<10} {cls.description}")
-        parameters = method_parameters(name)
-        if parameters:  # as the README promises: each method's parameters with their defaults
-            print(textwrap.fill("parameters: " + ", ".join(f"{k}={_shown(v)}" for k, v in parameters.items()),
-                                width=110, initial_indent=" " * 11, subsequent_indent=" " * 23))
-    print("\nset a parameter with pretrain --param KEY=VALUE (contrastiveseg methods --json: machine-readable)")
+        text = json.dumps(entries, indent=2) + "\n"
+    else:
+        lines = []
+        for name, cls in METHODS.items():
+            lines.append(f"{name:<10} {cls.description}")
+            parameters = method_parameters(name)
+            if parameters:  # as the README promises: each method's parameters with their defaults
+                lines.append(textwrap.fill("parameters: " + ", ".join(f"{k}={_shown(v)}" for k, v in parameters.items()),
+                                           width=110, initial_indent=" " * 11, subsequent_indent=" " * 23))
+        lines.append("\nset a parameter with pretrain --param KEY=VALUE (contrastiveseg methods --json: machine-readable)")
+        text = "\n".join(lines) + "\n"
+    write_stdout(text, "list of methods")  # stdout closed or its reader gone: one line on stderr, exit 2
     return 0

@@ -19,8 +19,12 @@ class OutputError(InputError, OSError):
     failures."""
 
 
-class Cancelled(RuntimeError):
-    """The user (or a signal) asked the run to stop; nothing was written. Exit code 130."""
+class Cancelled(BaseException):
+    """The user (or a signal) asked the run to stop. Exit code 130.
+
+    A BaseException, like KeyboardInterrupt: a signal handler raises it wherever the run happens to be, and code
+    that wraps every ``Exception`` in one of its own (MONAI's padding turns any error into a ValueError naming the
+    tensor's shape) must let it through rather than turn a cancel into an internal error."""
 
     exit_code = EXIT_CANCELLED
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import glob
+import math
 import os
 import re
 import sys
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.slicer import requirements  # noqa: F401  (re-exported; that module imports nothing)
-from ContrastiveSegLib.threads import choose_threads, default_threads  # noqa: F401  (re-exported)
+from ContrastiveSegLib.threads import MAX_THREADS, choose_threads, default_threads  # noqa: F401  (re-exported)
 
 __all__ = [
     "ADAPT_STEPS", "AXIS_LETTERS", "CONSISTENCY_DECODERS", "CONSISTENCY_MODES", "DEFAULT_CONSISTENCY",
@@ -33,7 +34,8 @@ __all__ = [
     "LOW_MEMORY_PRESET", "PREDICT_BATCH_SIZE", "REFINE_FRACTION", "SELF_TRAIN_STEPS", "Preset", "axis_index",
     "check_consistency", "check_count", "check_device", "check_preset", "check_training_options",
     "choose_threads", "default_threads", "device_help", "look_up", "preset_help", "requirements",
-    "unknown_message",
+    "unknown_message", "MAX_STEPS", "MAX_BATCH_SIZE", "MAX_PATCH", "MAX_POOL_SIZE", "MAX_SEED", "MAX_MINUTES",
+    "MAX_LEARNING_RATE", "MAX_THREADS", "COUNT_BOUNDS", "NUMBER_BOUNDS", "check_bounds",
 ]
 
 
@@ -171,14 +173,21 @@ def check_consistency(mode: str) -> str:
     return look_up("consistency", mode, CONSISTENCY_MODES)
 
 
-def check_count(name: str, value: object) -> None:
-    """InputError ``NAME must be >= 1, got VALUE`` unless ``value`` is None or a whole number >= 1."""
+def check_count(name: str, value: object, *, label: str | None = None) -> None:
+    """InputError ``LABEL must be >= LOW, got VALUE`` (or ``<= HIGH``, or ``a whole number``) unless ``value`` is
+    None or a whole number within :data:`COUNT_BOUNDS` ``[name]`` (``name`` as the API spells it, ``steps`` or
+    ``batch size``; at least 1 when it has no entry). ``label`` is what the message calls it (the CLI's ``--steps``),
+    ``name`` by default: the API and the CLI apply one rule and differ only in the name they give."""
     if value is None:
         return
+    label = label or name
+    low, high = COUNT_BOUNDS.get(name.replace(" ", "_"), (1, None))
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InputError(f"{name} must be a whole number, got {value!r}")
-    if value < 1:
-        raise InputError(f"{name} must be >= 1, got {value}")
+        raise InputError(f"{label} must be a whole number, got {value!r}")
+    if value < low:
+        raise InputError(f"{label} must be >= {low}, got {value}")
+    if high is not None and value > high:
+        raise InputError(f"{label} must be <= {high}, got {value}")
 
 
 def check_training_options(*, steps: int | None = None, batch_size: int | None = None, adapt: str | None = None,
@@ -244,6 +253,44 @@ PRETRAIN_PATCH = 128
 """Default pretraining crop side in pixels (a multiple of 16)."""
 PRETRAIN_LEARNING_RATE = 1e-3
 """Default peak AdamW learning rate of pretraining (docs/methods.md, "Pretraining loop")."""
+
+# --------------------------------------------------------------------------------------------- bounds
+MAX_STEPS = 1_000_000
+"""The most steps any run may be given (fine-tuning, --adapt, pretraining, a checkpoint interval): a million
+pretraining steps are days on a GPU; beyond, a number is a typing slip whose ETA would read in years."""
+MAX_BATCH_SIZE = 1024
+MAX_PATCH = 1024
+"""Crop side in pixels (pretraining ``--patch``)."""
+MAX_POOL_SIZE = 1024
+MAX_SEED = 2**32 - 1
+"""Seeds are 32-bit: numpy's legacy seeding and torch's CUDA generators take no more."""
+MAX_MINUTES = 366 * 24 * 60.0
+MAX_LEARNING_RATE = 10.0
+
+COUNT_BOUNDS: Mapping[str, tuple[int, int]] = {
+    "steps": (1, MAX_STEPS), "adapt_steps": (1, MAX_STEPS), "checkpoint_every": (0, MAX_STEPS),
+    "batch_size": (1, MAX_BATCH_SIZE), "patch": (16, MAX_PATCH), "pool_size": (1, MAX_POOL_SIZE),
+    "seed": (0, MAX_SEED)}
+"""argparse destination -> (lowest, highest) whole number accepted, for every count option of every command."""
+NUMBER_BOUNDS: Mapping[str, tuple[float, float]] = {"lr": (0.0, MAX_LEARNING_RATE), "minutes": (0.0, MAX_MINUTES)}
+"""argparse destination -> (exclusive lower, inclusive upper) bound of the real-valued options; NaN and inf fail."""
+
+
+def check_bounds(values: Mapping[str, object]) -> None:
+    """InputError (one line naming the option) for the first value of ``values`` (argparse destination -> value;
+    None = not given) outside :data:`COUNT_BOUNDS` / :data:`NUMBER_BOUNDS`. Checked before any work, so that
+    ``--steps 10**30`` or ``--lr nan`` never reach a training loop."""
+    for name in COUNT_BOUNDS:
+        check_count(name, values.get(name), label="--" + name.replace("_", "-"))
+    for name, (low, high) in NUMBER_BOUNDS.items():
+        value = values.get(name)
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or \
+                not low < value <= high:
+            raise InputError(f"{flag} must be a finite number > {low:g} and <= {high:g}, got {value}")
+
 
 # --------------------------------------------------------------------------------------------- display
 PROGRESS_MODES = ("json", "bar", "none")

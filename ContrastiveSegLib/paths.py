@@ -2,24 +2,10 @@
 cache folder."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from ContrastiveSegLib.errors import InputError
 
 APP_NAME = "contrastiveseg"  # the folder name under the platform's cache folder
-
-
-def check_input_file(path: str | os.PathLike, what: str) -> Path:
-    """``path`` as a Path when it is a regular file; else InputError ``WHAT not found: PATH`` or ``WHAT PATH is not a
-    regular file`` (a FIFO would block open() forever; a folder or device is no such file either). torch-free: the
-    CLI asks it about ``--model`` / ``--init-model`` before torch loads, and the weights reader asks it again."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
-    if not path.is_file():
-        raise InputError(f"{what} {path} is not a regular file")
-    return path
 
 
 def resources_dir() -> Path:

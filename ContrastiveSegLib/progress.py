@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import threading
 import time
 from collections import deque
 from typing import Callable, Optional
 
-from ContrastiveSegLib.errors import Cancelled
+from ContrastiveSegLib.errors import Cancelled, OutputError
 
 ProgressCallback = Optional[Callable[[dict], None]]
 
@@ -85,6 +86,54 @@ def emit(callback: ProgressCallback, stage: str, message: str | None = None, **e
         if message:
             event["message"] = message
         callback(event)
+
+
+# ----------------------------------------------------------------------------------------------- standard streams
+_closed_at_start: set[str] = set()
+
+
+def open_standard_streams() -> None:
+    """Give a process started with a closed standard stream (``>&-``, ``2>&-``) /dev/null in its place, remembering
+    which were closed: the next file opened would otherwise take descriptor 1 or 2, and library messages would
+    be written into it (an output volume). Python leaves ``sys.stdout``/``sys.stderr`` None then, where print()
+    silently does nothing (and ``print(file=None)`` writes to stdout): they get /dev/null too."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:  # a lower descriptor was closed too and took it; the loop reaches it in order
+                os.dup2(opened, fd)
+                os.close(opened)
+            _closed_at_start.add(name)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "r" if fd == 0 else "w", encoding="utf-8"))
+            _closed_at_start.add(name)
+
+
+def write_stdout(text: str, what: str) -> None:
+    """Write ``text`` to stdout and flush; OutputError (one line, exit code 2) when stdout was closed when the
+    process started or its reader has gone (a closed pipe, a full device). stdout is then pointed at /dev/null, so
+    that Python's flush at exit does not fail a second time."""
+    if "stdout" in _closed_at_start:
+        raise OutputError(f"stdout is closed, so the {what} cannot be written; run without '>&-'")
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as error:
+        _silence_stdout()
+        reason = (error.strerror or type(error).__name__).lower()
+        raise OutputError(f"cannot write the {what} to stdout ({reason}); its reader has gone or its device is "
+                          "full") from None
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 # ----------------------------------------------------------------------------------------------- showing events
@@ -159,7 +208,7 @@ class ProgressPrinter:
 
     def __call__(self, event: dict) -> None:
         if self.mode == "json":
-            print(json.dumps(event), flush=True)
+            write_stdout(json.dumps(event) + "\n", "progress")
         elif self.mode == "bar":
             self._draw(event)
         elif self.mode == "log":
@@ -192,7 +241,11 @@ class ProgressPrinter:
     def error(self, message: str, code: int) -> None:
         """Before the CLI's one error line: the JSON error event, or the bar closed so the line starts afresh."""
         if self.mode == "json":
-            print(json.dumps({"stage": "error", "message": message, "exit_code": code}), flush=True)
+            try:
+                write_stdout(json.dumps({"stage": "error", "message": message, "exit_code": code}) + "\n",
+                             "progress")
+            except OSError:  # the reader has gone: the error line on stderr is all that is left
+                pass
         self._close_bar()
 
 
@@ -214,11 +267,13 @@ class Cancellation(threading.Event):
     def on_signal(self, signum=None, frame=None) -> None:
         """Signal handler: set the flag and stop the run at once (:class:`Cancelled`); while the outputs move into
         place (:meth:`writing`), right after the last of them instead."""
+        first = not self.is_set()
         self.set()
         if self._writing:
             self._deferred = True
             return
-        raise Cancelled("cancelled")
+        if first:  # a second signal while the first unwinds must not interrupt the cleanup and the cancel line
+            raise Cancelled("cancelled")
 
     @contextlib.contextmanager
     def writing(self, outputs: list[tuple[str, str]]):

@@ -12,10 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 from ContrastiveSegLib.errors import InputError
 
 _chosen: int | None = None  # the count an entry point of this process chose explicitly (apply_threads)
+
+
+MAX_THREADS = 256
+"""The most threads ``--threads`` / ``OMP_NUM_THREADS`` may ask for: more than any CPU a process runs on has cores
+to use (4096 ran a 24 GB machine out of memory on thread stacks before any work)."""
 
 
 def available_cpus() -> int:
@@ -39,13 +45,25 @@ def default_threads(cpus: int | None = None) -> int:
 
 def _environment_threads() -> int | None:
     """``OMP_NUM_THREADS`` when it holds a positive whole number (the user's or torchrun's explicit choice, which
-    torch itself honours), else None."""
+    torch itself honours), else None (unset or not a number, which torch ignores too). InputError above
+    :data:`MAX_THREADS`."""
     text = os.environ.get("OMP_NUM_THREADS", "").strip()
     try:
         value = int(text)
     except ValueError:
         return None
+    if value > MAX_THREADS:
+        raise InputError(f"OMP_NUM_THREADS={text[:20]} asks for more than {MAX_THREADS} threads; set it to at most "
+                         f"the CPUs to use ({available_cpus()} here) or unset it")
     return value if value >= 1 else None
+
+
+def settle_environment(count: int) -> None:
+    """Put the chosen thread count into ``OMP_NUM_THREADS`` while torch is not loaded yet: the OpenMP runtime reads
+    it when torch loads and prints two lines of its own for a value such as 'abc', and it sizes its first thread
+    pool by it. Once torch is loaded this changes nothing (:func:`apply_threads` sizes the pools then)."""
+    if "torch" not in sys.modules:
+        os.environ["OMP_NUM_THREADS"] = str(int(count))
 
 
 def choose_threads(requested: int | None = None) -> int:
@@ -58,6 +76,9 @@ def choose_threads(requested: int | None = None) -> int:
         return _environment_threads() or default_threads()
     if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
         raise InputError(f"--threads must be a whole number >= 1, got {requested}")
+    if requested > MAX_THREADS:
+        raise InputError(f"--threads must be <= {MAX_THREADS}, got {requested} (this process may use "
+                         f"{available_cpus()} CPUs)")
     return requested
 
 

@@ -127,8 +127,12 @@ def run(tasks: list[str], ks: list[int], seeds: list[int], out: Path, preset: st
         summarise_variants(out)
 
 
-def summarise(out: Path) -> None:
-    """quality.md (mean over seeds, per k, margin of ours over the best baseline) and dice_vs_k.png from the CSV."""
+CONDITIONS = "as run: one torch thread per process, two processes on the 2 CPU cores"
+
+
+def summarise(out: Path, conditions: str = CONDITIONS, preamble: str = "") -> None:
+    """quality.md (mean over seeds, per k, margin of ours over the best baseline) and dice_vs_k.png from the CSV;
+    ``conditions`` says how the seconds were measured, ``preamble`` goes above the table."""
     from ContrastiveSegLib.evaluation.pictures import dice_vs_k_plot
 
     with open(out / "quality.csv") as handle:
@@ -177,9 +181,9 @@ def summarise(out: Path) -> None:
             if any(margins):
                 lines.append(f"| {task} | {method} - best baseline | " + " | ".join(margins) + " | |")
     seconds = {m: np.mean([float(r["seconds"]) for r in rows if r["method"] == m]) for m in methods}
-    text = ("# Quality: mean Dice over structures (mean over seeds [max - min over seeds])\n\n" + "\n".join(lines) +
-            "\n\nGrow from seeds and Fill between slices are deterministic: one run per (task, k). "
-            "Mean seconds per run (as run: one torch thread per process, two processes on the 2 CPU cores): " +
+    text = ("# Quality: mean Dice over structures (mean over seeds [max - min over seeds])\n\n" + preamble +
+            "\n".join(lines) + "\n\nGrow from seeds and Fill between slices are deterministic: one run per (task, k). "
+            f"Mean seconds per run ({conditions}): " +
             ", ".join(f"{m} {s:.0f} s" for m, s in seconds.items()) + "\n")
     (out / "quality.md").write_text(text)
     dice_vs_k_plot(rows, out / "dice_vs_k.png", title="Dice vs annotated slices")

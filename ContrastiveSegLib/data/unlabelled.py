@@ -30,8 +30,8 @@ from ContrastiveSegLib.data.slices import InputSpec, SliceStack, coordinate_wind
 from ContrastiveSegLib.data.superpixels import SuperpixelParams, cached_superpixels
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.annotations import IGNORE
+from ContrastiveSegLib.io.volume import IMAGE_FILE_SUFFIXES
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 MIN_IN_PLANE = 16  # the encoder halves the slice four times: anything smaller has no bottleneck left
 UNKNOWN_TAG = -1
 
@@ -54,12 +54,14 @@ class FileVolume:
         import SimpleITK as sitk
 
         reader = sitk.ImageFileReader()
+        from ContrastiveSegLib.io.volume import library_reason, native_stderr
+
         reader.SetFileName(self.files[0] if self.files else str(self.path))
         try:
-            reader.ReadImageInformation()
+            with native_stderr() as printed:  # ITK's warning block goes into the one line, not onto the terminal
+                reader.ReadImageInformation()
         except RuntimeError as error:
-            lines = str(error).strip().splitlines()
-            raise InputError(f"cannot read {self.name}: {(lines[-1] if lines else 'unreadable')[:200]}") from None
+            raise InputError(f"cannot read {self.name}: {library_reason(error, printed)}") from None
         size = list(reader.GetSize())
         if self.files:
             size = [*size[:2], len(self.files)]
@@ -119,7 +121,7 @@ VolumeSource = Union[FileVolume, ArrayVolume]
 
 
 def _is_volume_file(path: Path) -> bool:
-    return path.name.lower().endswith(VOLUME_SUFFIXES)
+    return path.name.lower().endswith(IMAGE_FILE_SUFFIXES)
 
 
 def find_volumes(paths: Sequence[str | os.PathLike]) -> list[FileVolume]:
@@ -130,12 +132,18 @@ def find_volumes(paths: Sequence[str | os.PathLike]) -> list[FileVolume]:
     """
     import SimpleITK as sitk
 
+    from ContrastiveSegLib.io.files import check_readable, check_regular_file, irregular_kind
+    from ContrastiveSegLib.io.volume import native_stderr
+
+    hint = "pretraining reads regular files and folders only"
     volumes: list[FileVolume] = []
     for raw in paths:
         path = Path(raw)
         if not path.exists():
             raise InputError(f"data not found: {path}")
-        if path.is_file():
+        check_readable(path, "data")
+        if not path.is_dir():
+            check_regular_file(path, "data", hint=hint)  # a FIFO or /dev/zero: refused, never opened
             volumes.append(FileVolume(path))
             continue
         found_here = 0
@@ -144,14 +152,22 @@ def find_volumes(paths: Sequence[str | os.PathLike]) -> list[FileVolume]:
             files = sorted(f for f in files if not f.startswith("."))
             others = False
             for name in files:
+                # Before any reader opens it (ITK's header read, GDCM's scan): a FIFO blocks open() for ever.
+                kind = irregular_kind(Path(folder) / name)
+                if kind is not None and kind != "a folder":
+                    raise InputError(f"data folder {path} holds {Path(folder) / name}, which is {kind}; {hint} "
+                                     "(move it out)")
                 if _is_volume_file(Path(name)):
                     volumes.append(FileVolume(Path(folder) / name))
                     found_here += 1
                 elif not name.lower().endswith((".raw", ".zraw", ".json", ".txt", ".csv", ".md")):
                     others = True
             if others:  # only folders with unknown files can hold DICOM: GDCM's scan is slow on big trees
-                for series in sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder):
-                    names = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series))
+                with native_stderr():  # GDCM's warnings on files that are no DICOM: not for the terminal
+                    series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(folder)
+                for series in series_ids:
+                    with native_stderr():
+                        names = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(folder, series))
                     volumes.append(FileVolume(Path(folder), names))
                     found_here += 1
         if not found_here:

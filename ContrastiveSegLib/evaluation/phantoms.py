@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import SimpleITK as sitk
 from scipy import ndimage
 
 from ContrastiveSegLib.errors import InputError
@@ -286,6 +285,8 @@ def make_ct_phantom(shape: tuple[int, int, int] = (64, 96, 96), spacing: tuple[f
 
 def phantom_to_sitk(phantom: Phantom) -> tuple[sitk.Image, sitk.Image]:
     """(float32 image, uint8 labels) SimpleITK images carrying the phantom's spacing, origin and direction."""
+    import SimpleITK as sitk  # only here: the phantoms themselves are numpy (a benchmark machine may lack ITK)
+
     images = []
     for array in (phantom.image.astype(np.float32, copy=False), phantom.labels.astype(np.uint8, copy=False)):
         image = sitk.GetImageFromArray(array)

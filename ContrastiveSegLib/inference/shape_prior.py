@@ -36,13 +36,16 @@ REFERENCE_GAP = 10.0  # mm: beta is the uncertainty this far from the nearest pa
 
 def signed_distance(mask: np.ndarray, spacing: tuple[float, float]) -> np.ndarray:
     """In-plane signed distance (mm) of a (H, W) boolean mask: negative inside, positive outside, measured from
-    the boundary between voxel centres (so a one-voxel structure is -spacing/2 inside). Empty mask: +inf."""
+    the boundary between voxel centres (so a one-voxel structure is -spacing/2 inside). Empty mask: +inf; a mask
+    filling the slice: the distance to the slice's edge, negative."""
     if not mask.any():
         return np.full(mask.shape, np.inf, np.float32)
+    outside = ndimage.distance_transform_edt(~mask, sampling=spacing) if not mask.all() else np.zeros(mask.shape)
+    # A structure that fills the whole slice is measured to the slice's edge (a finite depth, not -inf: it is
+    # there, and deep inside); elsewhere the edge is not a boundary, as before.
+    inside = ndimage.distance_transform_edt(mask if not mask.all() else np.pad(mask, 1), sampling=spacing)
     if mask.all():
-        return np.full(mask.shape, -np.inf, np.float32)
-    outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
-    inside = ndimage.distance_transform_edt(mask, sampling=spacing)
+        inside = inside[1:-1, 1:-1]
     half = 0.5 * min(spacing)
     return np.where(mask, half - inside, outside - half).astype(np.float32)
 
@@ -71,22 +74,27 @@ class ShapePrior:
     beta: float
     tau0: float
     beta_end: float = DEFAULT_BETA
+    inplane: tuple = (1.0, 1.0)
 
-    def _depth(self) -> np.ndarray:
-        """(C - 1,) deepest inside distance (mm, positive) of each class over the painted slices (computed once:
-        every slice of a volume asks for it)."""
-        if getattr(self, "_depth_cache", None) is None:
-            finite = np.where(np.isfinite(self.distances), self.distances, 0.0)
-            self._depth_cache = np.maximum(-finite.min(axis=(0, 2, 3)), self.tau0)
-        return self._depth_cache
+    def _depth(self, keys: np.ndarray | None = None) -> np.ndarray:
+        """(C - 1,) deepest inside distance (mm, positive) of each class over the painted slices ``keys`` (all by
+        default; a leave-one-out fit must not see the held-out slice). Cached per set of slices: every slice of a
+        volume asks for it."""
+        cache = self.__dict__.setdefault("_depth_cache", {})
+        key = None if keys is None else tuple(int(k) for k in keys)
+        if key not in cache:
+            chosen = self.distances if keys is None else self.distances[np.asarray(keys, dtype=int)]
+            finite = np.where(np.isfinite(chosen), chosen, 0.0)
+            cache[key] = np.maximum(-finite.min(axis=(0, 2, 3)), self.tau0)
+        return cache[key]
 
     def interpolate(self, s: int, keys: np.ndarray | None = None) -> tuple[np.ndarray, float, bool]:
         """(C - 1, H, W) interpolated signed distances at slice ``s``, the distance (mm) from ``s`` to the
         nearest painted slice used, and whether ``s`` lies beyond the painted slices (extrapolated). ``keys``
         restricts which painted slices (positions in :attr:`slices`) take part (leave-one-out)."""
+        depth = self._depth(keys)[:, None, None]
         keys = np.arange(len(self.slices)) if keys is None else keys
         positions = self.slices[keys]
-        depth = self._depth()[:, None, None]
         after = int(np.searchsorted(positions, s))
         if after < len(positions) and positions[after] == s:
             return self.distances[keys[after]].copy(), 0.0, False
@@ -119,14 +127,18 @@ class ShapePrior:
 
 def _log_categorical(distances: torch.Tensor, tau: float, informative: torch.Tensor) -> torch.Tensor:
     """(C, H, W) log probabilities from (C - 1, H, W) signed distances: each structure is present with
-    ``sigmoid(-d / tau)`` independently, background where none is; normalised over the classes. A class without
-    information gets a flat 0.5 and does not enter the background's probability."""
+    ``sigmoid(-d / tau)`` independently, background where none is; conditioned on one class per voxel. A class without
+    information is flat: it gets the background's weight (the prior does not move the network's odds between the
+    two), and does not enter the background's probability."""
     scaled = (-distances / tau).clamp(-60, 60)
     present = F.logsigmoid(scaled)
     absent = F.logsigmoid(-scaled)
-    flat = torch.full_like(present, float(np.log(0.5)))
-    present = torch.where(informative[:, None, None], present, flat)
-    background = (absent * informative[:, None, None]).sum(0, keepdim=True)
+    absent = absent * informative[:, None, None]
+    background = absent.sum(0, keepdim=True)
+    # Exactly one class per voxel: class c is present and every other absent, so each class's odds against the
+    # background are its own sigmoid odds whatever the other classes say (a plain normalisation of the presences
+    # would let several vague classes outvote the background far from every painted outline).
+    present = torch.where(informative[:, None, None], present + background - absent, background.expand_as(present))
     logits = torch.cat([background, present])
     return logits - torch.logsumexp(logits, 0, keepdim=True)
 
@@ -160,7 +172,7 @@ def build_shape_prior(targets: np.ndarray, num_classes: int, inplane_spacing: tu
                                     for c in range(1, num_classes)]) for s in slices])
     informative = np.isfinite(distances).any(axis=(0, 2, 3)) & (distances < 0).any(axis=(0, 2, 3))
     prior = ShapePrior(slices, distances, informative, float(slice_mm), DEFAULT_BETA if beta is None else beta,
-                       tau0=0.5 * float(min(inplane_spacing)))
+                       tau0=0.5 * float(min(inplane_spacing)), inplane=tuple(float(v) for v in inplane_spacing))
     if beta is None:
         prior.beta, prior.beta_end = fit_beta(prior, targets)
     else:
@@ -242,3 +254,11 @@ def prior_pseudo_labels(prior: ShapePrior, targets: np.ndarray, painted,
         known = out[s] != IGNORE
         out[s] = np.where(known, out[s], np.where(sure, classes.numpy().astype(np.uint8), IGNORE))
     return out, np.flatnonzero((out != IGNORE).reshape(len(out), -1).any(axis=1))
+
+
+def stack_spacing(spacing, axis: int) -> tuple[tuple[float, float], float]:
+    """((row, column) mm in-plane, mm along the stack) of slices along array axis ``axis`` of a scan of
+    ``spacing`` (x, y, z) mm."""
+    spacing_zyx = tuple(float(v) for v in spacing)[::-1]
+    inplane = tuple(v for a, v in enumerate(spacing_zyx) if a != axis)
+    return inplane, spacing_zyx[axis]  # type: ignore[return-value]

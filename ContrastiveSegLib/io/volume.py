@@ -10,7 +10,6 @@ import errno
 import gzip
 import os
 import shutil
-import stat
 import sys
 import tempfile
 import threading
@@ -22,12 +21,25 @@ from typing import Callable
 import numpy as np
 
 from ContrastiveSegLib.errors import InputError, OutputError
+from ContrastiveSegLib.io.files import check_name_length, check_readable, check_regular_file
 
 # Grids that differ by less than this (relative for spacing, mm for origin, absolute for direction cosines) are
 # the same grid: files written by different tools round geometry differently.
 _TOLERANCE = 1e-4
 
-_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+"""File name endings of the scans the library reads (the last, .dcm, only as a DICOM series' file)."""
+IMAGE_FILE_SUFFIXES = VOLUME_SUFFIXES[:-1]
+"""The single-file formats among them: what SimpleITK writes, and what a folder of scans is searched for."""
+
+
+def volume_stem(name: str) -> str:
+    """``name`` without its scan suffix (any case): "CT.nii.gz" -> "CT"; unchanged when it has none."""
+    lower = name.lower()
+    for suffix in VOLUME_SUFFIXES:
+        if lower.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 @dataclass
@@ -101,7 +113,7 @@ def native_stderr():
             sink.close()
 
 
-def _library_reason(error: BaseException, printed: list[str]) -> str:
+def library_reason(error: BaseException, printed: list[str]) -> str:
     """One line saying why a SimpleITK call failed: what the C library printed (it names the real cause, where
     ITK's exception may carry a stale errno such as "No such file or directory" for a truncated MHA), else the last
     line of the exception."""
@@ -117,33 +129,106 @@ def _library_reason(error: BaseException, printed: list[str]) -> str:
 def _check_regular(path: Path, what: str) -> None:
     """Refuse FIFOs, devices and sockets before anything opens them: open() on a FIFO without a writer blocks
     forever, inside C code where the Ctrl-C and SIGTERM handlers never run."""
-    mode = os.stat(path).st_mode
-    if not stat.S_ISREG(mode):
-        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
-        raise InputError(f"{what} {path} is {kind}; give a regular file (or a folder holding one DICOM series)")
+    check_regular_file(path, what, hint="give a regular file (or a folder holding one DICOM series)")
 
 
-def _detached_data_file(path: Path) -> Path | None:
-    """The data file a detached header (.mhd ``ElementDataFile``, .nhdr ``data file``) names, when it names a
-    single file; LOCAL, lists and patterns are left to ITK."""
+_MAX_LISTED_FILES = 100_000  # data files one detached header may name (a slice per file)
+
+
+def detached_data_files(path: Path) -> list[Path]:
+    """The data files a detached header (.mhd ``ElementDataFile``, .nhdr ``data file``) names: one file, a
+    ``LIST`` (the names on the lines that follow) or a pattern (``slice%03d.raw 1 40 1``); empty for any other
+    file and for ``LOCAL``. Read before ITK opens any of them, so that a FIFO among them is refused instead of
+    blocking the read."""
     name = path.name.lower()
-    if not name.endswith((".mhd", ".nhdr")):
-        return None
+    if not name.endswith((".mhd", ".nhdr")) or not path.is_file():
+        return []
     separator, keys = ("=", ("elementdatafile",)) if name.endswith(".mhd") else (":", ("data file", "datafile"))
     try:
         with open(path, "rb") as handle:
-            head = handle.read(1 << 16).decode("latin-1")
+            lines = handle.read(1 << 22).decode("latin-1").splitlines()
     except OSError:
-        return None
-    for line in head.splitlines():
+        return []
+    for number, line in enumerate(lines):
         field, found, value = line.partition(separator)
-        if found and field.strip().lower() in keys:
-            value = value.strip()
-            if not value or value.upper().startswith(("LOCAL", "LIST")) or "%" in value or " " in value:
-                return None
-            return path.parent / value
-    return None
+        if not found or field.strip().lower() not in keys:
+            continue
+        words = value.split()
+        if not words or words[0].upper() == "LOCAL":
+            return []
+        if words[0].upper() == "LIST":
+            names = [entry.strip() for entry in lines[number + 1:] if entry.strip()]
+            return [path.parent / entry for entry in names[:_MAX_LISTED_FILES]]
+        if "%" in words[0] and len(words) >= 4:
+            try:
+                first, last, step = (int(w) for w in words[1:4])
+                if step == 0 or (last - first) // step >= _MAX_LISTED_FILES:
+                    return []
+                stop = last + (1 if step > 0 else -1)
+                return [path.parent / (words[0] % index) for index in range(first, stop, step)]
+            except (TypeError, ValueError):
+                return []
+        return [path.parent / value.strip()]
+    return []
+
+
+# deflate, the only compression these formats use, shrinks data at most 1032:1: a header declaring more voxel
+# bytes than that times what is on disk lies about its size (a 368-byte NIfTI declaring 1 GiB).
+_MAX_COMPRESSION = 1032
+
+
+def _pixel_bytes(reader) -> int:
+    """Bytes per voxel of the image ``reader`` has read the information of (all components)."""
+    import re
+
+    text = _sitk().GetPixelIDValueAsString(reader.GetPixelID())
+    bits = re.search(r"(\d+)-bit", text)
+    size = int(bits.group(1)) // 8 if bits else 8
+    components = max(int(reader.GetNumberOfComponents()), 1)
+    if "complex" in text and components == 1:
+        components = 2
+    return size * components
+
+
+def _physical_memory() -> int | None:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_declared_size(path: Path, data_files: list[Path], what: str) -> None:
+    """Refuse, from the header alone (no voxel read), a file that declares more voxel data than it can hold (more
+    than :data:`_MAX_COMPRESSION` times its bytes on disk; for an uncompressed NIfTI, more than it holds) or more
+    than this machine's memory: ITK would allocate the declared buffer before finding out."""
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with native_stderr():
+            reader.ReadImageInformation()
+        declared = int(np.prod([int(n) for n in reader.GetSize()], dtype=object)) * _pixel_bytes(reader)
+    except Exception:  # noqa: BLE001 - the full read reports what is wrong with the file, in one line
+        return
+    on_disk = os.path.getsize(path) + sum(os.path.getsize(f) for f in data_files if f.is_file())
+    if declared > _MAX_COMPRESSION * on_disk + (1 << 16):
+        raise InputError(f"{what} {path} is damaged: its header declares {_bytes(declared)} of voxel data, but the "
+                         f"file holds {_bytes(on_disk)}")
+    memory = _physical_memory()
+    if memory is not None and declared > memory:
+        raise InputError(f"{what} {path} declares {_bytes(declared)} of voxel data, more than this machine's "
+                         f"memory ({_bytes(memory)})")
+    if _is_nifti(path) and not path.name.lower().endswith(".gz"):
+        problem = nifti_problem(path)
+        if problem is not None:
+            raise InputError(f"{what} {path} is damaged: {problem}")
+
+
+def _bytes(count: int) -> str:
+    for unit, size in (("GB", 1 << 30), ("MB", 1 << 20), ("KB", 1 << 10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} bytes"
 
 
 def _read_image(path: Path, what: str):
@@ -200,13 +285,15 @@ def read_volume(path: str | os.PathLike, *, what: str = "image") -> Volume:
     multi-component (vector/RGB) image.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"{what} not found: {path}")
+    if not os.path.isdir(path):
+        _check_regular(path, what)  # missing, a name too long, a FIFO or device: one line, nothing opened
+    check_readable(path, what)
     if not path.is_dir():
-        _check_regular(path, what)
-        data_file = _detached_data_file(path)
-        if data_file is not None and data_file.exists():
+        data_files = [f for f in detached_data_files(path) if os.path.lexists(f)]
+        for data_file in data_files:
             _check_regular(data_file, f"{what} data file")
+            check_readable(data_file, f"{what} data file")
+        _check_declared_size(path, data_files, what)
     try:
         with native_stderr() as printed:
             image = _read_image(path, what)
@@ -218,21 +305,62 @@ def read_volume(path: str | os.PathLike, *, what: str = "image") -> Volume:
             raise InputError(f"cannot read {what} {path}: the image's direction matrix is singular (its axes are "
                              "not independent, so voxels have no place in space); fix the file's orientation (NRRD "
                              "'space directions', MetaImage 'TransformMatrix', NIfTI qform/sform)") from None
-        raise InputError(f"cannot read {what} {path}: {_library_reason(error, printed)}") from None
+        raise InputError(f"cannot read {what} {path}: {library_reason(error, printed)}") from None
+    if "complex" in image.GetPixelIDTypeAsString():
+        raise InputError(f"{what} {path} holds complex values ({image.GetPixelIDTypeAsString()}); a real-valued "
+                         "volume is needed (take the magnitude first)")
     if image.GetDimension() != 3:
         raise InputError(f"{what} {path} is {image.GetDimension()}D; a 3D volume is needed")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{what} {path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
                          "a single-channel 3D volume is needed")
+    _check_geometry(image, path, what)
     array = _sitk().GetArrayFromImage(image)
     if min(array.shape) < 1:
         raise InputError(f"{what} {path} is empty (shape {array.shape})")
     if _is_nifti(path):
-        problem = nifti_problem(path)
+        problem = nifti_problem(path) if path.name.lower().endswith(".gz") else None  # .nii: checked before
         if problem is not None:
             raise InputError(f"{what} {path} is damaged: {problem}")
         _check_nifti_finite(path, what)
     return Volume(array, tuple(image.GetSpacing()), tuple(image.GetOrigin()), tuple(image.GetDirection()))
+
+
+_ORTHONORMAL_TOLERANCE = 1e-3  # scanners write direction cosines to 6 decimals or fewer; a shear is far larger
+
+
+def _check_geometry(image, path: Path, what: str) -> None:
+    """Refuse a grid that puts voxels nowhere or somewhere wrong: spacing that is not finite and positive, an origin
+    that is not finite, or direction cosines that are not orthonormal (a sheared or scaled NRRD 'space
+    directions', a MetaImage 'TransformMatrix' such as 2 0 0 0 1 0 0 0 1). Outputs keep the image's geometry as
+    spacing, origin and an orthonormal direction, which cannot say a shear: such an output would not lie on the
+    image's grid."""
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    if not np.all(np.isfinite(spacing)) or not np.all(spacing > 0):
+        raise InputError(f"{what} {path} has an unusable voxel spacing {_fmt(spacing)}; every spacing must be a "
+                         "finite number > 0 mm (fix the file's header)")
+    if _is_nifti(path):
+        _check_nifti_spacing(path, what)
+    if not np.all(np.isfinite(image.GetOrigin())):
+        raise InputError(f"{what} {path} has a non-finite origin {_fmt(image.GetOrigin())} (fix the file's header)")
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    if not np.all(np.isfinite(direction)) or \
+            np.abs(direction.T @ direction - np.eye(3)).max() > _ORTHONORMAL_TOLERANCE:
+        raise InputError(f"{what} {path} has direction cosines that are not orthonormal {_fmt(direction.ravel())} "
+                         "(sheared or scaled axes); resample it onto a grid with perpendicular unit axes first")
+
+
+def _check_nifti_spacing(path: Path, what: str) -> None:
+    """ITK reads a NaN or infinite NIfTI pixdim as 1 mm; the header's own numbers must be finite."""
+    import nibabel
+
+    try:
+        pixdim = np.asarray(nibabel.load(str(path)).header["pixdim"][1:4], dtype=float)
+    except Exception:  # noqa: BLE001 - a header nibabel does not parse but ITK did: ITK's reading stands
+        return
+    if not np.all(np.isfinite(pixdim)):
+        raise InputError(f"{what} {path} has an unusable voxel spacing {_fmt(pixdim)} in its header; every "
+                         "spacing must be a finite number > 0 mm (fix the file's header)")
 
 
 def _is_nifti(path: Path) -> bool:
@@ -319,6 +447,7 @@ def check_writable(path: str | os.PathLike, *, what: str = "output") -> Path:
     (a read-only folder or file system, missing permissions), and ``path`` must not be a folder, FIFO or device."""
     path = Path(path)
     folder = path.parent
+    check_name_length(path, what)  # first: the checks below would fail on such a name with ENAMETOOLONG
     if not folder.is_dir() and str(folder) not in ("", "."):
         raise InputError(f"{what} folder does not exist: {folder}")
     if path.is_dir():
@@ -328,16 +457,22 @@ def check_writable(path: str | os.PathLike, *, what: str = "output") -> Path:
     # Create (and remove) what the write will create, a hidden folder beside the output: permission bits alone do
     # not tell (root, ACLs, a file system mounted read-only).
     try:
-        os.rmdir(tempfile.mkdtemp(prefix=f".{path.name}.probe-", dir=folder))
+        os.rmdir(tempfile.mkdtemp(prefix=f".{_short_name(path)}.probe-", dir=folder))
     except OSError as error:
         raise OutputError(f"{what} folder {folder} is not writable ({error.strerror or error})") from None
     return path
 
 
 def check_volume_suffix(path: Path, *, what: str = "output") -> None:
-    """InputError unless ``path`` ends in a volume suffix SimpleITK writes (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd)."""
-    if not str(path).lower().endswith(_VOLUME_SUFFIXES[:-1]):
+    """InputError unless ``path`` ends in a volume suffix SimpleITK writes (.nii.gz, .nii, .nrrd, .nhdr, .mha, .mhd),
+    in lower case: ITK's NIfTI and MetaImage writers refuse ``.NII.GZ`` or ``.MHA`` (after the whole run)."""
+    name = str(path)
+    if not name.lower().endswith(IMAGE_FILE_SUFFIXES):
         raise InputError(f"{what} {path}: unknown file type; use .nii.gz, .nii, .nrrd or .mha")
+    if not name.endswith(IMAGE_FILE_SUFFIXES):
+        suffix = next(s for s in VOLUME_SUFFIXES if name.lower().endswith(s))
+        raise InputError(f"{what} {path}: write the file type in lower case ({suffix}); the writers do not take "
+                         f"{name[-len(suffix):]}")
 
 
 class StagedFile:
@@ -362,6 +497,7 @@ class StagedFile:
         os.replace(folder / self.path.name, self.path)
         self._folder = None
         shutil.rmtree(folder, ignore_errors=True)
+        remove_stale_staging(self.path)
 
     def discard(self) -> None:
         """Remove the staged files (nothing happens once committed)."""
@@ -382,7 +518,7 @@ def stage(path: str | os.PathLike, write: Callable[[Path], None], *,
     """
     path = Path(path)
     try:
-        folder = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        folder = Path(tempfile.mkdtemp(prefix=_staging_prefix(path) + f"{os.getpid()}@{_host()}-", dir=path.parent))
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
     tmp = folder / path.name
@@ -411,6 +547,62 @@ def stage(path: str | os.PathLike, write: Callable[[Path], None], *,
         shutil.rmtree(folder, ignore_errors=True)
         raise
     return StagedFile(path, folder)
+
+
+_SHORT_NAME = 64  # characters of the output's name in its hidden staging folder's name (the file keeps its own)
+
+
+def _short_name(path: Path) -> str:
+    """The output's name as the hidden folders beside it start (cut, so that a name that just fits the file
+    system still leaves room for the folder's suffix)."""
+    return path.name[:_SHORT_NAME]
+
+
+def _staging_prefix(path: Path) -> str:
+    """``.NAME.tmp-``: what every staging folder of ``path`` is called, before ``PID@HOST-RANDOM``."""
+    return f".{_short_name(path)}.tmp-"
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname().replace("/", "_") or "localhost"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, under another user
+        return True
+    return True
+
+
+def remove_stale_staging(path: str | os.PathLike) -> list[Path]:
+    """Remove the staging folders of ``path`` (``.NAME.tmp-PID@HOST-*`` beside it) whose process is gone: what a
+    run killed with SIGKILL (or a power cut) while staging left behind. Folders of a live process (another run
+    writing the same output at this moment), of another host (a shared folder) or of an unknown layout are left
+    alone. Returns the folders removed."""
+    path = Path(path)
+    prefix, host, removed = _staging_prefix(path), _host(), []
+    try:
+        names = os.listdir(path.parent if str(path.parent) else ".")
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(prefix):
+            continue
+        owner, at, rest = name[len(prefix):].partition("@")
+        if not at or not owner.isdigit() or rest.rpartition("-")[0] != host:
+            continue
+        if int(owner) == os.getpid() or _alive(int(owner)):
+            continue
+        folder = path.parent / name
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 def _fsync(path: Path) -> None:
@@ -459,7 +651,7 @@ def stage_volume(volume: Volume, path: str | os.PathLike, *, metadata: dict[str,
             with native_stderr() as printed:
                 sitk.WriteImage(image, str(tmp), True)
         except RuntimeError as error:
-            raise IncompleteWriteError(_library_reason(error, printed)) from None
+            raise IncompleteWriteError(library_reason(error, printed)) from None
 
     return stage(path, write, verify=lambda tmp: verify_volume_file(tmp, volume.array))
 
@@ -553,7 +745,7 @@ def verify_volume_file(path: Path, expected: np.ndarray) -> None:
             image = sitk.ReadImage(str(path))
         read = sitk.GetArrayViewFromImage(image)  # a view: no second copy of a large 4D volume
     except RuntimeError as error:
-        raise IncompleteWriteError(f"the file written does not read back: {_library_reason(error, printed)}") \
+        raise IncompleteWriteError(f"the file written does not read back: {library_reason(error, printed)}") \
             from None
     expected = np.asarray(expected)
     if read.shape != expected.shape or not np.array_equal(read, expected,

@@ -13,14 +13,17 @@ outlives them (models, probabilities).
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ContrastiveSegLib.options import check_device
-from ContrastiveSegLib.slicer.runner import CliProcess, Progress, RunResult
+from ContrastiveSegLib.errors import EXIT_INTERNAL, InputError
+from ContrastiveSegLib.slicer.runner import ChildOutcome, CliProcess, Progress, RunResult
 
 _STATE_DIRS: dict[str, Path] = {}  # parent folder -> this process' private folder in it
 
@@ -46,8 +49,22 @@ def private_state_dir(parent: str | os.PathLike | None = None) -> Path:
             if parent is None:
                 raise
             folder = Path(tempfile.mkdtemp(prefix="ContrastiveSeg-"))
+        if not _STATE_DIRS:
+            atexit.register(remove_state_dirs)  # a patient's model and probabilities never outlive the session
         _STATE_DIRS[key] = folder
     return folder
+
+
+def remove_state_dirs() -> list[Path]:
+    """Remove every private folder this process made (:func:`private_state_dir`) with all it holds: the module
+    calls this when it closes (and it runs at interpreter exit); what the user saved elsewhere stays. Returns the
+    folders removed."""
+    removed = []
+    for key, folder in list(_STATE_DIRS.items()):
+        shutil.rmtree(folder, ignore_errors=True)
+        del _STATE_DIRS[key]
+        removed.append(folder)
+    return removed
 
 
 class ChildRun:
@@ -57,6 +74,9 @@ class ChildRun:
         device: the run's device; "cpu" hides every GPU from the child.
         python, env: the child's interpreter and base environment (see :class:`~.runner.CliProcess`).
     """
+
+    outcome_class = ChildOutcome
+    """What :meth:`finish` returns; :meth:`failed` makes one for a run that broke while finishing."""
 
     def __init__(self, device: str, python: str | None, env: Mapping[str, str] | None) -> None:
         self.device = check_device(device)  # the CLI's check; normalised, so "cpu" means the CPU however typed
@@ -82,12 +102,25 @@ class ChildRun:
 
     # ------------------------------------------------------------------------------------------- start
     def start(self) -> None:
-        """Prepare (when not done yet) and start the child process."""
+        """Prepare (when not done yet) and start the child process. Raises InputError (one line) when the child
+        cannot be started (no interpreter at that path, too many processes); the exchange files are removed."""
         if not self.paths:
             self.prepare()
         self._started = self._started or time.monotonic()
-        self._process = CliProcess(self.command(), force_cpu=self.device == "cpu", env=self.env, cwd=self.cwd)
-        self._process.start()
+        process = CliProcess(self.command(), force_cpu=self.device == "cpu", env=self.env, cwd=self.cwd)
+        try:
+            process.start()
+        except OSError as error:
+            self.discard()
+            raise InputError(f"could not start the worker process ({process.command[0]}): "
+                             f"{error.strerror or error}") from None
+        self._process = process
+
+    def discard(self) -> None:
+        """Remove the exchange files of a run that will not run (its work folder)."""
+        work = getattr(self, "_work", None)
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------ follow
     @property
@@ -111,10 +144,10 @@ class ChildRun:
         return events
 
     def cancel(self) -> None:
-        """Stop the child and its children; nothing is written."""
+        """Ask the child and its children to stop, and return at once (Slicer's main thread calls this); keep
+        polling until ``running`` is False, then :meth:`finish`. Nothing is written."""
         if self._process is not None:
             self._process.cancel()
-        self.poll()
 
     def run(self, on_event: Callable[[Progress | str], None] | None = None, timeout: float | None = None,
             poll_s: float = 0.2):
@@ -128,12 +161,26 @@ class ChildRun:
                     on_event(event)
             if self._run is None:
                 if deadline is not None and time.monotonic() > deadline:
-                    self.cancel()
-                    break
+                    self.cancel()  # returns at once; the loop polls until the group has gone
+                    deadline = None
                 time.sleep(poll_s)
         return self.finish()
+
+    def failed(self, error: BaseException):
+        """The outcome of a run that broke outside the child (writing the result into the scene ran out of memory,
+        Slicer refused a segment): failed, with one line saying what happened; the child's output tail kept."""
+        tail = self._run.stderr_tail if self._run is not None else ()
+        return self.outcome_class(RunResult(EXIT_INTERNAL, error_line(error), False, tail))
 
     def _ended(self) -> RunResult:
         if self._run is None:
             raise RuntimeError("the run has not ended; poll() until running is False")
         return self._run
+
+
+def error_line(error: BaseException, doing: str = "putting the result into the scene") -> str:
+    """One line for the panel about an unexpected error while ``doing`` something (never a traceback)."""
+    if isinstance(error, MemoryError):
+        return f"Out of memory while {doing}; close other data or free memory, then try again."
+    text = " ".join(str(error).split())[:300]
+    return f"Failed while {doing} ({type(error).__name__}{': ' + text if text else ''})."

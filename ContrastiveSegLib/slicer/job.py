@@ -22,16 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from ContrastiveSegLib.errors import InputError
-from ContrastiveSegLib.io.volume import Volume, grid_difference, read_volume, write_volume
+from ContrastiveSegLib.io.volume import Volume, grid_difference, read_volume
 from ContrastiveSegLib.options import (AXIS_LETTERS, DEFAULT_CONSISTENCY, DEFAULT_DEVICE, DEFAULT_PRESET,
                                        check_device, check_preset, check_training_options)
 from ContrastiveSegLib.slicer import nodes
 from ContrastiveSegLib.slicer.childrun import ChildRun, private_state_dir
+from ContrastiveSegLib.slicer.exchange import write_raw_nrrd
 from ContrastiveSegLib.slicer.runner import ChildOutcome, RunResult, cli_command
-from ContrastiveSegLib.slicer.uncertainty import normalized_entropy, read_probabilities, suggest_slice
 
-ROLE_ATTRIBUTE = "ContrastiveSeg.Role"
-"""Node attribute marking volumes the module made (value "uncertainty"): they are not scans to pretrain on."""
+ROLE_ATTRIBUTE = nodes.ROLE_ATTRIBUTE  # kept here too: earlier code imports it from this module
 
 
 @dataclass
@@ -70,10 +69,11 @@ class JobResult(ChildOutcome):
     """How a run ended and what it put in the scene."""
 
     segmentation_node: object | None = None
-    uncertainty_node: object | None = None
+    uncertainty_node: object | None = None  # filled by the module once the scoring worker is done (scoring.py)
     model_path: Path | None = None
     probabilities_path: Path | None = None
-    suggestion: tuple[int, float] | None = None
+    suggestion: tuple[int, float] | None = None  # idem
+    undo: nodes.ResultUndo | None = None  # how to take the result back (nodes.undo_result)
     annotation: nodes.Annotation | None = None
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
@@ -121,6 +121,8 @@ class Job(ChildRun):
         python, env: the child's interpreter and base environment (see :class:`~.runner.CliProcess`).
     """
 
+    outcome_class = JobResult
+
     def __init__(self, kind: str, volume_node, segmentation_node=None, output_node=None,
                  options: JobOptions | None = None, *, model_path: str | Path | None = None,
                  state_dir: str | Path | None = None, python: str | None = None,
@@ -149,8 +151,13 @@ class Job(ChildRun):
 
     # ------------------------------------------------------------------------------------------- start
     def prepare(self) -> nodes.Annotation | None:
-        """Read the nodes and write the exchange files. Raises InputError (one line) for unusable input."""
-        self.volume = nodes.volume_to_array(self.volume_node)
+        """Read the nodes and write the exchange files. Raises InputError (one line) for unusable input.
+
+        Runs on Slicer's main thread, so it is kept cheap on a large scan: the annotation is read from the painted
+        box only (:func:`~.nodes.read_annotation`), the volume's voxels are written from the node's own memory
+        without a copy, and both files are raw NRRD (:mod:`.exchange`); benchmarks/slicer_main_thread.py times it.
+        """
+        self.volume = nodes.volume_view(self.volume_node)
         if self.kind == "segment":
             self.annotation = nodes.read_annotation(self.segmentation_node, self.volume_node,
                                                     axis=self.options.axis, resample=self.options.resample)
@@ -160,10 +167,11 @@ class Job(ChildRun):
         self._work = Path(tempfile.mkdtemp(prefix="run-", dir=self.state_dir))
         stamp = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]  # unique even for runs in one second
         self.paths = {"image": self._work / "image.nrrd", "result": self._work / "result.nrrd"}
-        write_volume(self.volume, self.paths["image"])
+        geometry = (self.volume.spacing, self.volume.origin, self.volume.direction)
+        write_raw_nrrd(self.volume.array, self.paths["image"], *geometry)
         if self.annotation is not None:
             self.paths["labels"] = self._work / "labels.nrrd"
-            write_volume(self.volume.like(self.annotation.labels), self.paths["labels"])
+            write_raw_nrrd(self.annotation.labels, self.paths["labels"], *geometry)
             self.paths["model"] = self.state_dir / f"model-{stamp}.safetensors"
         if self.options.probabilities:
             self.paths["probabilities"] = self.state_dir / f"probabilities-{stamp}.nrrd"
@@ -196,17 +204,35 @@ class Job(ChildRun):
                 self._read_outputs(outcome)
         except InputError as error:
             outcome.run = RunResult(2, str(error), False, self._run.stderr_tail)
+            self._discard_outputs(outcome)
+        except BaseException:
+            self._discard_outputs(outcome)  # a model nobody remembers would stay on disk until Slicer closes
+            raise
         finally:
             if self._work is not None:
                 shutil.rmtree(self._work, ignore_errors=True)
         return outcome
+
+    def _discard_outputs(self, outcome: JobResult) -> None:
+        """Remove what the child wrote for a run that failed while finishing, and take back a partly written
+        result."""
+        for key in ("model", "probabilities"):
+            path = self.paths.get(key)
+            if path is not None:
+                path.unlink(missing_ok=True)
+                if key == "model":
+                    segments_file(path).unlink(missing_ok=True)
+        outcome.model_path = outcome.probabilities_path = None
+        if outcome.undo is not None:
+            nodes.undo_result(outcome.undo)
+            outcome.segmentation_node, outcome.undo = None, None
 
     def _read_outputs(self, outcome: JobResult) -> None:
         result = read_volume(self.paths["result"], what="result")
         difference = grid_difference(result, self.volume)
         if difference:
             raise InputError(f"the result is not on the volume's grid ({difference})")
-        labels = result.array.astype(np.int64)
+        labels = result.array  # label values as the CLI wrote them (uint8): no widening copy of the volume
         if self.annotation is not None:
             segments = self.annotation.segments
         else:
@@ -215,23 +241,15 @@ class Job(ChildRun):
         target = self.output_node
         name = self.options.output_name or (f"{self.segmentation_node.GetName()} result" if self.segmentation_node
                                             else f"{self.volume_node.GetName()} segmentation")
+        outcome.undo = nodes.snapshot_before_result(target)
         outcome.segmentation_node = nodes.write_result(labels, self.volume_node, segments, target, name=name,
                                                        annotation=self.annotation,
                                                        closed_surface=self.options.closed_surface)
+        outcome.undo = outcome.undo or nodes.ResultUndo(outcome.segmentation_node, True)
         if "model" in self.paths and self.paths["model"].is_file():
             outcome.model_path = self.paths["model"]
             _save_segments(outcome.model_path, self.annotation)
         probabilities = self.paths.get("probabilities")
         if probabilities is not None and probabilities.is_file():
+            # Scored by a worker process afterwards (scoring.py), never here: 11.5 s on a large CT.
             outcome.probabilities_path = probabilities
-            entropy = normalized_entropy(read_probabilities(probabilities, labels.shape).array)
-            if self.annotation is not None:
-                try:
-                    outcome.suggestion = suggest_slice(entropy, self.annotation.axis, self.annotation.slices)
-                except InputError:
-                    outcome.notes.append("every slice is annotated; no next slice to suggest")
-            if self.options.show_uncertainty:
-                outcome.uncertainty_node = nodes.array_to_volume(
-                    self.volume.like(entropy), self.volume_node.GetScene(),
-                    f"{self.volume_node.GetName()} uncertainty", node=self.uncertainty_node)
-                outcome.uncertainty_node.SetAttribute(ROLE_ATTRIBUTE, "uncertainty")

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ContrastiveSegLib.errors import InputError
-from ContrastiveSegLib.io.volume import write_volume
 from ContrastiveSegLib.options import DEFAULT_DEVICE, METHOD_NAMES, RANDOM_INIT, check_device
 from ContrastiveSegLib.slicer import nodes
 from ContrastiveSegLib.slicer.childrun import ChildRun, private_state_dir
-from ContrastiveSegLib.slicer.job import ROLE_ATTRIBUTE
+from ContrastiveSegLib.slicer.exchange import write_raw_nrrd
+from ContrastiveSegLib.slicer.nodes import ROLE_ATTRIBUTE
 from ContrastiveSegLib.slicer.runner import ChildOutcome, RunResult, cli_command
 
 OFFERED_METHODS = tuple(name for name in METHOD_NAMES if name != RANDOM_INIT)
@@ -102,6 +102,8 @@ class PretrainRun(ChildRun):
         python, env: the child's interpreter and base environment (see :class:`~.runner.CliProcess`).
     """
 
+    outcome_class = PretrainOutcome
+
     def __init__(self, sources: Sequence | str | os.PathLike, output: str | os.PathLike,
                  options: PretrainOptions | None = None, *, state_dir: str | os.PathLike | None = None,
                  python: str | None = None, env: Mapping[str, str] | None = None) -> None:
@@ -128,7 +130,9 @@ class PretrainRun(ChildRun):
                 raise InputError(f"folder not found: {self.folder}")
             self.paths = {"data": self.folder}
         else:
-            volumes = [nodes.volume_to_array(node) for node in self.volume_nodes]  # InputError for an empty one
+            # Views of the nodes' voxels, written raw (exchange.py): no copy and no compression of every scan in
+            # the scene on Slicer's main thread. InputError for an empty one, before anything is written.
+            volumes = [nodes.volume_view(node) for node in self.volume_nodes]
             self.state_dir.mkdir(parents=True, exist_ok=True)
             self._work = Path(tempfile.mkdtemp(prefix="pretrain-", dir=self.state_dir))
             # The child runs in the work folder and gets bare file names: the encoder's header records the
@@ -137,7 +141,7 @@ class PretrainRun(ChildRun):
             try:
                 for index, (node, volume) in enumerate(zip(self.volume_nodes, volumes)):
                     name = _file_name(index, node.GetName())
-                    write_volume(volume, self._work / name)
+                    write_raw_nrrd(volume.array, self._work / name, volume.spacing, volume.origin, volume.direction)
                     self.paths[f"scan{index}"] = Path(name)
             except BaseException:
                 shutil.rmtree(self._work, ignore_errors=True)  # e.g. a full disk: leave nothing behind

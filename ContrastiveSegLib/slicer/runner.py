@@ -37,6 +37,7 @@ from ContrastiveSegLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERN
 _NOTE_PREFIX = "contrastiveseg: "
 _ERROR_PREFIX = "contrastiveseg: error: "
 _STDERR_LINES = 40
+_READER_GRACE_S = 5.0  # how long after the child's exit its output may still be arriving
 _MESSAGE_CHARS = 300
 
 
@@ -226,6 +227,8 @@ class CliProcess:
         self._error: str = ""
         self._notes: list[str] = []
         self._cancelled = False
+        self._force_at: float | None = None  # when a cancel escalates to the forced signal
+        self._ended_at: float | None = None  # when the child's exit was first seen
         self.last_progress: Progress | None = None
 
     # ------------------------------------------------------------------------------------------ life cycle
@@ -261,12 +264,14 @@ class CliProcess:
         return self._process is not None and self._process.running
 
     def cancel(self, grace_s: float = 5.0) -> None:
-        """Stop the child and everything it started: SIGTERM to the group (the CLI then exits 130 without
-        writing), SIGKILL to the group after ``grace_s``. On Windows: CTRL_BREAK, then ``taskkill /T /F``."""
-        if self._process is None:
+        """Stop the child and everything it started, returning at once (Slicer's main thread calls this): SIGTERM
+        to the group now (the CLI then exits 130 without writing); :meth:`result`, which the caller polls, sends
+        SIGKILL to the group once ``grace_s`` have passed. On Windows: CTRL_BREAK, then ``taskkill /T /F``."""
+        if self._process is None or self._cancelled:
             return
         self._cancelled = True
-        self._process.stop(grace_s)
+        self._force_at = time.monotonic() + grace_s
+        self._process.request_stop(forced=grace_s <= 0)
 
     # -------------------------------------------------------------------------------------------- output
     def _read(self, stream, handler: Callable[[str], None]) -> None:
@@ -309,12 +314,21 @@ class CliProcess:
 
     # ------------------------------------------------------------------------------------------- results
     def result(self) -> RunResult | None:
-        """How the child ended, or None while it runs. Waits for the reader threads to see the last line."""
+        """How the child ended, or None while it runs. Never blocks: after the child's exit it returns None until
+        the reader threads have seen the last line (at most ``_READER_GRACE_S``: a grandchild outside the group
+        may hold the pipes open). After a cancel's grace period, sends the forced signal to the group."""
         code = None if self._process is None else self._process.poll()
+        if self._force_at is not None and time.monotonic() >= self._force_at:
+            self._force_at = None
+            self._process.request_stop(forced=True)  # the group, also when the child itself is gone
         if code is None:
             return None
-        for thread in self._threads:
-            thread.join(timeout=5.0)
+        if self._force_at is not None:  # a cancelled child ended within its grace period: end what it left
+            self._force_at = None
+            self._process.request_stop(forced=True)
+        self._ended_at = self._ended_at or time.monotonic()
+        if any(t.is_alive() for t in self._threads) and time.monotonic() - self._ended_at < _READER_GRACE_S:
+            return None
         error = self._error
         if not error and code not in (EXIT_OK, EXIT_BAD_INPUT) and self._stderr:
             error = self._stderr[-1]  # e.g. the last line of a traceback

@@ -67,7 +67,13 @@ def suggest_slice(entropy: np.ndarray, axis: int, annotated: Iterable[int] = ())
 
     Raises InputError when every slice is annotated.
     """
-    scores = slice_scores(entropy, axis).astype(np.float64)
+    return best_slice(slice_scores(entropy, axis), annotated)
+
+
+def best_slice(scores, annotated: Iterable[int] = ()) -> tuple[int, float]:
+    """(slice index, score) of the highest score among the slices not in ``annotated``. Raises InputError when
+    every slice is annotated."""
+    scores = np.array(scores, dtype=np.float64)
     taken = [s for s in annotated if 0 <= s < scores.size]
     scores[taken] = -np.inf
     if np.isneginf(scores).all():

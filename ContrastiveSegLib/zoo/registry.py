@@ -8,6 +8,7 @@ fine-tuning starts from when no encoder is named.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from ContrastiveSegLib.errors import InputError
@@ -82,10 +83,15 @@ def resolve_encoder(name_or_path: str | None, directory: Path | None = None) -> 
         if sha256(path) != entry["sha256"]:
             raise InputError(f"encoder '{name_or_path}' fails its checksum ({path}); reinstall ContrastiveSeg")
         return path
+    if not name_or_path.strip():
+        raise InputError(f"--encoder is empty; give a shipped encoder name, a .safetensors file or "
+                         f"'{RANDOM_INIT}'")
     path = Path(name_or_path)
-    if path.suffix == ".safetensors" or path.exists():
-        if not path.is_file():
-            raise InputError(f"encoder file not found: {path}")
+    if path.suffix == ".safetensors" or os.path.lexists(path):
+        from ContrastiveSegLib.io.files import check_readable, check_regular_file
+
+        check_regular_file(path, "encoder file", hint="give a .safetensors file")
+        check_readable(path, "encoder file")
         return path
     known = [RANDOM_INIT, *entries]
     raise InputError(unknown_message("encoder", name_or_path, known))

@@ -23,7 +23,7 @@ import torch
 from ContrastiveSegLib.errors import InputError
 from ContrastiveSegLib.io.annotations import IGNORE
 from ContrastiveSegLib.io.volume import IncompleteWriteError, atomic_write
-from ContrastiveSegLib.paths import check_input_file
+from ContrastiveSegLib.io.files import check_input_file
 
 HEADER_KEY = "contrastiveseg"
 FORMAT_VERSION = 1
@@ -91,7 +91,7 @@ def read_weights_header(path: str | os.PathLike, *, kind: str | None = None,
     """
     from safetensors import SafetensorError, safe_open
 
-    path = check_input_file(path, what)
+    path = check_input_file(path, what, hint="give a .safetensors file")
     where = f"{what} {path}"
     try:
         with safe_open(str(path), framework="pt") as handle:  # checks the layout: offsets, sizes, truncation
@@ -109,8 +109,8 @@ def read_weights_header(path: str | os.PathLike, *, kind: str | None = None,
     if not isinstance(header, dict):
         raise InputError(f"{where} has a corrupt header (not a JSON object)")
     if kind is not None and header.get("kind") != kind:
-        found = header.get("kind") if isinstance(header.get("kind"), str) else "unknown"
-        raise InputError(f"{where} holds a {found[:40]}, not a {kind}")
+        found = printable(header.get("kind"), 40) if isinstance(header.get("kind"), str) else "unknown"
+        raise InputError(f"{where} holds a {found}, not a {kind}")
     check_header(header, where)
     return header, tensors
 
@@ -132,10 +132,23 @@ def read_tensors(path: str | os.PathLike, *, what: str = "weights file") -> dict
     from safetensors.torch import load_file
 
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise InputError(f"{what} {path} is not a readable safetensors file ({str(error).splitlines()[0][:120]})") \
             from None
+    check_finite_tensors(tensors, f"{what} {path}")
+    return tensors
+
+
+def check_finite_tensors(tensors: dict[str, torch.Tensor], where: str) -> None:
+    """InputError naming the first tensor holding NaN or infinite values: such weights (a diverged run's, a
+    damaged file) predict all background or make training diverge at its first step, so they are refused when
+    loaded, not used."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InputError(f"{where} holds {bad} NaN or infinite values in tensor '{printable(name)}'; its "
+                             "weights are unusable (a diverged or damaged run?)")
 
 
 def load_weights(path: str | os.PathLike, *, kind: str | None = None,
@@ -337,6 +350,8 @@ class _Fields:
         # the run's summary show it.
         if not isinstance(value, str) or not value or len(value) > 4096 or "\n" in value or "\r" in value:
             self.fail(name, "must be a one-line name", value)
+        # Shown in messages and the run's summary: terminal escape codes and other control characters escaped.
+        self.header[name] = value = printable(value, 4096)
         return value
 
     def choice(self, name: str, choices: tuple[str, ...], required: bool = True) -> str | None:

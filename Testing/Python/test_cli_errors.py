@@ -351,7 +351,7 @@ def test_fifo_model_is_refused(phantom_files, capsys):
     fifo = f.folder / "model.safetensors"
     os.mkfifo(fifo)
     assert_bad_input(["predict", f.image, "--model", fifo, "-o", f.folder / "out.nii.gz", "--device", "cpu"], capsys,
-                     f"model {fifo} is not a regular file", f.folder)
+                     f"model {fifo} is a FIFO", f.folder)
 
 
 # ----------------------------------------------------------------------------------------------- issue 10: refused late

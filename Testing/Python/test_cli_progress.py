@@ -209,8 +209,10 @@ def test_cancellation_names_what_is_in_place_and_what_is_not():
             cancel.on_signal()  # deferred: the block finishes first
             assert cancel.is_set()
     assert cancel.message() == "cancelled after writing p.nii.gz (probabilities); not written: out.nii.gz (label map)"
+    cancel.on_signal()  # a second signal while the first unwinds: recorded, not raised over the cleanup
+    fresh = Cancellation()
     with pytest.raises(Cancelled):
-        cancel.on_signal()  # outside a write: at once
+        fresh.on_signal()  # outside a write: at once
     with writing(None, [("x", "y")]) as moved:  # an in-process caller's plain event: nothing recorded
         moved("x", "y")
 

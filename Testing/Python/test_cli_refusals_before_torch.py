@@ -38,7 +38,7 @@ CASES = {
     "steps 0": (["segment", "{image}", "{labels}", "-o", "{folder}/out.nii.gz", "--steps", "0"],
                 "steps must be >= 1, got 0"),
     "batch size 0": (["finetune", "{image}", "{labels}", "-o", "{folder}/m.safetensors", "--batch-size", "0"],
-                     "batch size must be >= 1, got 0"),
+                     "--batch-size must be >= 1, got 0"),
     "refinement with adapt": (["segment", "{image}", "{labels}", "-o", "{folder}/out.nii.gz", "--init-model",
                                "{folder}/missing.safetensors", "--adapt", "simclr"], "not to a refinement"),
     "demo steps 0": (["demo", "-o", "{folder}/demo", "--steps", "0"], "steps must be >= 1, got 0"),

@@ -95,7 +95,7 @@ def test_printed_table_matches_results(demo):
         row = next(line for line in demo["out"].splitlines() if line.startswith(method["name"]))
         numbers = [float(v) for v in re.findall(r"\d+\.\d+", row)]
         expected = [method["dice"]["grey matter"], method["dice"]["white matter"], method["mean_dice"]]
-        assert numbers[:3] == pytest.approx(expected, abs=5e-4)  # printed with 3 decimals
+        assert numbers[:3] == pytest.approx(expected, abs=5e-4 + 1e-9)  # printed with 3 decimals (a half rounds either way)
 
 
 def test_demo_says_what_dice_is_against_what_the_baselines_are_and_what_it_wrote(demo):

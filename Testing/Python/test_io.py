@@ -12,7 +12,8 @@ import SimpleITK as sitk
 
 from conftest import rotation_direction
 from ContrastiveSegLib.errors import InputError
-from ContrastiveSegLib.io.volume import Volume, atomic_write, grid_difference, read_volume, write_volume
+from ContrastiveSegLib.io.volume import (IMAGE_FILE_SUFFIXES, Volume, atomic_write, grid_difference, read_volume,
+                                         write_volume)
 
 SPACING = (0.7, 1.3, 3.0)  # anisotropic, (x, y, z)
 ORIGIN = (-101.25, 37.5, 12.125)
@@ -172,9 +173,6 @@ def test_unusable_files_give_one_line_input_error(tmp_path, make, phrase):
 
 
 # ----------------------------------------------------------------------------------------------- writes that fall short
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
 def _truncating_writer(monkeypatch, keep: float = 2 / 3) -> None:
     """SimpleITK.WriteImage that, like ITK's NIfTI writer on a full disk, returns without error after writing only
     part of the data: the largest file it wrote (the data file of a detached header) is cut to ``keep``."""
@@ -190,7 +188,7 @@ def _truncating_writer(monkeypatch, keep: float = 2 / 3) -> None:
 
 
 @pytest.mark.parametrize("channels", [None, 3], ids=["3D", "4D probabilities"])
-@pytest.mark.parametrize("suffix", VOLUME_SUFFIXES)
+@pytest.mark.parametrize("suffix", IMAGE_FILE_SUFFIXES)
 def test_short_write_is_refused_and_leaves_nothing(tmp_path, monkeypatch, suffix, channels):
     shape = (5, 7, 9) if channels is None else (channels, 5, 7, 9)
     volume = Volume(np.random.default_rng(1).random(shape, dtype=np.float32), SPACING, ORIGIN, OBLIQUE)
@@ -251,7 +249,7 @@ def full_disk(tmp_path):
 
 def test_real_full_disk_is_refused_for_every_format(full_disk, capfd):
     volume = Volume(np.random.default_rng(2).random((16, 48, 48), dtype=np.float32), SPACING, ORIGIN, OBLIQUE)
-    for suffix in VOLUME_SUFFIXES:  # 147 KiB of incompressible voxels: none fits
+    for suffix in IMAGE_FILE_SUFFIXES:  # 147 KiB of incompressible voxels: none fits
         out = full_disk / f"out{suffix}"
         with pytest.raises(InputError, match=f"cannot write {out}: ") as info:
             write_volume(volume, out)

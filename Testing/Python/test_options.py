@@ -207,3 +207,14 @@ def test_the_panels_choice_lists_and_defaults_are_the_modules(monkeypatch, tmp_p
     logic = ContrastiveSeg.ContrastiveSegLogic()
     node.axis = "i"
     assert logic.optionsFromParameterNode(node)["axis"] == options.axis_index("i") == 2
+
+
+def test_api_and_cli_share_the_count_bounds():
+    """One rule for the API and the CLI: the same bounds, the message naming the argument as each caller spells it."""
+    with pytest.raises(InputError, match=r"^steps must be <= 1000000, got 1000000000000$"):
+        options.check_training_options(steps=10**12)
+    with pytest.raises(InputError, match=r"^--steps must be <= 1000000, got 1000000000000$"):
+        options.check_bounds({"steps": 10**12})
+    with pytest.raises(InputError, match=r"^batch size must be >= 1, got 0$"):
+        options.check_training_options(batch_size=0)
+    options.check_training_options(steps=options.MAX_STEPS, batch_size=options.MAX_BATCH_SIZE)

@@ -151,3 +151,32 @@ def test_prior_pseudo_labels_fill_sure_voxels_between_painted_slices_only():
     assert out[middle, 0, 0] == 0  # far outside: sure background
     assert out[middle, 20, 20 + 8] == IGNORE  # on the outline: not sure, left unknown
     assert (out[:15] == IGNORE).all() and (out[24:] == IGNORE).all()  # nothing beyond the painted slices
+
+
+def test_a_flat_prior_leaves_the_odds_between_background_and_its_class_alone():
+    """Issue 16, bug 3: far from the informative class, the uninformative class and the background are equally
+    likely under the prior (it was 2:1 for the background)."""
+    two = torch.stack([torch.tensor([[100.0]]), torch.tensor([[0.0]])])  # class 1 far outside; class 2 no info
+    p = _log_categorical(two, 1.0, torch.tensor([True, False])).exp()
+    assert p[0, 0, 0] == pytest.approx(0.5, abs=1e-6) and p[2, 0, 0] == pytest.approx(0.5, abs=1e-6)
+    assert p[1, 0, 0] < 1e-6
+
+
+def test_a_class_filling_a_painted_slice_is_deep_inside_not_minus_infinity():
+    d = signed_distance(np.ones((5, 7), bool), (1.0, 2.0))
+    assert np.isfinite(d).all() and (d < 0).all()
+    assert d[2, 3] == pytest.approx(0.5 - 3.0)  # the centre: 3 rows (3 mm) from the slice's edge
+    # It counts as information: the class is present between two slices it fills.
+    targets = np.full((5, 6, 6), IGNORE, np.uint8)
+    targets[0] = 1
+    targets[4] = 1
+    prior = build_shape_prior(targets, 2, (1.0, 1.0), 1.0)
+    assert prior.informative.tolist() == [True]
+    assert (prior.log_probs([2]).argmax(1) == 1).all()
+
+
+def test_the_leave_one_out_depth_ignores_the_held_out_slice():
+    distances = np.stack([np.full((1, 1, 1), -1.0), np.full((1, 1, 1), -9.0), np.full((1, 1, 1), -2.0)])
+    prior = ShapePrior(np.asarray([0, 4, 8]), distances.astype(np.float32), np.ones(1, bool), 1.0, 1.0, tau0=0.5)
+    assert prior._depth().tolist() == [9.0]
+    assert prior._depth(np.asarray([0, 2])).tolist() == [2.0]  # without the deep middle slice

@@ -286,7 +286,12 @@ def test_correcting_a_slice_of_the_result_in_the_same_node(scene):
 
 # ------------------------------------------------------------------------------------ a whole run (no GUI)
 FAKE_LIBRARY_CLI = '''
-import json, os, sys
+import json, os, runpy, sys
+if sys.argv[1:2] == ["-m"] and sys.argv[2] != "ContrastiveSegLib":  # the module's own workers run for real
+    module = sys.argv[2]
+    sys.argv = [module] + sys.argv[3:]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    sys.exit(0)
 import numpy as np
 import SimpleITK as sitk
 from ContrastiveSegLib.cli import build_parser
@@ -346,7 +351,10 @@ def fake_python(tmp_path):
 
 @pytest.mark.skipif(__import__("os").name == "nt", reason="a POSIX shell stands in for PythonSlicer")
 def test_a_whole_segment_run_without_gui(scene, fake_python, tmp_path):
+    import sys
+
     from ContrastiveSegLib.slicer.job import Job, JobOptions, segments_file
+    from ContrastiveSegLib.slicer.scoring import ScoringRun, suggest_from_scores
 
     python, env, log = fake_python
     _, volume_node = _volume(scene, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -367,9 +375,13 @@ def test_a_whole_segment_run_without_gui(scene, fake_python, tmp_path):
     liver = output.GetSegmentation().GetSegmentIdBySegmentName("Liver")
     expected = np.broadcast_to(_slab([2]).any(axis=0), SHAPE)
     np.testing.assert_array_equal(nodes.segment_mask(output, liver, volume_node), expected)
-    assert result.suggestion is not None and result.suggestion[0] == 7
-    entropy = slicer.util.arrayFromVolume(result.uncertainty_node)
+    assert result.suggestion is None and result.uncertainty_node is None  # scored by a worker, not here
+    scored = ScoringRun(result.probabilities_path, SHAPE, entropy=True, python=sys.executable).run(timeout=60)
+    assert scored.ok, scored.message
+    assert suggest_from_scores(scored.scores, result.annotation.axis, result.annotation.slices)[0] == 7
+    entropy = read_volume(scored.entropy_path).array
     assert entropy.shape == SHAPE and entropy[7].mean() == pytest.approx(1.0, abs=1e-5)
+    assert entropy[6].mean() == pytest.approx(0.2864, abs=1e-3)  # -(.95 ln .95 + .05 ln .05) / ln 2
     assert result.model_path.read_bytes() == b"weights" and segments_file(result.model_path).is_file()
     assert not any(p.name.startswith("run-") for p in (tmp_path / "state").iterdir())  # exchange files removed
 
@@ -530,5 +542,11 @@ def test_the_real_cli_from_nodes_to_segments(scene, tmp_path):
     mask = nodes.segment_mask(output, output.GetSegmentation().GetSegmentIdBySegmentName("Sphere"), volume_node)
     dice = 2 * (mask & sphere).sum() / (mask.sum() + sphere.sum())
     assert dice > 0.5, f"Dice {dice:.3f}"
-    assert result.suggestion is not None and result.suggestion[0] not in (9, 12, 15)
-    assert slicer.util.arrayFromVolume(result.uncertainty_node).shape == sphere.shape
+    from ContrastiveSegLib.slicer.scoring import ScoringRun, suggest_from_scores
+
+    scored = ScoringRun(result.probabilities_path, sphere.shape, entropy=True, python=sys.executable,
+                        env=env).run(timeout=120)
+    assert scored.ok, scored.message
+    assert suggest_from_scores(scored.scores, 0, (9, 12, 15))[0] not in (9, 12, 15)
+    uncertainty = nodes.put_uncertainty(read_volume(scored.entropy_path).array, volume_node)
+    assert slicer.util.arrayFromVolume(uncertainty).shape == sphere.shape

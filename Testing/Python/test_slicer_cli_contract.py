@@ -236,7 +236,7 @@ def _panel_cases(ContrastiveSeg):
 def test_the_panel_builds_command_lines_the_cli_accepts(scene, inputs, module, recorder, tmp_path):
     ContrastiveSeg, logic, node = module
     volume, painted, model = inputs
-    node.inputVolume, node.inputSegmentation, node.modelFile = volume, painted, Path(model)
+    node.inputVolume, node.inputSegmentation, node.modelFile = volume, painted, str(model)
     node.lastModelPath, node.lastModelSegments = str(model), "Liver"  # what "refine from the last model" uses
     defaults = ContrastiveSeg.ContrastiveSegParameterNode()
     checked = 0
@@ -268,7 +268,7 @@ def test_pretraining_from_the_panel_builds_command_lines_the_cli_accepts(scene, 
     _, logic, node = module
     for method, device, minutes in itertools.product(OFFERED_METHODS, ["auto", "cuda"], [0.0, 2.5]):
         node.pretrainMethod, node.device, node.pretrainMinutes, node.pretrainSteps = method, device, minutes, 3
-        node.pretrainOutput = tmp_path / f"{method}.safetensors"
+        node.pretrainOutput = str(tmp_path / f"{method}.safetensors")
         recorder.commands.clear()
         recorder.out_of_memory = True
         assert not logic.pretrainFromParameterNode(node, waitForCompletion=True, timeout=30).ok

@@ -114,7 +114,7 @@ def test_pretrain_on_the_scene_with_the_real_cli(scene, module, tmp_path):
     assert [overall_fraction(p, "pretrain") for p in (progress[0], steps[0], progress[-1])] == \
         pytest.approx([0.0, 0.49, 1.0])
     # The next Segment starts from it; new scenes get it from the settings.
-    assert node.encoderFile == result.encoder_path
+    assert node.encoderFile == str(result.encoder_path)
     assert logic.optionsFromParameterNode(node)["encoder"] == str(result.encoder_path)
     assert settings.store[ContrastiveSeg.SETTINGS_ENCODER_FILE] == str(result.encoder_path)
     state = logic.stateDirectory()
@@ -131,7 +131,7 @@ def test_an_unknown_method_is_one_line_from_the_cli_and_changes_nothing(scene, m
     assert not result.ok and result.run.exit_code == EXIT_BAD_INPUT and result.encoder_path is None
     assert result.message.startswith("unknown method 'simclrr' (known: ")
     assert result.message.endswith("did you mean 'simclr'?") and "\n" not in result.message
-    assert not output.exists() and node.encoderFile == Path() and not settings.store  # Path(): still unset
+    assert not output.exists() and node.encoderFile == "" and not settings.store  # "": still unset
 
 
 def test_unusable_input_is_refused_before_any_child_starts(scene, module, tmp_path):
@@ -148,7 +148,7 @@ def test_unusable_input_is_refused_before_any_child_starts(scene, module, tmp_pa
         arguments = {**dict(data=ct, method="simclr", outputPath=tmp_path / "e.safetensors"), **kwargs}
         with pytest.raises(InputError, match=message):
             logic.pretrain(**arguments, waitForCompletion=True)
-    node.pretrainSource, node.pretrainFolder = "A folder", Path()  # no folder chosen (Slicer refuses None)
+    node.pretrainSource, node.pretrainFolder = "A folder", ""  # no folder chosen
     with pytest.raises(InputError, match="choose the folder of scans"):
         logic.pretrainFromParameterNode(node, waitForCompletion=True)
     assert not (tmp_path / "e.safetensors").exists() and not logic.isRunning()

@@ -85,7 +85,14 @@ def test_every_bound_widget_matches_a_parameter_of_the_right_type():
         assert any(token in fields[param] for token in CONNECTORS[cls]), \
             f"{name} ({cls}) cannot show {param}: {fields[param]}"
     internal = {"lastModelPath", "lastModelSegments", "lastProbabilitiesPath"}
-    assert set(fields) - {p for _, p in bound.values()} == internal, "every user-facing field has a widget"
+    from ContrastiveSegLib.slicer.panel import PATH_FIELDS
+
+    # Path fields are text wired by hand (panel.PATH_FIELDS), each to a ctkPathLineEdit the .ui has, unbound.
+    widgets = _ui_widgets()
+    for name, param in PATH_FIELDS.items():
+        assert widgets[name] == ("ctkPathLineEdit", None) and fields[param] == "str", name
+    assert set(fields) - {p for _, p in bound.values()} - set(PATH_FIELDS.values()) == internal, \
+        "every user-facing field has a widget"
 
 
 def test_widget_code_only_uses_widgets_the_ui_has():
@@ -230,6 +237,18 @@ slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel")
 
 
 # ------------------------------------------------- Slicer's parameterNodeWrapper, as strict as Slicer's own
+# Each behaviour below is taken from Slicer's Base/Python/slicer/parameterNodeWrapper (read at Slicer main,
+# commit 583e9b37d50e, August 2026; the same in 5.6 - 5.12):
+# - validators.py: WithinRange raises ValueError "Value must be within range [min, max], is v" (line 95),
+#   Choice raises ValueError "Value is v, but must be in one of the following: ..." (line 137).
+# - serializers.py: int/float fields check IsInstance(int) / IsInstance((int, float)) (NumberSerializer, line 246);
+#   str, bool, path fields NotNone + IsInstance (lines 289, 362, 324); a bool reads back as == "True" (line 375);
+#   a node field IsInstance of its class, None allowed (NodeSerializer, line 396); a pathlib.Path field defaults to
+#   Path() (PathSerializer.default, line 331: "return self.type()"), stored as str(value) and read back with the
+#   type (lines 338, 341); a type without a serializer raises "Unable to create serializer for type" (line 216).
+# - guiConnectors.py: the ctkPathLineEdit connector writes str(value) to the widget (line 705), so an unset Path
+#   shows "." (why the module's path fields are text, ContrastiveSegLib/slicer/panel.py PATH_FIELDS).
+# - wrapper.py: every default is written into a new parameter node (line 45), so checked.
 class _Validator:
     """Base of the validators below, as ``slicer.parameterNodeWrapper.Validator``."""
 
@@ -357,6 +376,24 @@ def _stand_ins(monkeypatch, scene, tmp_path):
     qt = types.ModuleType("qt")
     qt.QTimer = qt.QFileDialog = object
 
+    class QShortcut:  # records what the panel binds: (key, context, slot)
+        made: list = []
+
+        def __init__(self, key, parent):
+            self.key, self.context, self.slot = key, None, None
+            QShortcut.made.append(self)
+
+        def setContext(self, context):
+            self.context = context
+
+        def connect(self, signal, slot):
+            assert signal == "activated()"
+            self.slot = slot
+
+    QShortcut.made = []
+    qt.QShortcut, qt.QKeySequence = QShortcut, str
+    qt.Qt = types.SimpleNamespace(WidgetWithChildrenShortcut="WidgetWithChildrenShortcut")
+
     class QSettings:  # one store per test, like a fresh user profile
         store: dict = {}
 
@@ -409,9 +446,10 @@ def _stand_ins(monkeypatch, scene, tmp_path):
     monkeypatch.delitem(sys.modules, "ContrastiveSeg", raising=False)
 
 
-@pytest.mark.skipif(os.name == "nt", reason="a POSIX shell stands in for PythonSlicer")
-def test_module_logic_segments_in_batch_mode(monkeypatch, tmp_path, scene):
-    from test_slicer_bridge import FAKE_LIBRARY_CLI, _segmentation, _slab, _volume
+def fake_pythonslicer(monkeypatch, scene, tmp_path) -> None:
+    """The stand-ins, and a ``PythonSlicer`` on PATH that runs the fake CLI of test_slicer_bridge.py (the module's
+    own workers, e.g. the uncertainty scoring, run for real)."""
+    from test_slicer_bridge import FAKE_LIBRARY_CLI
 
     _stand_ins(monkeypatch, scene, tmp_path)
     script = tmp_path / "fake_cli.py"
@@ -422,6 +460,12 @@ def test_module_logic_segments_in_batch_mode(monkeypatch, tmp_path, scene):
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FAKE_LOG", str(tmp_path / "calls.log"))
 
+
+@pytest.mark.skipif(os.name == "nt", reason="a POSIX shell stands in for PythonSlicer")
+def test_module_logic_segments_in_batch_mode(monkeypatch, tmp_path, scene):
+    from test_slicer_bridge import _segmentation, _slab, _volume
+
+    fake_pythonslicer(monkeypatch, scene, tmp_path)
     import ContrastiveSeg
 
     logic = ContrastiveSeg.ContrastiveSegLogic()
@@ -490,14 +534,14 @@ def test_a_new_scene_starts_from_the_first_scan_never_a_label_map(monkeypatch, t
     encoder = tmp_path / "mine.safetensors"
     encoder.write_bytes(b"encoder")
     logic.setDefaults(node, scene, device="cuda", encoderFile=str(encoder))
-    assert node.inputVolume is scan and node.device == "cuda" and node.encoderFile == encoder
+    assert node.inputVolume is scan and node.device == "cuda" and node.encoderFile == str(encoder)
     # A scene that has its volume keeps its own choices; an unknown saved device falls back to auto.
     node.device = "cpu"
     logic.setDefaults(node, scene, device="mps")
     assert node.device == "cpu"
     fresh = ContrastiveSeg.ContrastiveSegParameterNode()
     logic.setDefaults(fresh, scene, device="tpu", encoderFile=str(tmp_path / "gone.safetensors"))
-    assert fresh.device == "auto" and fresh.encoderFile == Path() and fresh.inputVolume is scan  # Path(): unset
+    assert fresh.device == "auto" and fresh.encoderFile == "" and fresh.inputVolume is scan  # "": unset
 
 
 def test_a_label_map_is_refused_as_the_volume_to_segment(scene):
@@ -514,6 +558,7 @@ class _FakeWidget:
 
     def __init__(self) -> None:
         self.slots: dict[str, list] = {}
+        self.currentPath = ""
 
     def connect(self, signal, slot) -> None:
         self.slots.setdefault(signal, []).append(slot)
@@ -607,6 +652,7 @@ def _start_module(monkeypatch, request, ContrastiveSeg, node):
     monkeypatch.setattr(base, "resourcePath", lambda self, path: path, raising=False)
     widget = ContrastiveSeg.ContrastiveSegWidget()
     widget.layout = types.SimpleNamespace(addWidget=lambda w: None)
+    widget.parent = types.SimpleNamespace(isEntered=False)
     widget.setup()
     request.addfinalizer(widget.removeObservers)  # before the scene is cleared: the panel observes it
     return widget, ui
@@ -658,7 +704,7 @@ def test_the_parameter_node_defaults_pass_slicers_checks(monkeypatch, tmp_path, 
                                                                     ContrastiveSeg.DEFAULT_ENCODER, "auto")
     assert node.pretrainMethod in options.METHOD_NAMES and node.pretrainSteps == options.PRETRAIN_STEPS
     assert node.pretrainMinutes == 0.0 and type(node.pretrainMinutes) is float
-    assert node.encoderFile == Path() and node.inputVolume is None  # what Slicer reads back for "not set"
+    assert node.encoderFile == "" and node.inputVolume is None  # a text field: empty, never "."
     node.pretrainMinutes = 2  # an int is a float to Slicer, and reads back as one
     assert type(node.pretrainMinutes) is float
 
@@ -674,7 +720,7 @@ def test_the_parameter_node_defaults_pass_slicers_checks(monkeypatch, tmp_path, 
     ("steps", True, TypeError),
     ("steps", 2.5, TypeError),
     ("showUncertainty", 1, TypeError),
-    ("encoderFile", "encoder.safetensors", TypeError),
+    ("encoderFile", Path("encoder.safetensors"), TypeError),  # a text field now (panel.PATH_FIELDS)
     ("encoderFile", None, TypeError),
     ("lastModelPath", None, TypeError),
     ("inputVolume", "segmentation", TypeError),    # a node of another class

@@ -67,6 +67,21 @@ class ContrastiveSegSelfTest(unittest.TestCase):
         widget.updateSummary()
         self.assertEqual(widget.ui.summaryLabel.text, "Sphere: 3 axial slices (k = 9, 12, 15)")
 
+    def test_paths_empty_gpu_label_hidden_shortcuts_and_undo_in_the_panel(self):
+        from ContrastiveSegLib.slicer import panel
+
+        slicer.util.selectModule("ContrastiveSeg")
+        widget = slicer.modules.contrastiveseg.widgetRepresentation().self()
+        node = widget.logic.getParameterNode()
+        for name, parameter in panel.PATH_FIELDS.items():  # never "." for an unset path
+            self.assertEqual(getattr(widget.ui, name).currentPath, getattr(node, parameter))
+        widget.ui.modelPathLineEdit.currentPath = "/tmp/model.safetensors"
+        self.assertEqual(node.modelFile, "/tmp/model.safetensors")
+        node.device = "cpu"
+        self.assertFalse(widget.ui.gpuIndexLabel.visible)
+        self.assertEqual(sorted(s.key.toString() for s in widget._shortcuts), sorted(panel.SHORTCUTS.values()))
+        self.assertFalse(widget.ui.undoButton.enabled)
+
     def test_pretraining_section_binds_the_parameter_node(self):
         from ContrastiveSegLib.errors import InputError
 
