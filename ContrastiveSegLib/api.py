@@ -29,6 +29,7 @@ from ContrastiveSegLib.errors import InputError, OutOfMemory
 from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
 from ContrastiveSegLib.inference.predict import predict_volume
 from ContrastiveSegLib.inference.fusion import fused_prior_of
+from ContrastiveSegLib.inference.region import region_of_case
 from ContrastiveSegLib.inference.shape_prior import (PSEUDO_SLICES, build_shape_prior, evenly_spread,
                                                      prior_pseudo_labels, stack_spacing)
 from ContrastiveSegLib.io.annotations import IGNORE, SparseAnnotation
@@ -265,12 +266,17 @@ def predict_case(model: TrainedModel, case: PreparedCase, *, device: str | torch
     prior = None
     if targets is not None and shape_prior:
         prior = fused_prior_of(case.image, targets, len(model.label_values), model.axis, case.spacing)
+    # Only components touching the painting are kept, so with post-processing only where the painting reaches is
+    # predicted (inference/region.py); background elsewhere.
+    region = region_of_case(targets if postprocess else None, len(model.label_values), model.axis, case.spacing,
+                            tuple(case.stack.slices.shape))
     classes, probs = predict_volume(model.network, case.stack, torch_device, divisor=model.network.config.divisor,
                                     flip_tta=flip_tta, keep_probabilities=probabilities, prior=prior,
-                                    progress=progress, cancel=cancel, batches=batches)
+                                    progress=progress, cancel=cancel, batches=batches, region=region)
     if targets is not None:
-        if postprocess:
-            classes = keep_annotated_components(classes, targets, len(model.label_values))
+        if postprocess:  # outside the region every voxel is background: its components lie inside
+            classes[region.box] = keep_annotated_components(classes[region.box], targets[region.box],
+                                                            len(model.label_values))
         paste_annotations(classes, targets)
     classes = np.moveaxis(classes, 0, model.axis)
     result_labels = label_lookup(model.label_values)[classes]

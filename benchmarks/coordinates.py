@@ -39,9 +39,8 @@ import torch  # noqa: E402
 
 from ContrastiveSegLib import api  # noqa: E402
 from ContrastiveSegLib.data import augment, case  # noqa: E402
-from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, sparse_annotation  # noqa: E402
 from run_benchmark import append_row, score_row  # noqa: E402
-from tasks import TASKS  # noqa: E402
+from tasks import TASKS, sparse_cases  # noqa: E402
 
 DROPOUT_STREAM_SEED = 123
 JITTER_SCALE = (0.75, 1.25)  # per crop and axis, the coordinate channels are scaled by this much ...
@@ -113,24 +112,20 @@ def main() -> None:
     apply_threads(1)  # the API's entry points keep this choice (threads.use_threads)
     args.out.mkdir(parents=True, exist_ok=True)
     csv_path = args.out / "coordinates.csv"
-    for name in args.tasks:
-        task = TASKS[name]
-        image, reference, spacing, _ = task.load()
-        for k in args.k:
-            sparse = sparse_annotation(reference, task.axis, choose_annotated_slices(reference, task.axis, k))
-            for seed in args.seeds:
-                for variant in args.variants:
-                    label = f"coordinate dropout {args.dropout}" if variant == "coordinate dropout" else variant
-                    undo = _patched(variant, args.dropout)
-                    try:
-                        start = time.perf_counter()
-                        labels = api.segment(image, sparse, spacing, axis=task.axis, seed=seed).labels
-                        seconds = time.perf_counter() - start
-                    finally:
-                        undo()
-                    row = score_row(task, label, k, seed, labels, reference, seconds, "default")
-                    append_row(csv_path, row)
-                    print(json.dumps(row), flush=True)
+    for task, image, reference, spacing, k, sparse in sparse_cases(args.tasks, args.k):
+        for seed in args.seeds:
+            for variant in args.variants:
+                label = f"coordinate dropout {args.dropout}" if variant == "coordinate dropout" else variant
+                undo = _patched(variant, args.dropout)
+                try:
+                    start = time.perf_counter()
+                    labels = api.segment(image, sparse, spacing, axis=task.axis, seed=seed).labels
+                    seconds = time.perf_counter() - start
+                finally:
+                    undo()
+                row = score_row(task, label, k, seed, labels, reference, seconds, "default")
+                append_row(csv_path, row)
+                print(json.dumps(row), flush=True)
     rows = list(csv.DictReader(open(csv_path)))
     (args.out / "coordinates.md").write_text(summarise(rows))
 

@@ -7,6 +7,10 @@
   MONAI's sliding_window_inference (benchmarks/throughput.py), side by side in one process.
 
     python benchmarks/speed.py --out benchmarks/results [--device cpu|cuda] [--skip-ct]
+
+``--whole-volume`` adds, before each run, the same run predicting over the whole volume as before the prediction
+region (ContrastiveSegLib/inference/region.py; the library is patched in that child process only), side by side
+under the same load; ``--skip-ratios`` leaves out the throughput ratios.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def _volumes(folder: Path, skip_ct: bool) -> dict[str, tuple[Path, Path]]:
+def _volumes(folder: Path, skip_ct: bool, skip_brain: bool = False) -> dict[str, tuple[Path, Path]]:
     import SimpleITK as sitk
 
     from ContrastiveSegLib.evaluation.phantoms import make_ct_phantom, phantom_to_sitk
@@ -33,10 +37,11 @@ def _volumes(folder: Path, skip_ct: bool) -> dict[str, tuple[Path, Path]]:
     from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, sparse_annotation
 
     cases = {}
-    image, labels = load_sample("mni152_1mm")
-    reference = sitk.GetArrayFromImage(labels)
-    sparse = sparse_annotation(reference, 0, choose_annotated_slices(reference, 0, 3))
-    cases["mni1mm 197x233x189"] = (image, sparse, labels)
+    if not skip_brain:
+        image, labels = load_sample("mni152_1mm")
+        reference = sitk.GetArrayFromImage(labels)
+        sparse = sparse_annotation(reference, 0, choose_annotated_slices(reference, 0, 3))
+        cases["mni1mm 197x233x189"] = (image, sparse, labels)
     if not skip_ct:
         phantom = make_ct_phantom((300, 512, 512), (0.8, 0.8, 2.5), seed=3, num_organs=4)
         image, labels = phantom_to_sitk(phantom)
@@ -53,9 +58,17 @@ def _volumes(folder: Path, skip_ct: bool) -> dict[str, tuple[Path, Path]]:
     return paths
 
 
-def _run_cli(image: Path, labels: Path, output: Path, preset: str, device: str) -> dict:
-    """Wall seconds of one CLI run and its per-stage seconds (from the final progress event)."""
-    command = [sys.executable, "-m", "ContrastiveSegLib", "segment", str(image), str(labels), "-o", str(output),
+# The CLI with prediction over the whole volume: what segment did before the prediction region.
+WHOLE_VOLUME = ("import sys; from ContrastiveSegLib import api; from ContrastiveSegLib.inference.region import Region; "
+                "api.region_of_case = lambda targets, classes, axis, spacing, shape: Region.whole(shape); "
+                "from ContrastiveSegLib.cli import main; sys.argv[0] = 'contrastiveseg'; sys.exit(main())")
+
+
+def _run_cli(image: Path, labels: Path, output: Path, preset: str, device: str, whole_volume: bool = False) -> dict:
+    """Wall seconds of one CLI run and its per-stage seconds (from the final progress event); ``whole_volume``:
+    predicting every voxel, as before the prediction region."""
+    entry = ["-c", WHOLE_VOLUME] if whole_volume else ["-m", "ContrastiveSegLib"]
+    command = [sys.executable, *entry, "segment", str(image), str(labels), "-o", str(output),
                "--preset", preset, "--device", device, "--progress", "json"]
     start = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -77,6 +90,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-ct", action="store_true")
     parser.add_argument("--presets", nargs="+", default=["default", "fast"])
+    parser.add_argument("--whole-volume", action="store_true", help="also run each as before the region")
+    parser.add_argument("--skip-ratios", action="store_true")
+    parser.add_argument("--skip-brain", action="store_true")
+    parser.add_argument("--after-first", action="store_true", help="with --whole-volume: the new run first")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration, interleaved")
     args = parser.parse_args()
     import resource
 
@@ -97,15 +115,24 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
-        for name, (image, labels) in _volumes(folder, args.skip_ct).items():
-            for preset in args.presets:
-                before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-                result = _run_cli(image, labels, folder / "out.nii.gz", preset, args.device)
-                peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-                # RUSAGE_CHILDREN keeps the largest child so far: report it only when this run raised it.
-                result["peak_rss_gb"] = round(peak / 1024 ** 2, 2) if peak > before else f"<= {before / 1024 ** 2:.2f}"
-                rows.append({"volume": name, "preset": preset, **result})
-                print(json.dumps(rows[-1]), flush=True)
+        for name, (image, labels) in _volumes(folder, args.skip_ct, args.skip_brain).items():
+            for repeat in range(args.repeats):
+                for preset in args.presets:
+                    order = [False, True] if args.after_first else [True, False]
+                    for whole in (order if args.whole_volume else [False]):
+                        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                        result = _run_cli(image, labels, folder / "out.nii.gz", preset, args.device, whole)
+                        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+                        # RUSAGE_CHILDREN keeps the largest child so far: report it only when this run raised it.
+                        result["peak_rss_gb"] = (round(peak / 1024 ** 2, 2) if peak > before
+                                                 else f"<= {before / 1024 ** 2:.2f}")
+                        result["load"] = round(os.getloadavg()[0], 1)
+                        label = f"{preset}, whole volume (before)" if whole else preset
+                        rows.append({"volume": name, "preset": label, **result})
+                        print(json.dumps(rows[-1]), flush=True)
+        if args.skip_ratios:
+            _write(args, machine, rows, None)
+            return
 
         import SimpleITK as sitk
 
@@ -119,25 +146,31 @@ def main() -> None:
         sparse = sparse_annotation(reference, 0, choose_annotated_slices(reference, 0, 3))
         loop = loop_throughput_ratio(array, sparse, device)
         inference = inference_throughput_ratio(array, device)
-    ratios = {**loop, **inference}
-    print(json.dumps(ratios), flush=True)
+    _write(args, machine, rows, {**loop, **inference})
 
+
+def _write(args, machine: str, rows: list[dict], ratios: dict | None) -> None:
+    """speed.md and speed.json (suffixed by the device when not the CPU); ``ratios`` None: the table of runs only."""
+    if ratios is not None:
+        print(json.dumps(ratios), flush=True)
     lines = [f"# Speed and memory\n\nMachine: {machine}\n",
-             "| volume | preset | end-to-end s | fine-tune s | predict s | peak RSS (GB) |", "|---|---|---|---|---|---|"]
+             "| volume | preset | end-to-end s | fine-tune s | predict s | peak RSS (GB) | load (1 min) |",
+             "|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['volume']} | {row['preset']} | {row['seconds']} | {row['stages'].get('finetune', '')} "
-                     f"| {row['stages'].get('predict', '')} | {row['peak_rss_gb']} |")
-    lines += ["", "| ratio | value | ours (slices/s) | reference (slices/s) |", "|---|---|---|---|",
-              f"| fine-tuning loop / plain PyTorch loop | {ratios['loop_ratio']:.2f} | "
-              f"{ratios['loop_slices_per_s']:.1f} | {ratios['plain_slices_per_s']:.1f} |",
-              f"| whole-slice prediction / sliding_window_inference | {ratios['inference_ratio']:.2f} | "
-              f"{ratios['predict_slices_per_s']:.1f} | {ratios['sliding_window_slices_per_s']:.1f} |", ""]
+                     f"| {row['stages'].get('predict', '')} | {row['peak_rss_gb']} | {row.get('load', '')} |")
+    if ratios is not None:
+        lines += ["", "| ratio | value | ours (slices/s) | reference (slices/s) |", "|---|---|---|---|",
+                  f"| fine-tuning loop / plain PyTorch loop | {ratios['loop_ratio']:.2f} | "
+                  f"{ratios['loop_slices_per_s']:.1f} | {ratios['plain_slices_per_s']:.1f} |",
+                  f"| whole-slice prediction / sliding_window_inference | {ratios['inference_ratio']:.2f} | "
+                  f"{ratios['predict_slices_per_s']:.1f} | {ratios['sliding_window_slices_per_s']:.1f} |"]
+    lines.append("")
     suffix = "" if args.device == "cpu" else "-" + args.device.replace(":", "")
     (args.out / f"speed{suffix}.md").write_text("\n".join(lines))
     (args.out / f"speed{suffix}.json").write_text(json.dumps({"machine": machine, "runs": rows, "ratios": ratios},
                                                              indent=2))
     print("\n".join(lines))
-
 
 if __name__ == "__main__":
     main()

@@ -217,3 +217,16 @@ TASKS: dict[str, Task] = {task.name: task for task in [
     _shape_task("ct-shapes-coronal", "CT shape phantom, all four shape structures, coronal slices", 1, 23,
                 (1, 2, 3, 4)),
 ]}
+
+
+def sparse_cases(names: Sequence[str], ks: Sequence[int]):
+    """For each task of ``names`` (loaded once) and each k of ``ks``: (task, image, reference, spacing, k, sparse),
+    ``sparse`` the reference with only the benchmark's k slices kept (10-90 % of the structures' extent)."""
+    from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, sparse_annotation
+
+    for name in names:
+        task = TASKS[name]
+        image, reference, spacing, _ = task.load()
+        for k in ks:
+            yield task, image, reference, spacing, k, sparse_annotation(
+                reference, task.axis, choose_annotated_slices(reference, task.axis, k))
