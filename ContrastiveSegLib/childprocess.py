@@ -14,6 +14,7 @@ Torch-free, numpy-free: the Slicer GUI process imports it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -21,8 +22,9 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from ContrastiveSegLib.errors import Cancelled
+from ContrastiveSegLib.errors import Cancelled, InputError
 
 PIPE, DEVNULL, STDOUT = subprocess.PIPE, subprocess.DEVNULL, subprocess.STDOUT
 
@@ -195,3 +197,19 @@ def run(argv: Sequence[str | os.PathLike], *, env: Mapping[str, str] | None = No
             stream.seek(0)
             texts.append(stream.read().decode("utf-8", errors="replace"))
     return Finished(code, *texts)
+
+
+@contextlib.contextmanager
+def exchange_folder(prefix: str, what: str):
+    """A private temporary folder (removed afterwards) for the files a child reads and writes.
+
+    A file system error inside the block (the temporary folder full, read-only or missing) becomes one line,
+    :class:`~ContrastiveSegLib.errors.InputError` ``cannot write the temporary files of WHAT in TMP: REASON``,
+    instead of an internal error: the user can free space or point TMPDIR elsewhere.
+    """
+    try:
+        with tempfile.TemporaryDirectory(prefix=prefix) as folder:
+            yield Path(folder)
+    except OSError as error:
+        raise InputError(f"cannot write the temporary files of {what} in {tempfile.gettempdir()}: "
+                         f"{error.strerror or error} (free space there or set TMPDIR to another folder)") from None

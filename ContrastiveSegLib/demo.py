@@ -109,10 +109,9 @@ def run_baseline(name: str, image: np.ndarray, sparse: np.ndarray, axis: int, sp
     Raises:
         ImportError: the tool's optional package is missing (message: what to pip install).
         RuntimeError: the tool failed or its process died (message: why, one line).
+        InputError: its temporary files could not be written (a full disk: one line).
         Cancelled: ``cancel`` was set while it ran.
     """
-    import tempfile
-
     from ContrastiveSegLib import childprocess
 
     package_root = str(Path(__file__).resolve().parent.parent)  # so a source checkout works uninstalled
@@ -122,7 +121,7 @@ def run_baseline(name: str, image: np.ndarray, sparse: np.ndarray, axis: int, sp
     # aborts the process while it shuts down, after the result is safely on disk.
     code = ("import os, sys; from ContrastiveSegLib.demo import baseline_worker; "
             "status = baseline_worker(sys.argv[1]); sys.stdout.flush(); sys.stderr.flush(); os._exit(status)")
-    with tempfile.TemporaryDirectory(prefix="contrastiveseg-baseline-") as folder:
+    with childprocess.exchange_folder("contrastiveseg-baseline-", name) as folder:
         np.savez(Path(folder) / "inputs.npz", name=name, image=image, sparse=sparse, axis=int(axis),
                  spacing=np.asarray(spacing, float))
         # A cancel kills the child and whatever it started (Fill between slices' own ITK worker) at once.

@@ -23,7 +23,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -47,7 +46,7 @@ def _available(backend: str) -> bool:
 def _run_worker(backend: str, compact: np.ndarray, itk_axis: int, spacing: tuple[float, float, float],
                 timeout: float) -> np.ndarray | None:
     """The interpolated label map from a child process, or None when the backend's package is missing."""
-    with tempfile.TemporaryDirectory(prefix="contrastiveseg-mci-") as folder:
+    with childprocess.exchange_folder("contrastiveseg-mci-", "Fill between slices") as folder:
         source, target = Path(folder) / "labels.npy", Path(folder) / "filled.npy"
         np.save(source, compact)
         env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")
