@@ -3,7 +3,7 @@ every process it started.
 
 Three places run children, each for the same reason: work that must not take the caller down. The Slicer
 module runs the CLI (:class:`ContrastiveSegLib.slicer.runner.CliProcess`, read line by line from a timer), the
-demo runs each baseline in a fresh Python (:func:`ContrastiveSegLib.demo.run_baseline`), and Fill between slices
+demo runs each baseline in a fresh Python (:func:`ContrastiveSegLib.baselines.runner.run_baseline`), and Fill between slices
 runs ITK's interpolator in a worker (:mod:`ContrastiveSegLib.baselines.fill_between`), because native toolkits
 can corrupt the heap. Here is what they share: a new process group (POSIX session / Windows process group), so
 that cancel reaches the child's own children (data-loader workers, a worker's worker); a polite stop then a

@@ -71,7 +71,7 @@ def export(cache: Path, tasks: list[str], ks: list[int], baselines_for: list[str
     from tasks import TASKS
 
     from ContrastiveSegLib.api import read_annotation
-    from ContrastiveSegLib.demo import FILL, GROW, run_baseline
+    from ContrastiveSegLib.baselines.runner import FILL, GROW, run_baseline
     from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, sparse_annotation
     from ContrastiveSegLib.inference.contour_prior import contour_prior_of
 
@@ -108,7 +108,7 @@ def export_growcut(cache: Path, tasks: list[str], ks: list[int]) -> None:
     one array per k): the intensity-driven evidence a fusion candidate weighs in."""
     from tasks import TASKS
 
-    from ContrastiveSegLib.demo import GROW, run_baseline
+    from ContrastiveSegLib.baselines.runner import GROW, run_baseline
     from ContrastiveSegLib.evaluation.metrics import choose_annotated_slices, sparse_annotation
 
     for name in tasks:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the checkout'
 from tasks import ABLATION, CANDIDATES, OUR_METHODS, TASKS  # noqa: E402
 
 from ContrastiveSegLib import api, experimental  # noqa: E402
-from ContrastiveSegLib.demo import FILL, GROW, run_baseline  # noqa: E402
+from ContrastiveSegLib.baselines.runner import FILL, GROW, run_baseline  # noqa: E402
 from ContrastiveSegLib.evaluation.metrics import (  # noqa: E402
     choose_annotated_slices, dice_per_label, sparse_annotation)
 

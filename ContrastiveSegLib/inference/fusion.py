@@ -33,17 +33,61 @@ from ContrastiveSegLib.inference.shape_prior import (MIN_SLICES, _log_categorica
 GROWCUT_WEIGHT = 2.0
 GROWCUT_TAU = 2.0  # voxels: the soft edge of the grow-cut outline (its boundary is exact to about a voxel)
 
-# (image (z, y, x), sparse class indices (z, y, x): the fully painted slices, 0 elsewhere, axis, spacing (x, y, z))
-# -> (z, y, x) class indices grown into the volume.
-Grower = Callable[[np.ndarray, np.ndarray, int, tuple], np.ndarray]
+# (image (z, y, x), sparse class indices (z, y, x): the fully painted slices, 0 elsewhere, axis, spacing (x, y, z),
+# whole) -> (z, y, x) class indices grown into the volume: within Slicer's box around the seeds, or through the
+# whole array given when ``whole`` is True.
+Grower = Callable[..., np.ndarray]
 
 
-def slicer_growcut(image: np.ndarray, sparse: np.ndarray, axis: int, spacing) -> np.ndarray:
-    """Slicer's "Grow from seeds" as the Segment Editor runs it, in a child process (VTK from slicer-core).
-    Raises ImportError when slicer-core is not installed."""
-    from ContrastiveSegLib.demo import GROW, run_baseline
+def slicer_growcut(image: np.ndarray, sparse: np.ndarray, axis: int, spacing, whole: bool = False) -> np.ndarray:
+    """Slicer's "Grow from seeds" as the Segment Editor runs it (``whole``: through the whole array instead of
+    Slicer's box around the seeds), in a child process (VTK from slicer-core). Raises ImportError when slicer-core
+    is not installed."""
+    from ContrastiveSegLib.baselines.runner import GROW, run_baseline
 
-    return run_baseline(GROW, image, sparse, axis, spacing)
+    return run_baseline(GROW, image, sparse, axis, spacing, whole_volume=whole)
+
+
+def _grow(image: np.ndarray, targets: np.ndarray, seeds: np.ndarray, num_classes: int, axis: int, spacing,
+          grower: Grower, whole: bool = False) -> np.ndarray:
+    """(S, H, W) uint8 classes grown by ``grower`` from the slices ``seeds`` of ``targets`` (stack order) through
+    the stack ``image`` (array order) covers."""
+    sparse = np.zeros_like(targets)  # the Slicer tools' convention: painted slices in full, 0 everywhere else
+    sparse[seeds] = targets[seeds]
+    grown = np.moveaxis(np.asarray(grower(image, np.moveaxis(sparse, 0, axis), axis, spacing, whole=whole)), axis, 0)
+    return np.where(grown < num_classes, grown, 0).astype(np.uint8)
+
+
+def held_out_growcut(image: np.ndarray, targets: np.ndarray, num_classes: int, axis: int, spacing,
+                     grower: Grower) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Grow-cut from every fully painted slice, and for each of them the grow-cut from the others on it.
+
+    Returns ((S, H, W) uint8 classes from every painted slice (Slicer's own run), {position in the painted
+    slices: (H, W) uint8 classes grown on that slice without it}): the leave-one-out that tells how well grow-cut
+    predicts a slice it was not given, per scan and per structure (:func:`leave_one_out_dice`).
+
+    Why slabs: a fully painted slice is a wall of seeds, and grow-cut gives each voxel the label of the seed with
+    the cheapest path to it, which cannot cross that wall more cheaply than the wall's own seeds; so growing a
+    held-out slice from its two painted neighbours in the slab between them (grown through, not in Slicer's box,
+    which could stop short of it) is the whole leave-one-out at two gaps' cost. The first and the last painted
+    slice are predicted from their one neighbour across one gap (an extrapolation, as a scan's ends are).
+    ``targets`` as in :func:`fused_prior_of`; grower errors propagate.
+    """
+    painted = fully_painted_slices(targets)
+    every = _grow(image, targets, painted, num_classes, axis, spacing, grower)
+    held = {}
+    for position, s in enumerate(painted):
+        # One slice beyond each wall where there is one: VTK's grow-cut spreads no seed that lies on the array's
+        # border (measured: a slab that ends on its seed slice grows nothing).
+        low = max(int(painted[max(position - 1, 0)]) - 1, 0)
+        high = min(int(painted[min(position + 1, len(painted) - 1)]) + 1, len(targets) - 1)
+        slab = [slice(None)] * 3
+        slab[axis] = slice(low, high + 1)
+        neighbours = np.setdiff1d(painted[(painted >= low) & (painted <= high)], [s]) - low
+        grown = _grow(image[tuple(slab)], targets[low:high + 1], neighbours, num_classes, axis, spacing, grower,
+                      whole=True)
+        held[position] = grown[int(s) - low]
+    return every, held
 
 
 @dataclass
@@ -55,7 +99,10 @@ class GrowCutEvidence:
         num_classes: classes including the background.
         inplane: (row, column) mm.
         tau: edge width (mm).
-        weight: exponent in the product with the network.
+        weight: exponent in the product with the network (the same for every structure).
+        weights: (C - 1,) per-structure weights instead of ``weight``, or None: structure c's outline becomes
+            ``sigmoid(-d * weights[c] / tau)`` (a weight sharpens its edge; 0 leaves the structure to the
+            other experts).
     """
 
     classes: np.ndarray
@@ -63,17 +110,23 @@ class GrowCutEvidence:
     inplane: tuple
     tau: float
     weight: float = GROWCUT_WEIGHT
+    weights: np.ndarray | None = None
 
     def log_probs(self, indices) -> torch.Tensor:
         """(N, C, H, W) weighted log probabilities of slices ``indices``."""
-        informative = torch.ones(self.num_classes - 1, dtype=torch.bool)
+        if self.weights is None:
+            scale, informative, power = torch.ones(self.num_classes - 1), torch.ones(self.num_classes - 1,
+                                                                                     dtype=torch.bool), self.weight
+        else:
+            scale = torch.as_tensor(np.asarray(self.weights, np.float32))
+            informative, power = scale > 0, 1.0
         out = []
         for s in np.asarray(indices).reshape(-1):
             d = np.stack([signed_distance(self.classes[int(s)] == c, self.inplane)
                           for c in range(1, self.num_classes)])
             d = np.where(np.isfinite(d), d, np.where(d > 0, 1e3, -1e3)).astype(np.float32)  # absent / filling
-            out.append(_log_categorical(torch.from_numpy(d), self.tau, informative))
-        return self.weight * torch.stack(out)
+            out.append(_log_categorical(torch.from_numpy(d) * scale[:, None, None], self.tau, informative))
+        return power * torch.stack(out)
 
 
 def growcut_evidence(image: np.ndarray, targets: np.ndarray, num_classes: int, axis: int, spacing,
@@ -94,6 +147,29 @@ def growcut_evidence(image: np.ndarray, targets: np.ndarray, num_classes: int, a
     classes = np.where(classes < num_classes, classes, 0).astype(np.uint8)
     inplane, _ = stack_spacing(spacing, axis)
     return GrowCutEvidence(classes, num_classes, inplane, GROWCUT_TAU * min(inplane), weight)
+
+
+def leave_one_out_dice(targets: np.ndarray, held: dict[int, np.ndarray], num_classes: int) -> np.ndarray:
+    """(C - 1,) mean Dice per foreground class of the held-out predictions ``held`` ({position: (H, W)}, as from
+    :func:`held_out_growcut`) on their painted slices of ``targets``.
+
+    A held-out slice counts for a class only where some other painted slice holds it (grow-cut cannot find a
+    structure it has no seed of: that says nothing of how well it follows one); there, a slice where the class is
+    in neither truth nor prediction counts as 1. NaN for a class with no such slice.
+    """
+    painted = fully_painted_slices(targets)
+    present = np.stack([(targets[painted] == c).any(axis=(1, 2)) for c in range(1, num_classes)])  # (C - 1, K)
+    scores = np.full((num_classes - 1, len(held)), np.nan)
+    for column, (position, predicted) in enumerate(sorted(held.items())):
+        truth = targets[int(painted[position])]
+        for c in range(1, num_classes):
+            if not np.delete(present[c - 1], position).any():
+                continue
+            a, b = truth == c, predicted == c
+            total = int(a.sum()) + int(b.sum())
+            scores[c - 1, column] = 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+    counted = ~np.isnan(scores)
+    return np.where(counted.any(axis=1), np.nansum(scores, axis=1) / np.maximum(counted.sum(axis=1), 1), np.nan)
 
 
 @dataclass

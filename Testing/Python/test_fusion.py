@@ -8,7 +8,8 @@ import torch
 
 from ContrastiveSegLib.inference.contour_prior import ContourPrior
 from ContrastiveSegLib.inference.fusion import (GROWCUT_WEIGHT, FusedPrior, GrowCutEvidence, fused_prior_of,
-                                                growcut_evidence, slicer_growcut)
+                                                growcut_evidence, held_out_growcut, leave_one_out_dice,
+                                                slicer_growcut)
 from ContrastiveSegLib.inference.shape_prior import signed_distance
 from test_contour_prior import _dice, _shift_interpolator, _sparse  # the tube's exact interpolation, Dice
 
@@ -98,3 +99,70 @@ def test_slicer_growcut_follows_the_bright_tube():
     image, truth = _tube()
     grown = slicer_growcut(image, _sparse(truth, (2, 10, 18)), 0, (1.0, 1.0, 1.0))
     assert _dice(grown, truth) > 0.95
+
+
+def _nearest_seed_grower(calls):
+    """A grower that gives every slice the classes of the nearest seeded slice (through the whole array when
+    ``whole``), recording what it was given."""
+    def grow(image, sparse, axis, spacing, whole=False):
+        assert axis == 0 and image.shape == sparse.shape
+        seeded = np.flatnonzero(sparse.reshape(len(sparse), -1).any(axis=1))
+        calls.append((len(sparse), seeded.tolist(), whole))
+        nearest = seeded[np.abs(np.arange(len(sparse))[:, None] - seeded[None, :]).argmin(axis=1)]
+        return sparse[nearest]
+    return grow
+
+
+def test_held_out_growcut_grows_each_painted_slice_from_its_neighbours_in_their_slab():
+    image, truth = _tube(depth=21)
+    targets = _sparse(truth, (2, 10, 18))
+    calls = []
+    every, held = held_out_growcut(image, targets, 2, 0, (1, 1, 1), _nearest_seed_grower(calls))
+    # Slicer's own run from all three, then one slab per painted slice: from the slice before its previous painted
+    # neighbour to the slice after its next one (VTK spreads no seed on the array's border), seeds on the walls only.
+    assert calls == [(21, [2, 10, 18], False), (11, [9], True), (19, [1, 17], True), (11, [1], True)]
+    assert (every[10] == truth[10]).all()
+    assert (held[0] == truth[10]).all() and (held[2] == truth[10]).all()
+    # slice 10 is as far from 2 as from 18: argmin takes the first, slice 2 (slab offset 1)
+    assert (held[1] == truth[2]).all()
+
+
+def test_leave_one_out_dice_by_hand():
+    targets = np.zeros((3, 4, 4), np.uint8)
+    targets[:, :2, :2] = 1  # class 1 on every painted slice: 4 voxels each
+    targets[1, 3, 3] = 2  # class 2 on the middle slice only
+    held = {0: targets[0].copy(), 1: targets[1].copy(), 2: targets[2].copy()}
+    held[1][0, 0] = 0  # 3 of 4 voxels found: Dice 6/7
+    held[2][3, 3] = 2  # class 2 leaks onto a slice where it is not: Dice 0 there
+    dice = leave_one_out_dice(targets, held, 3)
+    assert dice[0] == pytest.approx((1 + 6 / 7 + 1) / 3)
+    # class 2: slice 1 does not count (no other slice holds it); slice 0 (neither: 1) and 2 (a leak: 0)
+    assert dice[1] == pytest.approx(0.5)
+    assert np.isnan(leave_one_out_dice(targets, {1: held[1]}, 3)[1])
+
+
+def test_growcut_weights_per_structure_sharpen_or_silence_its_outline():
+    image, truth = _tube()
+    classes = np.where(truth == 1, 1, 0).astype(np.uint8)
+    classes[:, 30:, 30:] = 2  # a second structure in a corner
+    sharp = GrowCutEvidence(classes, 3, (1.0, 1.0), 2.0, weights=np.array([2.0, 0.0]))
+    log_p = sharp.log_probs([10])[0]
+    centre = (20, 20)
+    depth = -float(signed_distance(truth[10] == 1, (1.0, 1.0))[centre])
+    # structure 1: sigmoid(2 d / tau) against the background; structure 2 (weight 0) is flat: the background's odds
+    odds = float((log_p[1] - log_p[0])[centre])
+    assert odds == pytest.approx(2 * depth / 2.0, abs=1e-4)
+    assert torch.allclose(log_p[2], log_p[0])
+
+
+def test_slicer_growcut_slab_equals_the_whole_volume_leave_one_out():
+    """The wall argument of held_out_growcut, with Slicer's grow-cut: growing the held-out slice in its slab gives
+    what growing it through the whole volume from every other painted slice gives."""
+    pytest.importorskip("slicer")
+    image, truth = _tube(depth=21)
+    targets = _sparse(truth, (2, 10, 18))
+    _, held = held_out_growcut(image, targets, 2, 0, (1, 1, 1), slicer_growcut)
+    seeds = np.where(np.isin(np.arange(21), [2, 18])[:, None, None], truth, 0)
+    whole = slicer_growcut(image, seeds, 0, (1, 1, 1), whole=True)
+    assert (held[1] == whole[10]).all()
+    assert _dice(held[1], truth[10]) > 0.9

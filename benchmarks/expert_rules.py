@@ -1,0 +1,165 @@
+"""The weighting rules that benchmarks/expert_weights.py replays on its cached networks and grow-cuts.
+
+Each rule turns one scan's evidence into the fused log probabilities ``log p_net + w_contour * log p_contour +
+log p_growcut(w)``; grow-cut's weight is per structure, from its leave-one-out Dice D on the painted slices.
+The rules differ only in that weight:
+
+- ``default``: the current default (contour x1 + grow-cut x2, the same weight for every scan);
+- ``loo logit a``: ``a * logit(D)`` (0 at D = 0.5, 2.2 a at 0.9, 4.6 a at 0.99), the log-odds that grow-cut is
+  right on a slice it was not given: the weight of a voter that is right with probability D (AdaBoost's
+  ``0.5 * ln(D / (1 - D))`` at a = 0.5);
+- ``no prior`` / ``growcut only``: the two ends, for reference.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+D_RANGE = (0.5, 0.995)  # leave-one-out Dice clipped here before the logit (finite weights; no negative votes)
+
+
+def growcut_log_probs(classes: np.ndarray, num_classes: int, inplane, weights: np.ndarray) -> torch.Tensor:
+    """(C, S, H, W) log probabilities of a (S, H, W) grow-cut class map: each structure's outline as
+    ``sigmoid(-d * w_c / tau)`` (:class:`ContrastiveSegLib.inference.fusion.GrowCutEvidence`)."""
+    from ContrastiveSegLib.inference.fusion import GROWCUT_TAU, GrowCutEvidence
+
+    evidence = GrowCutEvidence(classes, num_classes, tuple(inplane), GROWCUT_TAU * min(inplane),
+                               weights=np.asarray(weights, float))
+    return evidence.log_probs(np.arange(len(classes))).permute(1, 0, 2, 3)
+
+
+def logit_weights(dice: np.ndarray, scale: float) -> np.ndarray:
+    """``scale * logit(clip(dice))`` per class; NaN (nothing to tell it by) -> the fixed default weight."""
+    from ContrastiveSegLib.inference.fusion import GROWCUT_WEIGHT
+
+    d = np.clip(np.nan_to_num(dice, nan=0.5), *D_RANGE)
+    return np.where(np.isnan(dice), GROWCUT_WEIGHT, scale * np.log(d / (1 - d)))
+
+
+RULES = {  # name: (contour weight, grow-cut weights from the leave-one-out Dice, or None for the old default)
+    "no prior": (0.0, lambda dice: np.zeros_like(dice)),
+    "default (contour x1 + growcut x2)": (1.0, None),
+    "loo logit 0.5": (1.0, lambda dice: logit_weights(dice, 0.5)),
+    "loo logit 1": (1.0, lambda dice: logit_weights(dice, 1.0)),
+    "loo logit 2": (1.0, lambda dice: logit_weights(dice, 2.0)),
+    "loo logit 1, no contour": (0.0, lambda dice: logit_weights(dice, 1.0)),
+    "loo logit 1, contour x2": (2.0, lambda dice: logit_weights(dice, 1.0)),
+}
+
+
+def _contour_log_probs(cache: Path, name: str, k: int, targets, num_classes, axis, spacing) -> torch.Tensor | None:
+    """(C, S, H, W) unweighted contour-prior log probabilities, cached per (task, k) (ITK's interpolation runs in
+    child processes: seconds per call)."""
+    from ContrastiveSegLib.inference.contour_prior import contour_prior_of
+
+    path = cache / "contour" / f"{name}-k{k}.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            return None if data["log"].size == 0 else torch.from_numpy(data["log"].astype(np.float32))
+    prior = contour_prior_of(targets, num_classes, axis, spacing, weight=1.0)
+    log = np.zeros(0, np.float16) if prior is None else (
+        prior.log_probs(np.arange(len(targets))).permute(1, 0, 2, 3).numpy().astype(np.float16))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, log=log)
+    return None if log.size == 0 else torch.from_numpy(log.astype(np.float32))
+
+
+def evaluate(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], out: Path) -> None:
+    """Score every rule on every cached (task, k, seed); rows to ``out/expert_weights.csv``."""
+    from expert_weights import _cell
+    from run_benchmark import append_row, score_row
+
+    from ContrastiveSegLib import api
+    from ContrastiveSegLib.data.case import PreparedCase, spec_for
+    from ContrastiveSegLib.inference.fusion import (GROWCUT_TAU, GROWCUT_WEIGHT, GrowCutEvidence,
+                                                      leave_one_out_dice)
+    from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
+    from ContrastiveSegLib.inference.shape_prior import stack_spacing
+
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "expert_weights.csv"
+    for name in tasks:
+        for k in ks:
+            grown_path = cache / "growcut" / f"{name}-k{k}.npz"
+            nets = [cache / "net" / f"{name}-k{k}-s{seed}.npz" for seed in seeds]
+            if not grown_path.is_file() or not any(p.is_file() for p in nets):
+                print(f"skip {name} k={k}: not cached", flush=True)
+                continue
+            start = time.perf_counter()
+            task, image, reference, spacing, sparse, _ = _cell(name, k)
+            annotation = api.read_annotation(image, sparse, task.axis)
+            case = PreparedCase.build(image, annotation, spacing, spec_for(image, annotation))
+            targets, num_classes = case.targets, annotation.num_classes
+            inplane = stack_spacing(spacing, task.axis)[0]
+            with np.load(grown_path) as data:
+                grown = data["all"]
+                held = {int(key.split("_")[1]): data[key] for key in data.files if key.startswith("held_")}
+            dice = leave_one_out_dice(targets, held, num_classes)
+            contour = _contour_log_probs(cache, name, k, targets, num_classes, task.axis, spacing)
+            default_growcut = GrowCutEvidence(grown, num_classes, tuple(inplane), GROWCUT_TAU * min(inplane)).log_probs(
+                np.arange(len(grown))).permute(1, 0, 2, 3)  # the library's default, exactly
+            lookup = api.label_lookup(annotation.label_values)
+            for seed, path in zip(seeds, nets):
+                if not path.is_file():
+                    continue
+                with np.load(path) as data:
+                    net = torch.from_numpy(data["log_probs"].astype(np.float32))
+                for rule, (contour_weight, weigh) in RULES.items():
+                    fused = net.clone()
+                    if contour is not None and contour_weight:
+                        fused += contour_weight * contour
+                    weights = np.full(num_classes - 1, GROWCUT_WEIGHT) if weigh is None else weigh(dice)
+                    fused += default_growcut if weigh is None else growcut_log_probs(grown, num_classes, inplane,
+                                                                                     weights)
+                    classes = fused.argmax(0).numpy().astype(np.uint8)
+                    classes = keep_annotated_components(classes, targets, num_classes)
+                    paste_annotations(classes, targets)
+                    labels = lookup[np.moveaxis(classes, 0, task.axis)]
+                    row = score_row(task, rule, k, seed, labels, reference, 0.0, "default/cpu")
+                    row["loo_dice"] = json.dumps([round(float(d), 3) for d in dice])
+                    row["growcut_weights"] = json.dumps([round(float(w), 2) for w in weights])
+                    append_row(table, row)
+            print(f"{time.strftime('%H:%M:%S')} {name} k={k}: loo dice {np.round(dice, 3).tolist()} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+    summarise(table, out / "expert_weights.md")
+
+
+def summarise(table: Path, markdown: Path) -> None:
+    """Mean over seeds per cell, margin over the best Slicer tool, per rule on the choosing and confirming tasks."""
+    from fusion_matrix import CHOOSE, CONFIRM
+
+    rows = list(csv.DictReader(table.open()))
+    tools = _best_tools()
+    cells: dict[tuple, list[float]] = {}
+    for row in rows:
+        cells.setdefault((row["method"], row["task"], int(row["k"])), []).append(float(row["mean_dice"]))
+    rules = list(dict.fromkeys(row["method"] for row in rows))
+    lines = ["| rule | set | mean | margin | worst | cells below | largest seed spread |", "|---|---|---|---|---|---|---|"]
+    for rule in rules:
+        for label, names in (("choose", CHOOSE), ("confirm", CONFIRM)):
+            keys = [key for key in cells if key[0] == rule and key[1] in names and (key[1], key[2]) in tools]
+            if not keys:
+                continue
+            means = [np.mean(cells[key]) for key in keys]
+            margins = [np.mean(cells[key]) - tools[(key[1], key[2])] for key in keys]
+            spread = max(max(cells[key]) - min(cells[key]) for key in keys)
+            lines.append(f"| {rule} | {label} ({len(keys)} cells) | {np.mean(means):.3f} | {np.mean(margins):+.3f} | "
+                         f"{min(margins):+.3f} | {sum(m < 0 for m in margins)}/{len(keys)} | {spread:.3f} |")
+    markdown.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _best_tools() -> dict[tuple, float]:
+    """{(task, k): the best Slicer tool's mean Dice} from benchmarks/results/quality.csv."""
+    best: dict[tuple, float] = {}
+    quality = Path(__file__).resolve().parent / "results" / "quality.csv"
+    for row in csv.DictReader(quality.open()):
+        if row["method"] in ("Grow from seeds", "Fill between slices"):
+            key = (row["task"], int(row["k"]))
+            best[key] = max(best.get(key, 0.0), float(row["mean_dice"]))
+    return best
