@@ -28,7 +28,7 @@ from ContrastiveSegLib.device import BatchLimits, fine_tuning_advice, resolve_de
 from ContrastiveSegLib.errors import InputError, OutOfMemory
 from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
 from ContrastiveSegLib.inference.predict import predict_volume
-from ContrastiveSegLib.inference.fusion import fused_prior_of
+from ContrastiveSegLib.inference.fusion import ExpertsRun, fused_prior_of
 from ContrastiveSegLib.inference.region import region_of_case
 from ContrastiveSegLib.inference.shape_prior import (PSEUDO_SLICES, build_shape_prior, evenly_spread,
                                                      prior_pseudo_labels, stack_spacing)
@@ -258,13 +258,16 @@ def predict(model: TrainedModel, image: np.ndarray, *, labels: np.ndarray | None
 def predict_case(model: TrainedModel, case: PreparedCase, *, device: str | torch.device = DEFAULT_DEVICE,
                  probabilities: bool = False, flip_tta: bool = False, postprocess: bool = True,
                  shape_prior: bool = True, progress: ProgressCallback = None, cancel=None,
-                 batches: BatchLimits | None = None) -> SegmentResult:
+                 batches: BatchLimits | None = None, experts: ExpertsRun | None = None) -> SegmentResult:
     """:func:`predict` on a prepared case (same options; the case's stack must use ``model``'s input spec;
-    ``batches`` as in :func:`finetune_case`)."""
+    ``batches`` as in :func:`finetune_case`; ``experts``: the fused prior already under way, see
+    :func:`run_segment`)."""
     torch_device = resolve_device(device)
     targets = case.targets
     prior = None
-    if targets is not None and shape_prior:
+    if experts is not None:
+        prior = experts.result()
+    elif targets is not None and shape_prior:
         prior = fused_prior_of(case.image, targets, len(model.label_values), model.axis, case.spacing)
     # Only components touching the painting are kept, so with post-processing only where the painting reaches is
     # predicted (inference/region.py); background elsewhere.
@@ -383,19 +386,29 @@ def run_segment(image: np.ndarray, labels: np.ndarray, spacing, *, axis: int | N
         case = training_case(image, annotation, spacing, plan.init_model)
         batches = BatchLimits()  # what fitted on the GPU in one stage, for the next
         timings["prepare"] = time.perf_counter() - start
-        start = time.perf_counter()
-        model = finetune_case(case, plan, progress=progress, cancel=cancel, batches=batches,
-                              later=(plan.self_train, prediction["flip_tta"]))
-        timings["finetune"] = time.perf_counter() - start
-        if plan.self_train:
+        # The experts (contour interpolation, grow-cut) depend on the painting only: they run beside the training.
+        experts = None
+        if prediction["shape_prior"] and case.targets is not None:
+            experts = ExpertsRun(case.image, case.targets, annotation.num_classes, annotation.axis, case.spacing,
+                                 cancel)
+        try:
             start = time.perf_counter()
-            self_train_round(model, case, plan, shape_prior=prediction["shape_prior"], progress=progress,
-                             cancel=cancel, batches=batches)
-            timings["self-train"] = time.perf_counter() - start
-        start = time.perf_counter()
-        result = predict_case(model, case, device=plan.device, progress=progress, cancel=cancel, batches=batches,
-                              **prediction)
-        timings["predict"] = time.perf_counter() - start
+            model = finetune_case(case, plan, progress=progress, cancel=cancel, batches=batches,
+                                  later=(plan.self_train, prediction["flip_tta"]))
+            timings["finetune"] = time.perf_counter() - start
+            if plan.self_train:
+                start = time.perf_counter()
+                self_train_round(model, case, plan, shape_prior=prediction["shape_prior"], progress=progress,
+                                 cancel=cancel, batches=batches)
+                timings["self-train"] = time.perf_counter() - start
+            start = time.perf_counter()
+            result = predict_case(model, case, device=plan.device, progress=progress, cancel=cancel,
+                                  batches=batches, experts=experts, **prediction)
+            timings["predict"] = time.perf_counter() - start
+        except BaseException:
+            if experts is not None:
+                experts.stop()
+            raise
         result.model = model
         result.seconds = timings
         return result

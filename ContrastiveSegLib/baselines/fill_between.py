@@ -44,7 +44,7 @@ def _available(backend: str) -> bool:
 
 
 def _run_worker(backend: str, compact: np.ndarray, itk_axis: int, spacing: tuple[float, float, float],
-                timeout: float) -> np.ndarray | None:
+                timeout: float, cancel=None) -> np.ndarray | None:
     """The interpolated label map from a child process, or None when the backend's package is missing."""
     with childprocess.exchange_folder("contrastiveseg-mci-", "Fill between slices") as folder:
         source, target = Path(folder) / "labels.npy", Path(folder) / "filled.npy"
@@ -52,7 +52,7 @@ def _run_worker(backend: str, compact: np.ndarray, itk_axis: int, spacing: tuple
         env = dict(os.environ, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS="1")
         command = [sys.executable, str(_WORKER), backend, str(source), str(target), str(itk_axis),
                    *(repr(s) for s in spacing)]
-        done = childprocess.run(command, env=env, timeout=timeout)
+        done = childprocess.run(command, env=env, timeout=timeout, cancel=cancel)
         if done.returncode == _MISSING_PACKAGE:
             return None
         if done.returncode != 0 or not target.is_file():
@@ -62,7 +62,7 @@ def _run_worker(backend: str, compact: np.ndarray, itk_axis: int, spacing: tuple
 
 
 def fill_between_slices(sparse_labels: np.ndarray, axis: int, spacing: Sequence[float] = (1.0, 1.0, 1.0), *,
-                        backend: str = "auto", timeout: float = 600.0) -> np.ndarray:
+                        backend: str = "auto", timeout: float = 600.0, cancel=None) -> np.ndarray:
     """Interpolate every structure between the annotated slices, as Slicer's "Fill between slices" does.
 
     Args:
@@ -73,6 +73,7 @@ def fill_between_slices(sparse_labels: np.ndarray, axis: int, spacing: Sequence[
         spacing: voxel size (x, y, z) in mm, given to ITK as Slicer does (the settings used ignore it).
         backend: "slicer", "itk", or "auto" (slicer-core when installed, else ITK's Python wrapping).
         timeout: seconds before the child process is killed (then ``subprocess.TimeoutExpired``).
+        cancel: an event; once set, the child process is killed and Cancelled raised.
     Returns:
         (z, y, x) label map with the input's label values and dtype; 0 = background.
     Raises:
@@ -89,7 +90,7 @@ def fill_between_slices(sparse_labels: np.ndarray, axis: int, spacing: Sequence[
     for name in candidates:
         if not _available(name):
             continue
-        filled = _run_worker(name, compact, 2 - axis, spacing, timeout)  # ITK orders axes (x, y, z)
+        filled = _run_worker(name, compact, 2 - axis, spacing, timeout, cancel)  # ITK orders axes (x, y, z)
         if filled is not None:
             return labels.restore(filled.astype(np.int64))
     raise ImportError(INSTALL_HINT)

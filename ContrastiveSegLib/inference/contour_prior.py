@@ -38,14 +38,15 @@ CROP_MARGIN = 4  # voxels around the painted structures that the interpolator se
 Interpolator = Callable[[np.ndarray], np.ndarray]
 
 
-def itk_interpolator(classes: np.ndarray) -> np.ndarray:
+def itk_interpolator(classes: np.ndarray, cancel=None) -> np.ndarray:
     """ITK's morphological contour interpolation of ``classes`` along axis 0, as Slicer's "Fill between slices"
-    runs it (a child process; slicer-core's or ITK's wrapping). Raises ImportError when neither is installed."""
+    runs it (a child process, killed once ``cancel`` is set; slicer-core's or ITK's wrapping). Raises ImportError
+    when neither is installed."""
     from ContrastiveSegLib.baselines.fill_between import fill_between_slices
 
     if not classes.any():
         return classes.copy()
-    return fill_between_slices(classes, 0).astype(np.uint8)
+    return fill_between_slices(classes, 0, cancel=cancel).astype(np.uint8)
 
 
 def _crop(targets: np.ndarray) -> tuple[slice, slice]:

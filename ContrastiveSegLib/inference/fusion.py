@@ -19,6 +19,9 @@ contour interpolation, slicer-core's grow-cut) is not installed.
 """
 from __future__ import annotations
 
+import functools
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -39,13 +42,14 @@ GROWCUT_TAU = 2.0  # voxels: the soft edge of the grow-cut outline (its boundary
 Grower = Callable[..., np.ndarray]
 
 
-def slicer_growcut(image: np.ndarray, sparse: np.ndarray, axis: int, spacing, whole: bool = False) -> np.ndarray:
+def slicer_growcut(image: np.ndarray, sparse: np.ndarray, axis: int, spacing, whole: bool = False,
+                   cancel=None) -> np.ndarray:
     """Slicer's "Grow from seeds" as the Segment Editor runs it (``whole``: through the whole array instead of
-    Slicer's box around the seeds), in a child process (VTK from slicer-core). Raises ImportError when slicer-core
-    is not installed."""
+    Slicer's box around the seeds), in a child process (VTK from slicer-core) that is killed once ``cancel`` is
+    set. Raises ImportError when slicer-core is not installed."""
     from ContrastiveSegLib.baselines.runner import GROW, run_baseline
 
-    return run_baseline(GROW, image, sparse, axis, spacing, whole_volume=whole)
+    return run_baseline(GROW, image, sparse, axis, spacing, cancel=cancel, whole_volume=whole)
 
 
 def _grow(image: np.ndarray, targets: np.ndarray, seeds: np.ndarray, num_classes: int, axis: int, spacing,
@@ -202,3 +206,40 @@ def fused_prior_of(image: np.ndarray, targets: np.ndarray, num_classes: int, axi
     if grown is not None:
         experts.append(grown)
     return FusedPrior(experts) if experts else None
+
+
+class _EitherSet:
+    """An event-like flag that reads as set when the caller's cancel or the run's own stop is set."""
+
+    def __init__(self, *events):
+        self.events = [e for e in events if e is not None]
+
+    def is_set(self) -> bool:
+        return any(e.is_set() for e in self.events)
+
+
+class ExpertsRun:
+    """:func:`fused_prior_of` computed in a background thread, so that it runs beside the fine-tuning.
+
+    Why: the experts are child processes (ITK's interpolation, VTK's grow-cut) that each use one core, and the
+    default thread count leaves one core to spare while the network trains (:mod:`ContrastiveSegLib.threads`); on
+    a 2-core machine they cost no wall time as long as they finish before the training does. :meth:`stop` kills
+    their processes (a failed or cancelled run must not leave them behind, nor wait for them).
+    """
+
+    def __init__(self, image: np.ndarray, targets: np.ndarray, num_classes: int, axis: int, spacing, cancel=None):
+        self._stop = threading.Event()
+        flag = _EitherSet(cancel, self._stop)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="contrastiveseg-experts")
+        self._future: Future = pool.submit(fused_prior_of, image, targets, num_classes, axis, spacing,
+                                           functools.partial(itk_interpolator, cancel=flag),
+                                           functools.partial(slicer_growcut, cancel=flag))
+        pool.shutdown(wait=False)
+
+    def result(self):
+        """The fused prior (or None), waiting for it if need be; the experts' errors are raised here."""
+        return self._future.result()
+
+    def stop(self) -> None:
+        """Kill the experts' processes and let the thread end (its result is then never asked for)."""
+        self._stop.set()

@@ -25,7 +25,7 @@ def _tube(depth=21, size=40):
 
 
 def _truth_grower(truth):
-    def grow(image, sparse, axis, spacing):
+    def grow(image, sparse, axis, spacing, whole=False):
         assert sparse.shape == truth.shape  # volume order
         assert set(np.unique(sparse)) <= {0, 1}  # the Slicer tools' convention: no IGNORE off the painted slices
         return truth.copy()
@@ -166,3 +166,67 @@ def test_slicer_growcut_slab_equals_the_whole_volume_leave_one_out():
     whole = slicer_growcut(image, seeds, 0, (1, 1, 1), whole=True)
     assert (held[1] == whole[10]).all()
     assert _dice(held[1], truth[10]) > 0.9
+
+
+def test_experts_run_beside_the_caller_and_stop_kills_them(monkeypatch):
+    """ExpertsRun computes the fused prior in a thread; stop() sets the flag its child processes are killed by,
+    and the result is then a Cancelled, not a hang."""
+    import threading
+
+    from ContrastiveSegLib.errors import Cancelled
+    from ContrastiveSegLib.inference import fusion
+
+    started = threading.Event()
+
+    def waiting_grower(image, sparse, axis, spacing, whole=False, cancel=None):
+        started.set()
+        while not cancel.is_set():  # a grow-cut child that runs until killed
+            threading.Event().wait(0.01)
+        raise Cancelled("cancelled")
+
+    monkeypatch.setattr(fusion, "slicer_growcut", waiting_grower)
+    monkeypatch.setattr(fusion, "itk_interpolator", lambda classes, cancel=None: _copy_interpolator(classes))
+    image, truth = _tube()
+    experts = fusion.ExpertsRun(image, _sparse(truth, (2, 10, 18)), 2, 0, (1, 1, 1))
+    assert started.wait(60)  # it runs while the caller goes on
+    experts.stop()
+    with pytest.raises(Cancelled):
+        experts._future.result(timeout=60)
+
+
+def test_experts_run_gives_what_fused_prior_of_gives(monkeypatch):
+    from ContrastiveSegLib.inference import fusion
+
+    monkeypatch.setattr(fusion, "slicer_growcut", lambda *a, whole=False, cancel=None: _truth_grower(_tube()[1])(
+        *a, whole=whole))
+    monkeypatch.setattr(fusion, "itk_interpolator", lambda classes, cancel=None: _copy_interpolator(classes))
+    image, truth = _tube()
+    targets = _sparse(truth, (2, 10, 18))
+    direct = fused_prior_of(image, targets, 2, 0, (1, 1, 1), _copy_interpolator, _truth_grower(truth))
+    beside = fusion.ExpertsRun(image, targets, 2, 0, (1, 1, 1)).result()
+    assert torch.equal(direct.log_probs([5, 10]), beside.log_probs([5, 10]))
+
+
+def test_a_failed_run_stops_its_experts(monkeypatch):
+    from ContrastiveSegLib import api
+
+    stopped = []
+
+    class RecordingExperts:
+        def __init__(self, *args):
+            pass
+
+        def stop(self):
+            stopped.append(True)
+
+    def failing_finetune(*args, **kwargs):
+        raise RuntimeError("the training failed")
+
+    monkeypatch.setattr(api, "ExpertsRun", RecordingExperts)
+    monkeypatch.setattr(api, "finetune_case", failing_finetune)
+    image, truth = _tube()
+    labels = np.zeros_like(truth)
+    labels[[2, 10, 18]] = truth[[2, 10, 18]]
+    with pytest.raises(RuntimeError, match="the training failed"):
+        api.segment(image, labels, (1, 1, 1), axis=0, device="cpu", threads=1)
+    assert stopped == [True]
