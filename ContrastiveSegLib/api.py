@@ -40,11 +40,12 @@ from ContrastiveSegLib.options import (ADAPT_BATCH_SIZE, ADAPT_STEPS, AXIS_LETTE
 from ContrastiveSegLib.plan import TrainingPlan, plan_training
 from ContrastiveSegLib.progress import ProgressCallback, emit
 from ContrastiveSegLib.threads import use_threads
-from ContrastiveSegLib.training.finetune import train_segmentation
+from ContrastiveSegLib.training.finetune import (BidirectionalConsistency, SupervisedObjective, TrainingPlugin,
+                                                 train_segmentation)
 
 __all__ = ["DEFAULT_SPEC", "PreparedCase", "SegmentResult", "TrainingPlan", "check_image", "finetune",
            "finetune_case", "initial_network", "plan_training", "predict", "predict_case", "segment",
-           "self_train_round"]
+           "self_train_round", "self_training_targets", "training_plugins"]
 
 SELF_TRAIN_CONFIDENCE = 0.9  # fused probability a voxel needs to become a self-training target
 SELF_TRAIN_LR = 0.3  # self-training learning rate as a fraction of the preset's
@@ -149,13 +150,10 @@ def finetune_case(case: PreparedCase, plan: TrainingPlan, *, progress: ProgressC
         prior = shape_prior_of(targets, annotation.num_classes, annotation.axis, case.spacing)
         if prior is not None:
             targets, training_slices = prior_pseudo_labels(prior, targets, annotation.painted)
-    sampler = AnnotatedSliceSampler(case.stack, targets, training_slices, config.patch,
-                                    divisor=network.config.divisor, seed=plan.seed)
-    unannotated = _unannotated_sampler(case, network, sampler, config.patch, plan.seed)
-    augmenter = BatchAugmenter(image_channels=2 * case.spec.context + 1, seed=plan.seed)
+    plugins = training_plugins(case, network, targets, training_slices, config.patch, plan.seed)
     emit(progress, "finetune", f"fine-tuning on {describe_planes(annotation)} ({plan.device.type})")
     after = 0.0 if later is None else later_work_in_steps(case, config, *later)
-    train_segmentation(network, sampler, config, plan.device, augmenter, progress, cancel, unannotated, batches,
+    train_segmentation(network, plugins, config, plan.device, progress=progress, cancel=cancel, batches=batches,
                        after_steps=after)
     return TrainedModel(network.cpu(), annotation.label_values, annotation.axis, case.spec, case.spacing,
                         encoder_name)
@@ -198,16 +196,26 @@ def _new_network(case: PreparedCase, decoders: int, encoder: str, encoder_path) 
     return network, str(encoder)
 
 
-def _unannotated_sampler(case: PreparedCase, network, sampler: AnnotatedSliceSampler, patch: int,
-                         seed: int) -> UnannotatedSliceSampler | None:
-    """The unpainted slices' sampler of a two-decoder network (None for one decoder)."""
-    if network.config.decoders != 2:
-        return None
-    try:
-        return UnannotatedSliceSampler(case.stack, case.annotation.painted, patch, divisor=network.config.divisor,
-                                       seed=seed, centres=sampler.centre)
-    except ValueError as error:
-        raise InputError(str(error)) from None
+def training_plugins(case: PreparedCase, network, targets: np.ndarray, slices, patch: int,
+                     seed: int) -> list[TrainingPlugin]:
+    """The fine-tuning loop's plug-ins for ``network`` on ``case``: the supervised objective on ``targets`` (the
+    painting, or the painting plus pseudo-labels) at the stack positions ``slices``, and for a two-decoder network
+    the bidirectional consistency on the unpainted slices; one augmenter and samplers seeded from ``seed`` (made in
+    this order: the order of their random draws is part of a seeded run)."""
+    divisor = network.config.divisor
+    sampler = AnnotatedSliceSampler(case.stack, targets, slices, patch, divisor=divisor, seed=seed)
+    unannotated = None
+    if network.config.decoders == 2:
+        try:
+            unannotated = UnannotatedSliceSampler(case.stack, case.annotation.painted, patch, divisor=divisor,
+                                                  seed=seed, centres=sampler.centre)
+        except ValueError as error:  # no unpainted slice to learn the consistency on
+            raise InputError(str(error)) from None
+    augmenter = BatchAugmenter(image_channels=2 * case.spec.context + 1, seed=seed)
+    plugins: list[TrainingPlugin] = [SupervisedObjective(sampler, augmenter)]
+    if unannotated is not None:
+        plugins.append(BidirectionalConsistency(unannotated, augmenter))
+    return plugins
 
 
 def adapt_encoder(network, image: np.ndarray, annotation: SparseAnnotation, spec, method: str,
@@ -299,15 +307,33 @@ def self_train_round(model: TrainedModel, case: PreparedCase, plan: TrainingPlan
 
     The network (fused with the shape prior unless ``shape_prior`` is False) labels every slice; its confident
     voxels (probability of at least :data:`SELF_TRAIN_CONFIDENCE`, in components that touch the painting) on up to
-    :data:`PSEUDO_SLICES` evenly spread unpainted slices become extra targets, and training goes on with the plan's
-    batch size on them and on the painted slices, at a lower learning rate (incremental self-labelling, Anderson et
-    al., BMC Medical Imaging 2025; the confidence threshold plays the role of the self-paced weighting). A
-    two-decoder network keeps its bidirectional consistency term.
+    :data:`PSEUDO_SLICES` evenly spread unpainted slices become extra targets (:func:`self_training_targets`), and
+    the fine-tuning loop goes on with the same plug-ins (:func:`training_plugins`: the supervised objective now on
+    these targets and the painted slices; a two-decoder network keeps its bidirectional consistency) at the plan's
+    batch size and a lower learning rate (incremental self-labelling, Anderson et al., BMC Medical Imaging 2025;
+    the confidence threshold plays the role of the self-paced weighting).
     """
+    pseudo, slices = self_training_targets(model, case, plan.device, shape_prior=shape_prior, progress=progress,
+                                           cancel=cancel, batches=batches)
+    config = dataclasses.replace(plan.config, steps=plan.self_train,
+                                 learning_rate=plan.config.learning_rate * SELF_TRAIN_LR)
+    plugins = training_plugins(case, model.network, pseudo, slices, config.patch, plan.seed + 1)
+    train_segmentation(model.network, plugins, config, plan.device, progress=progress, cancel=cancel,
+                       batches=batches)
+    model.network.cpu()
+
+
+def self_training_targets(model: TrainedModel, case: PreparedCase, device: torch.device, *, shape_prior: bool = True,
+                          progress: ProgressCallback = None, cancel=None,
+                          batches: BatchLimits | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A self-training round's targets and the stack positions to sample: the painting, plus on up to
+    :data:`PSEUDO_SLICES` evenly spread unpainted slices the voxels ``model`` (fused with the shape prior unless
+    ``shape_prior`` is False) labels with a probability of at least :data:`SELF_TRAIN_CONFIDENCE`, in components
+    that touch the painting."""
     annotation, stack, targets = case.annotation, case.stack, case.targets
     prior = shape_prior_of(targets, len(model.label_values), model.axis, case.spacing) if shape_prior else None
     emit(progress, "self-train", "labelling the unpainted slices for self-training")
-    classes, confidence = predict_volume(model.network, stack, plan.device, divisor=model.network.config.divisor,
+    classes, confidence = predict_volume(model.network, stack, device, divisor=model.network.config.divisor,
                                          prior=prior, keep_confidence=True, progress=progress, cancel=cancel,
                                          batches=batches)
     classes = keep_annotated_components(classes, targets, len(model.label_values))
@@ -318,17 +344,7 @@ def self_train_round(model: TrainedModel, case: PreparedCase, plan: TrainingPlan
         known = targets[s] != IGNORE
         label = np.where(confidence[s] >= round(SELF_TRAIN_CONFIDENCE * 255), classes[s], IGNORE).astype(np.uint8)
         pseudo[s] = np.where(known, targets[s], label)
-    slices = np.union1d(annotation.slices, chosen)
-    config = dataclasses.replace(plan.config, steps=plan.self_train,
-                                 learning_rate=plan.config.learning_rate * SELF_TRAIN_LR)
-    seed = plan.seed + 1
-    sampler = AnnotatedSliceSampler(stack, pseudo, slices, config.patch, divisor=model.network.config.divisor,
-                                    seed=seed)
-    unannotated = _unannotated_sampler(case, model.network, sampler, config.patch, seed)
-    augmenter = BatchAugmenter(image_channels=2 * model.spec.context + 1, seed=seed)
-    train_segmentation(model.network, sampler, config, plan.device, augmenter, progress, cancel, unannotated,
-                       batches)
-    model.network.cpu()
+    return pseudo, np.union1d(annotation.slices, chosen)
 
 
 def label_lookup(label_values) -> np.ndarray:
