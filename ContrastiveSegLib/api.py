@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ContrastiveSegLib.data.augment import BatchAugmenter
 from ContrastiveSegLib.data.case import DEFAULT_SPEC, PreparedCase, check_image, read_annotation, spec_for
-from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler, UnannotatedSliceSampler
 from ContrastiveSegLib.device import BatchLimits, fine_tuning_advice, resolve_device
 from ContrastiveSegLib.errors import InputError, OutOfMemory
 from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
@@ -35,17 +33,16 @@ from ContrastiveSegLib.inference.shape_prior import (PSEUDO_SLICES, build_shape_
 from ContrastiveSegLib.io.annotations import IGNORE, SparseAnnotation
 from ContrastiveSegLib.model import TrainedModel, load_encoder_into
 from ContrastiveSegLib.networks import NetworkConfig, build_network
-from ContrastiveSegLib.options import (ADAPT_BATCH_SIZE, ADAPT_STEPS, AXIS_LETTERS, DEFAULT_CONSISTENCY,
-                                       DEFAULT_DEVICE, DEFAULT_PRESET, RANDOM_INIT)
+from ContrastiveSegLib.options import (ADAPT_BATCH_SIZE, ADAPT_STEPS, AXIS_LETTERS, CONSISTENCY_DECODERS,
+                                       DEFAULT_CONSISTENCY, DEFAULT_DEVICE, DEFAULT_PRESET, RANDOM_INIT)
 from ContrastiveSegLib.plan import TrainingPlan, plan_training
 from ContrastiveSegLib.progress import ProgressCallback, emit
 from ContrastiveSegLib.threads import use_threads
-from ContrastiveSegLib.training.finetune import (BidirectionalConsistency, SupervisedObjective, TrainingPlugin,
-                                                 train_segmentation)
+from ContrastiveSegLib.training.finetune import train_segmentation, training_plugins
 
 __all__ = ["DEFAULT_SPEC", "PreparedCase", "SegmentResult", "TrainingPlan", "check_image", "finetune",
            "finetune_case", "initial_network", "plan_training", "predict", "predict_case", "segment",
-           "self_train_round", "self_training_targets", "training_plugins"]
+           "self_train_round", "self_training_targets"]
 
 SELF_TRAIN_CONFIDENCE = 0.9  # fused probability a voxel needs to become a self-training target
 SELF_TRAIN_LR = 0.3  # self-training learning rate as a fraction of the preset's
@@ -143,6 +140,7 @@ def finetune_case(case: PreparedCase, plan: TrainingPlan, *, progress: ProgressC
     (:func:`later_work_in_steps`), None when nothing follows.
     """
     annotation, config = case.annotation, plan.config
+    after = 0.0 if later is None else later_work_in_steps(case, config, *later)
     _seed_everything(plan.seed)
     network, encoder_name = initial_network(case, plan, progress, cancel)
     targets, training_slices = case.targets, annotation.slices
@@ -152,7 +150,6 @@ def finetune_case(case: PreparedCase, plan: TrainingPlan, *, progress: ProgressC
             targets, training_slices = prior_pseudo_labels(prior, targets, annotation.painted)
     plugins = training_plugins(case, network, targets, training_slices, config.patch, plan.seed)
     emit(progress, "finetune", f"fine-tuning on {describe_planes(annotation)} ({plan.device.type})")
-    after = 0.0 if later is None else later_work_in_steps(case, config, *later)
     train_segmentation(network, plugins, config, plan.device, progress=progress, cancel=cancel, batches=batches,
                        after_steps=after)
     return TrainedModel(network.cpu(), annotation.label_values, annotation.axis, case.spec, case.spacing,
@@ -162,11 +159,17 @@ def finetune_case(case: PreparedCase, plan: TrainingPlan, *, progress: ProgressC
 def initial_network(case: PreparedCase, plan: TrainingPlan, progress: ProgressCallback = None,
                     cancel=None) -> tuple[torch.nn.Module, str]:
     """The network fine-tuning starts from, and the encoder's name as the model records it: the refined model's
-    (checked against this painting), or a new one from the plan's encoder, adapted on this scan when asked."""
+    (checked against this painting), or a new one (one decoder, or two for bidirectional consistency) with the
+    plan's encoder weights loaded when one is chosen, adapted on this scan when asked."""
     if plan.init_model is not None:
         _check_refinement(plan.init_model, case.annotation)
         return plan.init_model.network, plan.init_model.encoder
-    network, encoder_name = _new_network(case, plan.decoders, plan.encoder, plan.encoder_path)
+    network = build_network(NetworkConfig(in_channels=case.spec.in_channels, num_classes=case.annotation.num_classes,
+                                          decoders=CONSISTENCY_DECODERS[plan.consistency]))
+    encoder_name = RANDOM_INIT
+    if plan.encoder_path is not None:
+        load_encoder_into(network, plan.encoder_path, case.spec)
+        encoder_name = str(plan.encoder)
     if plan.adapt:
         adapt_encoder(network, case.image, case.annotation, case.spec, plan.adapt, plan.adapt_steps,
                       plan.config.patch, plan.encoder_path, plan.seed, plan.device, progress, cancel)
@@ -183,39 +186,6 @@ def later_work_in_steps(case: PreparedCase, config, self_train: int, flip_tta: b
     pixels = case.stack.num_slices * case.stack.height * case.stack.width
     prediction = pixels * (2 if flip_tta else 1) / step
     return prediction + (self_train + pixels / step if self_train else 0.0)
-
-
-def _new_network(case: PreparedCase, decoders: int, encoder: str, encoder_path) -> tuple[torch.nn.Module, str]:
-    """A fresh network for ``case`` (one decoder, or two for bidirectional consistency), with the encoder's
-    weights loaded when one is chosen; and the encoder's name as the model records it."""
-    network = build_network(NetworkConfig(in_channels=case.spec.in_channels,
-                                          num_classes=case.annotation.num_classes, decoders=decoders))
-    if encoder_path is None:
-        return network, RANDOM_INIT
-    load_encoder_into(network, encoder_path, case.spec)
-    return network, str(encoder)
-
-
-def training_plugins(case: PreparedCase, network, targets: np.ndarray, slices, patch: int,
-                     seed: int) -> list[TrainingPlugin]:
-    """The fine-tuning loop's plug-ins for ``network`` on ``case``: the supervised objective on ``targets`` (the
-    painting, or the painting plus pseudo-labels) at the stack positions ``slices``, and for a two-decoder network
-    the bidirectional consistency on the unpainted slices; one augmenter and samplers seeded from ``seed`` (made in
-    this order: the order of their random draws is part of a seeded run)."""
-    divisor = network.config.divisor
-    sampler = AnnotatedSliceSampler(case.stack, targets, slices, patch, divisor=divisor, seed=seed)
-    unannotated = None
-    if network.config.decoders == 2:
-        try:
-            unannotated = UnannotatedSliceSampler(case.stack, case.annotation.painted, patch, divisor=divisor,
-                                                  seed=seed, centres=sampler.centre)
-        except ValueError as error:  # no unpainted slice to learn the consistency on
-            raise InputError(str(error)) from None
-    augmenter = BatchAugmenter(image_channels=2 * case.spec.context + 1, seed=seed)
-    plugins: list[TrainingPlugin] = [SupervisedObjective(sampler, augmenter)]
-    if unannotated is not None:
-        plugins.append(BidirectionalConsistency(unannotated, augmenter))
-    return plugins
 
 
 def adapt_encoder(network, image: np.ndarray, annotation: SparseAnnotation, spec, method: str,

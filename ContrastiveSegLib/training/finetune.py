@@ -26,9 +26,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ContrastiveSegLib.data.augment import BatchAugmenter
+from ContrastiveSegLib.data.case import PreparedCase
 from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler, UnannotatedSliceSampler
 from ContrastiveSegLib.device import BatchLimits, autocast_context, fine_tuning_advice, halve_batch
 from ContrastiveSegLib.errors import InputError
@@ -189,6 +191,28 @@ def check_plugins(model: torch.nn.Module, plugins: Sequence[TrainingPlugin]) -> 
         plugin.check(model)
     if decoders_of(model) == 2 and BidirectionalConsistency not in kinds:
         raise InputError("a network with two decoders trains with bidirectional consistency; none was given")
+
+
+def training_plugins(case: PreparedCase, network: torch.nn.Module, targets: np.ndarray, slices, patch: int,
+                     seed: int) -> list[TrainingPlugin]:
+    """The fine-tuning loop's plug-ins for ``network`` on ``case``: the supervised objective on ``targets`` (the
+    painting, or the painting plus pseudo-labels) at the stack positions ``slices``, and for a two-decoder network
+    the bidirectional consistency on the unpainted slices; one augmenter and samplers seeded from ``seed`` (made in
+    this order: the order of their random draws is part of a seeded run)."""
+    divisor = network.config.divisor
+    sampler = AnnotatedSliceSampler(case.stack, targets, slices, patch, divisor=divisor, seed=seed)
+    unannotated = None
+    if network.config.decoders == 2:
+        try:
+            unannotated = UnannotatedSliceSampler(case.stack, case.annotation.painted, patch, divisor=divisor,
+                                                  seed=seed, centres=sampler.centre)
+        except ValueError as error:  # no unpainted slice to learn the consistency on
+            raise InputError(str(error)) from None
+    augmenter = BatchAugmenter(image_channels=2 * case.spec.context + 1, seed=seed)
+    plugins: list[TrainingPlugin] = [SupervisedObjective(sampler, augmenter)]
+    if unannotated is not None:
+        plugins.append(BidirectionalConsistency(unannotated, augmenter))
+    return plugins
 
 
 def _training_step(model, plugins: Sequence[TrainingPlugin], batch_size: int, optimizer, config: FinetuneConfig,
