@@ -278,9 +278,10 @@ def self_train_round(model: TrainedModel, case: PreparedCase, plan: TrainingPlan
     The network (fused with the shape prior unless ``shape_prior`` is False) labels every slice; its confident
     voxels (probability of at least :data:`SELF_TRAIN_CONFIDENCE`, in components that touch the painting) on up to
     :data:`PSEUDO_SLICES` evenly spread unpainted slices become extra targets (:func:`self_training_targets`), and
-    the fine-tuning loop goes on with the same plug-ins (:func:`training_plugins`: the supervised objective now on
-    these targets and the painted slices; a two-decoder network keeps its bidirectional consistency) at the plan's
-    batch size and a lower learning rate (incremental self-labelling, Anderson et al., BMC Medical Imaging 2025;
+    the fine-tuning loop goes on with the same plug-ins
+    (:func:`~ContrastiveSegLib.training.finetune.training_plugins`: the supervised objective now on these targets
+    and the painted slices; a two-decoder network keeps its bidirectional consistency) at the plan's batch size and
+    a lower learning rate (incremental self-labelling, Anderson et al., BMC Medical Imaging 2025;
     the confidence threshold plays the role of the self-paced weighting).
     """
     pseudo, slices = self_training_targets(model, case, plan.device, shape_prior=shape_prior, progress=progress,

@@ -81,8 +81,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 def _training_options(args) -> dict:
     """The keyword arguments of api.finetune / api.segment that come from _add_training_options."""
-    return {"axis": options.axis_index(args.axis) if args.axis else None, "preset": args.preset, "encoder": args.encoder,
-            "init_model": _load_init_model(args), "seed": args.seed, "steps": args.steps,
+    return {"axis": options.axis_index(args.axis) if args.axis else None, "preset": args.preset,
+            "encoder": args.encoder, "init_model": _load_init_model(args), "seed": args.seed, "steps": args.steps,
             "batch_size": args.batch_size, "adapt": args.adapt, "adapt_steps": args.adapt_steps,
             "consistency": args.consistency}
 
