@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ContrastiveSegLib.data.augment import BatchAugmenter
 from ContrastiveSegLib.data.case import DEFAULT_SPEC, PreparedCase, check_image, read_annotation, spec_for
-from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler, UnannotatedSliceSampler
 from ContrastiveSegLib.device import BatchLimits, fine_tuning_advice, resolve_device
 from ContrastiveSegLib.errors import InputError, OutOfMemory
 from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
@@ -35,16 +33,16 @@ from ContrastiveSegLib.inference.shape_prior import (PSEUDO_SLICES, build_shape_
 from ContrastiveSegLib.io.annotations import IGNORE, SparseAnnotation
 from ContrastiveSegLib.model import TrainedModel, load_encoder_into
 from ContrastiveSegLib.networks import NetworkConfig, build_network
-from ContrastiveSegLib.options import (ADAPT_BATCH_SIZE, ADAPT_STEPS, AXIS_LETTERS, DEFAULT_CONSISTENCY,
-                                       DEFAULT_DEVICE, DEFAULT_PRESET, RANDOM_INIT)
+from ContrastiveSegLib.options import (ADAPT_BATCH_SIZE, ADAPT_STEPS, AXIS_LETTERS, CONSISTENCY_DECODERS,
+                                       DEFAULT_CONSISTENCY, DEFAULT_DEVICE, DEFAULT_PRESET, RANDOM_INIT)
 from ContrastiveSegLib.plan import TrainingPlan, plan_training
 from ContrastiveSegLib.progress import ProgressCallback, emit
 from ContrastiveSegLib.threads import use_threads
-from ContrastiveSegLib.training.finetune import train_segmentation
+from ContrastiveSegLib.training.finetune import train_segmentation, training_plugins
 
 __all__ = ["DEFAULT_SPEC", "PreparedCase", "SegmentResult", "TrainingPlan", "check_image", "finetune",
            "finetune_case", "initial_network", "plan_training", "predict", "predict_case", "segment",
-           "self_train_round"]
+           "self_train_round", "self_training_targets"]
 
 SELF_TRAIN_CONFIDENCE = 0.9  # fused probability a voxel needs to become a self-training target
 SELF_TRAIN_LR = 0.3  # self-training learning rate as a fraction of the preset's
@@ -142,6 +140,7 @@ def finetune_case(case: PreparedCase, plan: TrainingPlan, *, progress: ProgressC
     (:func:`later_work_in_steps`), None when nothing follows.
     """
     annotation, config = case.annotation, plan.config
+    after = 0.0 if later is None else later_work_in_steps(case, config, *later)
     _seed_everything(plan.seed)
     network, encoder_name = initial_network(case, plan, progress, cancel)
     targets, training_slices = case.targets, annotation.slices
@@ -149,13 +148,9 @@ def finetune_case(case: PreparedCase, plan: TrainingPlan, *, progress: ProgressC
         prior = shape_prior_of(targets, annotation.num_classes, annotation.axis, case.spacing)
         if prior is not None:
             targets, training_slices = prior_pseudo_labels(prior, targets, annotation.painted)
-    sampler = AnnotatedSliceSampler(case.stack, targets, training_slices, config.patch,
-                                    divisor=network.config.divisor, seed=plan.seed)
-    unannotated = _unannotated_sampler(case, network, sampler, config.patch, plan.seed)
-    augmenter = BatchAugmenter(image_channels=2 * case.spec.context + 1, seed=plan.seed)
+    plugins = training_plugins(case, network, targets, training_slices, config.patch, plan.seed)
     emit(progress, "finetune", f"fine-tuning on {describe_planes(annotation)} ({plan.device.type})")
-    after = 0.0 if later is None else later_work_in_steps(case, config, *later)
-    train_segmentation(network, sampler, config, plan.device, augmenter, progress, cancel, unannotated, batches,
+    train_segmentation(network, plugins, config, plan.device, progress=progress, cancel=cancel, batches=batches,
                        after_steps=after)
     return TrainedModel(network.cpu(), annotation.label_values, annotation.axis, case.spec, case.spacing,
                         encoder_name)
@@ -164,11 +159,17 @@ def finetune_case(case: PreparedCase, plan: TrainingPlan, *, progress: ProgressC
 def initial_network(case: PreparedCase, plan: TrainingPlan, progress: ProgressCallback = None,
                     cancel=None) -> tuple[torch.nn.Module, str]:
     """The network fine-tuning starts from, and the encoder's name as the model records it: the refined model's
-    (checked against this painting), or a new one from the plan's encoder, adapted on this scan when asked."""
+    (checked against this painting), or a new one (one decoder, or two for bidirectional consistency) with the
+    plan's encoder weights loaded when one is chosen, adapted on this scan when asked."""
     if plan.init_model is not None:
         _check_refinement(plan.init_model, case.annotation)
         return plan.init_model.network, plan.init_model.encoder
-    network, encoder_name = _new_network(case, plan.decoders, plan.encoder, plan.encoder_path)
+    network = build_network(NetworkConfig(in_channels=case.spec.in_channels, num_classes=case.annotation.num_classes,
+                                          decoders=CONSISTENCY_DECODERS[plan.consistency]))
+    encoder_name = RANDOM_INIT
+    if plan.encoder_path is not None:
+        load_encoder_into(network, plan.encoder_path, case.spec)
+        encoder_name = str(plan.encoder)
     if plan.adapt:
         adapt_encoder(network, case.image, case.annotation, case.spec, plan.adapt, plan.adapt_steps,
                       plan.config.patch, plan.encoder_path, plan.seed, plan.device, progress, cancel)
@@ -185,29 +186,6 @@ def later_work_in_steps(case: PreparedCase, config, self_train: int, flip_tta: b
     pixels = case.stack.num_slices * case.stack.height * case.stack.width
     prediction = pixels * (2 if flip_tta else 1) / step
     return prediction + (self_train + pixels / step if self_train else 0.0)
-
-
-def _new_network(case: PreparedCase, decoders: int, encoder: str, encoder_path) -> tuple[torch.nn.Module, str]:
-    """A fresh network for ``case`` (one decoder, or two for bidirectional consistency), with the encoder's
-    weights loaded when one is chosen; and the encoder's name as the model records it."""
-    network = build_network(NetworkConfig(in_channels=case.spec.in_channels,
-                                          num_classes=case.annotation.num_classes, decoders=decoders))
-    if encoder_path is None:
-        return network, RANDOM_INIT
-    load_encoder_into(network, encoder_path, case.spec)
-    return network, str(encoder)
-
-
-def _unannotated_sampler(case: PreparedCase, network, sampler: AnnotatedSliceSampler, patch: int,
-                         seed: int) -> UnannotatedSliceSampler | None:
-    """The unpainted slices' sampler of a two-decoder network (None for one decoder)."""
-    if network.config.decoders != 2:
-        return None
-    try:
-        return UnannotatedSliceSampler(case.stack, case.annotation.painted, patch, divisor=network.config.divisor,
-                                       seed=seed, centres=sampler.centre)
-    except ValueError as error:
-        raise InputError(str(error)) from None
 
 
 def adapt_encoder(network, image: np.ndarray, annotation: SparseAnnotation, spec, method: str,
@@ -302,15 +280,34 @@ def self_train_round(model: TrainedModel, case: PreparedCase, plan: TrainingPlan
 
     The network (fused with the shape prior unless ``shape_prior`` is False) labels every slice; its confident
     voxels (probability of at least :data:`SELF_TRAIN_CONFIDENCE`, in components that touch the painting) on up to
-    :data:`PSEUDO_SLICES` evenly spread unpainted slices become extra targets, and training goes on with the plan's
-    batch size on them and on the painted slices, at a lower learning rate (incremental self-labelling, Anderson et
-    al., BMC Medical Imaging 2025; the confidence threshold plays the role of the self-paced weighting). A
-    two-decoder network keeps its bidirectional consistency term.
+    :data:`PSEUDO_SLICES` evenly spread unpainted slices become extra targets (:func:`self_training_targets`), and
+    the fine-tuning loop goes on with the same plug-ins
+    (:func:`~ContrastiveSegLib.training.finetune.training_plugins`: the supervised objective now on these targets
+    and the painted slices; a two-decoder network keeps its bidirectional consistency) at the plan's batch size and
+    a lower learning rate (incremental self-labelling, Anderson et al., BMC Medical Imaging 2025;
+    the confidence threshold plays the role of the self-paced weighting).
     """
+    pseudo, slices = self_training_targets(model, case, plan.device, shape_prior=shape_prior, progress=progress,
+                                           cancel=cancel, batches=batches)
+    config = dataclasses.replace(plan.config, steps=plan.self_train,
+                                 learning_rate=plan.config.learning_rate * SELF_TRAIN_LR)
+    plugins = training_plugins(case, model.network, pseudo, slices, config.patch, plan.seed + 1)
+    train_segmentation(model.network, plugins, config, plan.device, progress=progress, cancel=cancel,
+                       batches=batches)
+    model.network.cpu()
+
+
+def self_training_targets(model: TrainedModel, case: PreparedCase, device: torch.device, *, shape_prior: bool = True,
+                          progress: ProgressCallback = None, cancel=None,
+                          batches: BatchLimits | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A self-training round's targets and the stack positions to sample: the painting, plus on up to
+    :data:`PSEUDO_SLICES` evenly spread unpainted slices the voxels ``model`` (fused with the shape prior unless
+    ``shape_prior`` is False) labels with a probability of at least :data:`SELF_TRAIN_CONFIDENCE`, in components
+    that touch the painting."""
     annotation, stack, targets = case.annotation, case.stack, case.targets
     prior = shape_prior_of(targets, len(model.label_values), model.axis, case.spacing) if shape_prior else None
     emit(progress, "self-train", "labelling the unpainted slices for self-training")
-    classes, confidence = predict_volume(model.network, stack, plan.device, divisor=model.network.config.divisor,
+    classes, confidence = predict_volume(model.network, stack, device, divisor=model.network.config.divisor,
                                          prior=prior, keep_confidence=True, progress=progress, cancel=cancel,
                                          batches=batches)
     classes = keep_annotated_components(classes, targets, len(model.label_values))
@@ -321,17 +318,7 @@ def self_train_round(model: TrainedModel, case: PreparedCase, plan: TrainingPlan
         known = targets[s] != IGNORE
         label = np.where(confidence[s] >= round(SELF_TRAIN_CONFIDENCE * 255), classes[s], IGNORE).astype(np.uint8)
         pseudo[s] = np.where(known, targets[s], label)
-    slices = np.union1d(annotation.slices, chosen)
-    config = dataclasses.replace(plan.config, steps=plan.self_train,
-                                 learning_rate=plan.config.learning_rate * SELF_TRAIN_LR)
-    seed = plan.seed + 1
-    sampler = AnnotatedSliceSampler(stack, pseudo, slices, config.patch, divisor=model.network.config.divisor,
-                                    seed=seed)
-    unannotated = _unannotated_sampler(case, model.network, sampler, config.patch, seed)
-    augmenter = BatchAugmenter(image_channels=2 * model.spec.context + 1, seed=seed)
-    train_segmentation(model.network, sampler, config, plan.device, augmenter, progress, cancel, unannotated,
-                       batches)
-    model.network.cpu()
+    return pseudo, np.union1d(annotation.slices, chosen)
 
 
 def label_lookup(label_values) -> np.ndarray:

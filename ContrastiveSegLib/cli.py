@@ -81,8 +81,8 @@ def _add_training_options(parser: argparse.ArgumentParser) -> None:
 
 def _training_options(args) -> dict:
     """The keyword arguments of api.finetune / api.segment that come from _add_training_options."""
-    return {"axis": _axis(args), "preset": args.preset, "encoder": args.encoder,
-            "init_model": _load_init_model(args), "seed": args.seed, "steps": args.steps,
+    return {"axis": options.axis_index(args.axis) if args.axis else None, "preset": args.preset,
+            "encoder": args.encoder, "init_model": _load_init_model(args), "seed": args.seed, "steps": args.steps,
             "batch_size": args.batch_size, "adapt": args.adapt, "adapt_steps": args.adapt_steps,
             "consistency": args.consistency}
 
@@ -295,11 +295,15 @@ def _given_paths(args, names: dict) -> list:
 
 
 def _check_paths(args) -> None:
-    """Before anything is read: relative paths under a deleted working folder, and an output that is an input
+    """Before anything is read (and before torch loads): a missing model file, relative paths under a deleted
+    working folder, and an output that is an input
     (``-o`` naming the image, a hard link to it, ``sub/../image.nii.gz``): refused in one line. A checkpoint may
     be the one resumed from (that is how a resumed pretraining keeps writing it)."""
-    from ContrastiveSegLib.io.files import check_working_folder, refuse_output_is_input
+    from ContrastiveSegLib.io.files import check_input_file, check_working_folder, refuse_output_is_input
 
+    for path in (getattr(args, "init_model", None), getattr(args, "model", None)):
+        if path is not None:  # a missing model file in a second, not after torch has loaded
+            check_input_file(path, "model")
     inputs = _given_paths(args, _INPUT_ARGS)
     encoder = getattr(args, "encoder", None)
     if isinstance(encoder, str) and encoder.strip() and os.path.lexists(encoder):
@@ -310,39 +314,6 @@ def _check_paths(args) -> None:
     refuse_output_is_input([o for o in outputs if o[0] != "checkpoint"],
                            inputs + ([("checkpoint to resume", resume)] if resume is not None else []))
     refuse_output_is_input([o for o in outputs if o[0] == "checkpoint"], inputs)
-
-
-def _axis(args) -> int | None:
-    return options.axis_index(args.axis) if getattr(args, "axis", None) else None
-
-
-def _check_choices(args) -> None:
-    """Check (and normalise) the options argparse takes as free text, before any work: one line and exit code 2
-    with the known values and the nearest one. Every command that has them: segment, finetune, predict, demo,
-    pretrain."""
-    if getattr(args, "device", None) is not None:
-        args.device = options.check_device(args.device)
-    if getattr(args, "preset", None) is not None:
-        options.check_preset(args.preset)
-
-
-def _check_before_torch(args) -> None:
-    """The refusals that need no torch, made before torch loads (about a second, against the 20 s that loading
-    torch takes on a busy 2-core machine): a CUDA device on a machine without a GPU driver, the training options
-    (:func:`ContrastiveSegLib.options.check_training_options`, the API's own check), a missing model file."""
-    from ContrastiveSegLib.io.files import check_input_file
-
-    if getattr(args, "device", None) is not None:
-        options.check_device_present(args.device)
-    if args.command in ("segment", "finetune"):
-        options.check_training_options(steps=args.steps, batch_size=args.batch_size, adapt=args.adapt,
-                                       adapt_steps=args.adapt_steps, consistency=args.consistency,
-                                       refine=args.init_model is not None)
-    elif args.command == "demo":
-        options.check_training_options(steps=args.steps)
-    for path in (getattr(args, "init_model", None), getattr(args, "model", None)):
-        if path is not None:
-            check_input_file(path, "model")
 
 
 def _load_init_model(args):
@@ -747,14 +718,15 @@ def run() -> int:
 
 
 def _check_arguments(args) -> None:
-    """Every check of the parsed arguments that needs no file read: threads (and OMP_NUM_THREADS, settled before
-    torch loads), bounds of every count and rate, the free-text choices, the paths."""
+    """Every check of the parsed arguments that needs no torch, before any work (about a second, against the 20 s
+    that loading torch takes on a busy 2-core machine): threads (and OMP_NUM_THREADS, settled before torch loads),
+    the options (:func:`ContrastiveSegLib.options.check_command_options`, the rules the API and the Slicer job
+    apply too; the free-text ones normalised here), the paths."""
     if hasattr(args, "threads"):
         args.threads = choose_threads(args.threads)  # a bad --threads is one line before any work
         settle_environment(args.threads)
-    options.check_bounds(vars(args))
-    _check_choices(args)
-    _check_before_torch(args)
+    for name, value in options.check_command_options(args.command, vars(args)).items():
+        setattr(args, name, value)
     _check_paths(args)
 
 

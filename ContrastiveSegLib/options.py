@@ -292,6 +292,29 @@ def check_bounds(values: Mapping[str, object]) -> None:
             raise InputError(f"{flag} must be a finite number > {low:g} and <= {high:g}, got {value}")
 
 
+def check_command_options(command: str, values: Mapping[str, object]) -> dict[str, object]:
+    """Check the options of a CLI ``command`` (argparse destination -> value) that need no file and no torch, in
+    this order: bounds (:func:`check_bounds`), the free-text choices (``device``, ``preset``: the known values and
+    the nearest one), a CUDA device on a machine without a GPU driver, and for the training commands the
+    training options (:func:`check_training_options`, the API's own check). InputError (one line) for the first
+    that fails; returns the normalised values (``device``)."""
+    check_bounds(values)
+    normalised: dict[str, object] = {}
+    if values.get("device") is not None:
+        normalised["device"] = check_device(values["device"])
+    if values.get("preset") is not None:
+        check_preset(values["preset"])
+    if "device" in normalised:
+        check_device_present(normalised["device"])
+    if command in ("segment", "finetune"):
+        check_training_options(steps=values["steps"], batch_size=values["batch_size"], adapt=values["adapt"],
+                               adapt_steps=values["adapt_steps"], consistency=values["consistency"],
+                               refine=values["init_model"] is not None)
+    elif command == "demo":
+        check_training_options(steps=values["steps"])
+    return normalised
+
+
 # --------------------------------------------------------------------------------------------- display
 PROGRESS_MODES = ("json", "bar", "none")
 """``--progress``: JSON lines on stdout (for front ends such as the Slicer module), a bar on stderr, or nothing."""

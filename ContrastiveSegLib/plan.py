@@ -16,8 +16,8 @@ import torch
 
 from ContrastiveSegLib.device import resolve_device
 from ContrastiveSegLib.model import TrainedModel
-from ContrastiveSegLib.options import (ADAPT_STEPS, CONSISTENCY_DECODERS, DEFAULT_CONSISTENCY, DEFAULT_DEVICE,
-                                       DEFAULT_PRESET, check_count, check_training_options)
+from ContrastiveSegLib.options import (ADAPT_STEPS, DEFAULT_CONSISTENCY, DEFAULT_DEVICE, DEFAULT_PRESET, check_count,
+                                       check_training_options)
 from ContrastiveSegLib.presets import preset_config
 from ContrastiveSegLib.training.finetune import FinetuneConfig
 from ContrastiveSegLib.zoo.registry import default_encoder, resolve_encoder
@@ -48,11 +48,6 @@ class TrainingPlan:
     consistency: str = DEFAULT_CONSISTENCY
     prior_labels: bool = False
     self_train: int = 0
-
-    @property
-    def decoders(self) -> int:
-        """Decoders of a new network: two for bidirectional consistency, else one."""
-        return CONSISTENCY_DECODERS[self.consistency]
 
 
 def plan_training(*, preset: str = DEFAULT_PRESET, encoder: str | None = None,

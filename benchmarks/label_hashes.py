@@ -3,9 +3,10 @@ no output: run it on two checkouts and compare the lines (benchmarks/results/unc
 
     OMP_NUM_THREADS=1 PYTHONPATH=CHECKOUT python benchmarks/label_hashes.py CHECKOUT
 
-The six runs cover fine-tuning + prediction (with probabilities), bidirectional consistency with flip TTA, finetune then
-predict, a refinement, a self-training round at the preset's batch size and training on the prior's labels, on the
-test phantom (Testing/Python).
+The seven runs cover fine-tuning + prediction (with probabilities), bidirectional consistency with flip TTA, finetune
+then predict, a refinement, a self-training round at the preset's batch size, a self-training round of a two-decoder
+network (bidirectional consistency in both stages) and training on the prior's labels, on the test phantom
+(Testing/Python). The script runs the code on its PYTHONPATH, so one copy of it fingerprints any checkout.
 """
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def fingerprints(checkout: Path) -> dict[str, str]:
                                 **quick).labels.tobytes()
     out["self-train (preset batch)"] = experimental_segment(p.image, p.sparse, spacing, steps=4, seed=2,
                                                            self_train=3, **quick).labels.tobytes()
+    out["bidirectional + self-train"] = experimental_segment(p.image, p.sparse, spacing, steps=4, batch_size=2, seed=5,
+                                                            consistency="bidirectional", self_train=3,
+                                                            **quick).labels.tobytes()
     model = experimental_finetune(p.image, p.sparse, spacing, steps=5, batch_size=2, seed=4, prior_labels=True,
                                   **quick)
     out["prior labels + predict"] = api.predict(model, p.image, labels=p.sparse, device="cpu").labels.tobytes()

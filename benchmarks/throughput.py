@@ -25,7 +25,7 @@ from ContrastiveSegLib.io.annotations import decode_annotation
 from ContrastiveSegLib.losses.segmentation import MaskedDiceCELoss
 from ContrastiveSegLib.networks import NetworkConfig, build_network
 from ContrastiveSegLib.device import autocast_context
-from ContrastiveSegLib.training.finetune import FinetuneConfig, train_segmentation
+from ContrastiveSegLib.training.finetune import FinetuneConfig, SupervisedObjective, train_segmentation
 
 
 def _sync(device: torch.device) -> None:
@@ -45,12 +45,11 @@ def loop_throughput_ratio(image: np.ndarray, sparse_labels: np.ndarray, device: 
     network = build_network(config)
     sampler = AnnotatedSliceSampler(stack, targets, annotation.slices, patch, divisor=config.divisor, seed=seed)
     augmenter = BatchAugmenter(2 * DEFAULT_SPEC.context + 1, seed)
-    train_segmentation(network, sampler, FinetuneConfig(steps=3, batch_size=batch_size, patch=patch), device,
-                       augmenter)
+    plugins = [SupervisedObjective(sampler, augmenter)]
+    train_segmentation(network, plugins, FinetuneConfig(steps=3, batch_size=batch_size, patch=patch), device)
     _sync(device)
     start = time.perf_counter()
-    train_segmentation(network, sampler, FinetuneConfig(steps=steps, batch_size=batch_size, patch=patch), device,
-                       augmenter)
+    train_segmentation(network, plugins, FinetuneConfig(steps=steps, batch_size=batch_size, patch=patch), device)
     _sync(device)
     ours = steps * batch_size / (time.perf_counter() - start)
 

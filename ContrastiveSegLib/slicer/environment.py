@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from ContrastiveSegLib.options import LOW_MEMORY_PRESET
 from ContrastiveSegLib.slicer.requirements import PINNED, PIP, TORCH
 
 SMALL_GPU_MIB = 6000  # below this, the default preset's batch may not fit: the module warns
@@ -135,7 +136,9 @@ def device_summary(gpus: list[Gpu]) -> str:
     if gpus:
         line = "GPU: " + "; ".join(g.describe() for g in gpus)
         if max(g.memory_mib for g in gpus) < SMALL_GPU_MIB:
-            line += " - small GPU memory: use the 'fast' preset if a run runs out of memory"
+            # Said next to the segmentation's controls: the preset and the batch size are there to change.
+            line += (f" - small GPU memory: if a segmentation runs out of memory, choose the '{LOW_MEMORY_PRESET}' "
+                     "preset or a smaller batch size")
         return line
     if apple_silicon():
         return "No NVIDIA GPU; Apple 'mps' can be chosen (experimental), the CPU takes a few minutes"

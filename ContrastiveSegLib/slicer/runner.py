@@ -33,6 +33,7 @@ from pathlib import Path
 
 from ContrastiveSegLib.childprocess import PIPE, ChildProcess
 from ContrastiveSegLib.errors import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_INTERNAL, EXIT_OK
+from ContrastiveSegLib.options import LOW_MEMORY_PRESET
 
 _NOTE_PREFIX = "contrastiveseg: "
 _ERROR_PREFIX = "contrastiveseg: error: "
@@ -135,8 +136,26 @@ class ChildOutcome:
         return self.run.message
 
 
-def exit_message(exit_code: int, error: str = "", cancelled: bool = False) -> str:
-    """The one-line message for a child's exit code (negative: killed by that signal, as subprocess reports)."""
+def memory_advice(command: Sequence[str] = ()) -> str:
+    """What the user of the Slicer job that ran ``command`` (a :func:`cli_command` line) can change when it ran out
+    of memory, in the module's words: a segmentation has a device, a preset (the low-memory one's smaller crops,
+    unless it already runs it) and a batch size; pretraining a device and a batch size; anything else (prediction)
+    only the device."""
+    command = [str(part) for part in command]
+    subcommand = command[command.index("ContrastiveSegLib") + 1] if "ContrastiveSegLib" in command[:-1] else None
+    if subcommand in ("segment", "finetune"):
+        preset = command[command.index("--preset") + 1] if "--preset" in command[:-1] else None
+        if preset != LOW_MEMORY_PRESET:
+            return f"Try the CPU, the '{LOW_MEMORY_PRESET}' preset or a smaller batch size."
+        return "Try the CPU or a smaller batch size."
+    if subcommand == "pretrain":
+        return "Try the CPU or a smaller batch size."
+    return "Try the CPU."
+
+
+def exit_message(exit_code: int, error: str = "", cancelled: bool = False, command: Sequence[str] = ()) -> str:
+    """The one-line message for a child's exit code (negative: killed by that signal, as subprocess reports);
+    ``command`` is the child's command line, for advice it can follow (:func:`memory_advice`)."""
     error = " ".join(error.split())[:_MESSAGE_CHARS]
     if cancelled or exit_code == EXIT_CANCELLED or exit_code in (-signal.SIGINT, -signal.SIGTERM):
         return "Cancelled; nothing was changed."
@@ -147,7 +166,7 @@ def exit_message(exit_code: int, error: str = "", cancelled: bool = False) -> st
     if error.lower().startswith("out of memory"):  # the CLI's own last word: it already says what to try
         return error[0].upper() + error[1:]
     if "out of memory" in error.lower():
-        return f"Out of memory: {error} Try the CPU, the 'fast' preset or a smaller batch size."
+        return f"Out of memory: {error} {memory_advice(command)}"
     if exit_code == EXIT_INTERNAL:
         if error.lower().startswith("internal error: "):  # the CLI's own wording already says it
             error = error[len("internal error: "):]
@@ -333,8 +352,8 @@ class CliProcess:
         if not error and code not in (EXIT_OK, EXIT_BAD_INPUT) and self._stderr:
             error = self._stderr[-1]  # e.g. the last line of a traceback
         cancelled = self._cancelled and code != EXIT_OK
-        return RunResult(code, exit_message(code, error, cancelled), cancelled, tuple(self._stderr),
-                         tuple(self._notes))
+        message = exit_message(code, error, cancelled, self.command)
+        return RunResult(code, message, cancelled, tuple(self._stderr), tuple(self._notes))
 
     def wait(self, timeout: float | None = None, on_event: Callable[[Progress | str], None] | None = None,
              poll_s: float = 0.1) -> RunResult | None:

@@ -218,3 +218,22 @@ def test_api_and_cli_share_the_count_bounds():
     with pytest.raises(InputError, match=r"^batch size must be >= 1, got 0$"):
         options.check_training_options(batch_size=0)
     options.check_training_options(steps=options.MAX_STEPS, batch_size=options.MAX_BATCH_SIZE)
+
+
+def test_the_clis_option_check_runs_in_one_place_in_a_fixed_order():
+    # options.check_command_options: bounds, then the free-text choices, then the training options; the first
+    # failure is the message, and the device comes back normalised (the CLI stores it on its arguments).
+    values = vars(build_parser().parse_args(["segment", "image.nii.gz", "labels.nii.gz", "-o", "out.nii.gz",
+                                             "--device", "CPU", "--steps", "3"]))
+    assert options.check_command_options("segment", values) == {"device": "cpu"}
+    with pytest.raises(InputError, match="^--steps must be"):  # bounds before a wrong preset
+        options.check_command_options("segment", {**values, "steps": 10**12, "preset": "fsat"})
+    with pytest.raises(InputError, match="preset 'fsat'.*'fast'"):  # the choice before the training options
+        options.check_command_options("segment", {**values, "preset": "fsat", "adapt": "byol"})
+    with pytest.raises(InputError, match="unknown method 'byol'"):
+        options.check_command_options("segment", {**values, "adapt": "byol"})
+    with pytest.raises(InputError, match="not to a refinement"):
+        options.check_command_options("finetune", {**values, "consistency": "bidirectional",
+                                                   "init_model": Path("m.safetensors")})
+    # predict has no training options: the same values pass there.
+    assert options.check_command_options("predict", {**values, "adapt": "byol"}) == {"device": "cpu"}

@@ -22,7 +22,7 @@ from ContrastiveSegLib.device import (PREDICTION_ADVICE, BatchLimits, OutOfMemor
                                       halve_batch)
 from ContrastiveSegLib.inference.predict import predict_volume
 from ContrastiveSegLib.io.annotations import IGNORE
-from ContrastiveSegLib.training.finetune import FinetuneConfig, train_segmentation
+from ContrastiveSegLib.training.finetune import FinetuneConfig, SupervisedObjective, train_segmentation
 
 
 class Greedy(torch.nn.Module):
@@ -47,6 +47,11 @@ def _notes(events: list[dict]) -> list[tuple[str, str]]:
     return [(e["stage"], e["message"]) for e in events if "out of GPU memory" in e.get("message", "")]
 
 
+def _objective(phantom, augmenter: BatchAugmenter | None = None) -> list[SupervisedObjective]:
+    """The fine-tuning loop's plug-ins: the supervised objective on the phantom's annotated slices."""
+    return [SupervisedObjective(_sampler(phantom), augmenter)]
+
+
 def _sampler(phantom) -> AnnotatedSliceSampler:
     stack = SliceStack(phantom.image, 0, InputSpec())
     targets = np.full(phantom.reference.shape, IGNORE, np.uint8)
@@ -58,7 +63,7 @@ def _sampler(phantom) -> AnnotatedSliceSampler:
 def test_fine_tuning_halves_the_batch_and_finishes(phantom):
     model = Greedy(InputSpec().in_channels, 3, limit=2)
     events: list[dict] = []
-    losses = train_segmentation(model, _sampler(phantom), FinetuneConfig(steps=4, batch_size=8, patch=32),
+    losses = train_segmentation(model, _objective(phantom), FinetuneConfig(steps=4, batch_size=8, patch=32),
                       torch.device("cpu"), progress=events.append)
     assert model.seen == [8, 4, 2, 2, 2, 2]  # two halvings, then every one of the 4 steps at the size that fits
     assert len(losses) == 4 and all(np.isfinite(losses))
@@ -83,7 +88,7 @@ def test_prediction_halves_the_batch_and_gives_the_same_result(phantom):
 def test_at_batch_size_1_fine_tuning_and_prediction_stop_with_one_clear_line(phantom):
     with pytest.raises(OutOfMemory, match=r"^out of memory while fine-tuning even at batch size 1: use the CPU "
                                           r"\(--device cpu\)$") as raised:
-        train_segmentation(Greedy(InputSpec().in_channels, 3, limit=0), _sampler(phantom),
+        train_segmentation(Greedy(InputSpec().in_channels, 3, limit=0), _objective(phantom),
                  FinetuneConfig(steps=2, batch_size=2, patch=32), torch.device("cpu"))
     assert isinstance(raised.value, MemoryError)  # the CLI reports a MemoryError as out of memory, exit code 1
     assert isinstance(raised.value.__cause__, torch.OutOfMemoryError)  # CUDA's own message stays in the chain
@@ -128,8 +133,8 @@ def test_the_failed_step_is_released_before_the_cache_is_emptied(phantom, monkey
     monkeypatch.setattr(torch.cuda, "empty_cache",
                         lambda: alive_at_emptying.append(any(ref() is not None for ref in model.failed)))
     if work == "fine-tuning":
-        train_segmentation(model, _sampler(phantom), FinetuneConfig(steps=2, batch_size=8, patch=32),
-                           torch.device("cpu"), augmenter=BatchAugmenter(image_channels=3, seed=0))
+        train_segmentation(model, _objective(phantom, BatchAugmenter(image_channels=3, seed=0)),
+                           FinetuneConfig(steps=2, batch_size=8, patch=32), torch.device("cpu"))
     else:
         predict_volume(model, SliceStack(phantom.image, 0, InputSpec()), torch.device("cpu"), divisor=16,
                        batch_size=8)
@@ -142,11 +147,11 @@ def test_the_batch_that_fitted_is_kept_for_the_later_stages_of_a_run(phantom):
     # second prediction start at the size that fitted, instead of running out of memory again.
     batches = BatchLimits()
     model = Greedy(InputSpec().in_channels, 3, limit=2)
-    train_segmentation(model, _sampler(phantom), FinetuneConfig(steps=2, batch_size=8, patch=32),
+    train_segmentation(model, _objective(phantom), FinetuneConfig(steps=2, batch_size=8, patch=32),
                        torch.device("cpu"), batches=batches)
     assert model.seen == [8, 4, 2, 2]
     model.seen.clear()
-    train_segmentation(model, _sampler(phantom), FinetuneConfig(steps=2, batch_size=8, patch=32),
+    train_segmentation(model, _objective(phantom), FinetuneConfig(steps=2, batch_size=8, patch=32),
                        torch.device("cpu"), batches=batches)
     assert model.seen == [2, 2]
     stack = SliceStack(phantom.image, 0, InputSpec())

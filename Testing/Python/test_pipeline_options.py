@@ -191,3 +191,17 @@ def test_every_combination_of_the_trainers_plug_ins_works_or_is_refused_up_front
             outcomes[consistency, refine, self_train, prior_labels] = "works"
     refused = {key for key, outcome in outcomes.items() if outcome == "refused"}
     assert refused == {key for key in outcomes if key[0] == "bidirectional" and key[1]}  # only: refine + 2 decoders
+
+
+# ----------------------------------------------------------------------------------------------- the walk
+def test_the_walk_of_segments_options_to_the_trainer_enters_no_file_more_than_three_times(monkeypatch):
+    # benchmarks/walk.py follows `segment`'s options from the CLI to the first training step (docs/pipeline.md):
+    # no file entered more than three times, and the walk ends in the one training loop.
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import walk
+
+    stops = walk.record(ROOT)
+    summary = walk.summarise(stops)
+    assert stops[0][2] == "_check_arguments" and stops[-1][2] == "train_segmentation"
+    assert summary["most"][0][1] <= 3, summary
+    assert summary["stops"] <= 46, summary  # 50 before issue 16's plug-in trainer; docs/pipeline.md

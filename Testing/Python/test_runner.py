@@ -133,9 +133,8 @@ def test_progress_description_and_fraction():
     (1, "ValueError: boom", False, "Internal error: ValueError: boom"),
     (1, "internal error: KeyError: 'x'", False, "Internal error: KeyError: 'x'"),
     (-signal.SIGKILL, "", False, "The worker process was killed by SIGKILL (out of memory?)."),
-    (1, "CUDA out of memory. Tried to allocate 2 GiB", False,
-     "Out of memory: CUDA out of memory. Tried to allocate 2 GiB Try the CPU, the 'fast' preset or a smaller "
-     "batch size."),
+    (1, "CUDA out of memory. Tried to allocate 2 GiB", False,  # no command known: the CPU is always a way out
+     "Out of memory: CUDA out of memory. Tried to allocate 2 GiB Try the CPU."),
     (1, "out of memory; try --preset fast, a smaller --batch-size, or a GPU", False,  # the CLI's own last word
      "Out of memory; try --preset fast, a smaller --batch-size, or a GPU"),
     (7, "", False, "The worker process failed with exit code 7."),

@@ -185,3 +185,36 @@ def test_nibabel_is_required_because_every_nifti_read_imports_it():
 
     assert "import nibabel" in (ROOT / "ContrastiveSegLib/io/volume.py").read_text()
     assert any(Requirement(r).name == "nibabel" for r in requirements.PIP)
+
+
+# ----------------------------------------------------------------------------------------------- out-of-memory advice
+def test_the_small_gpu_note_names_the_low_memory_preset_from_its_one_home(monkeypatch):
+    # Said next to the segmentation's controls: the preset and the batch size are there. The name comes from
+    # options.LOW_MEMORY_PRESET (renaming the preset renames the advice).
+    from ContrastiveSegLib import options
+
+    small = environment.parse_nvidia_smi("0, GeForce GTX 1050, 4096")
+    assert environment.device_summary(small) == (
+        "GPU: cuda:0 GeForce GTX 1050 (4 GB) - small GPU memory: if a segmentation runs out of memory, choose the "
+        "'fast' preset or a smaller batch size")
+    monkeypatch.setattr(environment, "LOW_MEMORY_PRESET", "tiny")
+    assert "choose the 'tiny' preset" in environment.device_summary(small)
+    assert options.PRESETS[options.LOW_MEMORY_PRESET].patch < options.PRESETS[options.DEFAULT_PRESET].patch
+
+
+@pytest.mark.parametrize("subcommand, extra, advice", [
+    ("segment", [], "Try the CPU, the 'fast' preset or a smaller batch size."),
+    ("segment", ["--preset", "default"], "Try the CPU, the 'fast' preset or a smaller batch size."),
+    ("segment", ["--preset", "fast"], "Try the CPU or a smaller batch size."),  # already the low-memory preset
+    ("pretrain", [], "Try the CPU or a smaller batch size."),  # pretraining has no preset
+    ("predict", [], "Try the CPU."),  # whole slices, no preset and no batch size to change
+])
+def test_a_slicer_jobs_out_of_memory_advice_is_what_that_job_can_change(subcommand, extra, advice):
+    from ContrastiveSegLib.slicer.runner import cli_command, exit_message
+
+    command = cli_command(subcommand, "image.nrrd", python="py") + extra
+    error = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert exit_message(1, error, command=command) == f"Out of memory: {error} {advice}"
+    # The CLI's own last word already says what that command takes: it is passed on as it is.
+    own = "out of memory while fine-tuning even at batch size 1: use the CPU (--device cpu)"
+    assert exit_message(1, own, command=command) == own[0].upper() + own[1:]
