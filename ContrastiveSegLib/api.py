@@ -376,8 +376,7 @@ def run_segment(image: np.ndarray, labels: np.ndarray, spacing, *, axis: int | N
         # The experts (contour interpolation, grow-cut) depend on the painting only: they run beside the training.
         experts = None
         if prediction["shape_prior"] and case.targets is not None:
-            experts = ExpertsRun(case.image, case.targets, annotation.num_classes, annotation.axis, case.spacing,
-                                 cancel)
+            experts = ExpertsRun(case, annotation.num_classes, cancel)
         try:
             start = time.perf_counter()
             model = finetune_case(case, plan, progress=progress, cancel=cancel, batches=batches,

@@ -227,11 +227,14 @@ class ExpertsRun:
     their processes (a failed or cancelled run must not leave them behind, nor wait for them).
     """
 
-    def __init__(self, image: np.ndarray, targets: np.ndarray, num_classes: int, axis: int, spacing, cancel=None):
+    def __init__(self, case, num_classes: int, cancel=None):
+        """Start the experts of a :class:`~ContrastiveSegLib.data.case.PreparedCase` (its image, painting, axis and
+        spacing) with ``num_classes`` classes; ``cancel`` stops them as :meth:`stop` does."""
         self._stop = threading.Event()
         flag = _EitherSet(cancel, self._stop)
         pool = ThreadPoolExecutor(1, thread_name_prefix="contrastiveseg-experts")
-        self._future: Future = pool.submit(fused_prior_of, image, targets, num_classes, axis, spacing,
+        self._future: Future = pool.submit(fused_prior_of, case.image, case.targets, num_classes, case.axis,
+                                           case.spacing,
                                            functools.partial(itk_interpolator, cancel=flag),
                                            functools.partial(slicer_growcut, cancel=flag))
         pool.shutdown(wait=False)

@@ -33,6 +33,13 @@ def _truth_grower(truth):
 
 
 
+class _Case:
+    """What ExpertsRun reads of a prepared case: the tube painted along axis 0 at 1 mm."""
+
+    def __init__(self, image, targets):
+        self.image, self.targets, self.axis, self.spacing = image, targets, 0, (1, 1, 1)
+
+
 def _copy_interpolator(classes):
     return classes  # draws nothing between the slices: the grow-cut must carry the middle
 
@@ -187,7 +194,7 @@ def test_experts_run_beside_the_caller_and_stop_kills_them(monkeypatch):
     monkeypatch.setattr(fusion, "slicer_growcut", waiting_grower)
     monkeypatch.setattr(fusion, "itk_interpolator", lambda classes, cancel=None: _copy_interpolator(classes))
     image, truth = _tube()
-    experts = fusion.ExpertsRun(image, _sparse(truth, (2, 10, 18)), 2, 0, (1, 1, 1))
+    experts = fusion.ExpertsRun(_Case(image, _sparse(truth, (2, 10, 18))), 2)
     assert started.wait(60)  # it runs while the caller goes on
     experts.stop()
     with pytest.raises(Cancelled):
@@ -203,7 +210,7 @@ def test_experts_run_gives_what_fused_prior_of_gives(monkeypatch):
     image, truth = _tube()
     targets = _sparse(truth, (2, 10, 18))
     direct = fused_prior_of(image, targets, 2, 0, (1, 1, 1), _copy_interpolator, _truth_grower(truth))
-    beside = fusion.ExpertsRun(image, targets, 2, 0, (1, 1, 1)).result()
+    beside = fusion.ExpertsRun(_Case(image, targets), 2).result()
     assert torch.equal(direct.log_probs([5, 10]), beside.log_probs([5, 10]))
 
 
