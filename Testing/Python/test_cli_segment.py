@@ -120,7 +120,9 @@ def test_progress_json_lines(run):
     finetune = [e for e in events if e["stage"] == "finetune" and e["of"] > 0]
     assert [e["step"] for e in finetune] == list(range(1, 61)) and {e["of"] for e in finetune} == {60}
     assert all(isinstance(e["loss"], float) and e["loss"] > 0 for e in finetune)
-    assert all(e["eta_s"] >= 0 for e in finetune) and finetune[-1]["eta_s"] == 0
+    # The last step's ETA is the prediction still to come (StageProgress.after_steps): small, not 0 (0.9 s on a
+    # loaded CI machine), and below the ETAs that still counted fine-tuning steps.
+    assert all(e["eta_s"] >= 0 for e in finetune) and finetune[-1]["eta_s"] < max(e["eta_s"] for e in finetune)
     assert finetune[-1]["loss"] < finetune[0]["loss"]
     predict = [e for e in events if e["stage"] == "predict" and e["of"] > 0]
     assert predict[-1]["step"] == predict[-1]["of"] == 16  # every axial slice
