@@ -4,11 +4,12 @@ Each rule turns one scan's evidence into the fused log probabilities ``log p_net
 log p_growcut(w)``; grow-cut's weight is per structure, from its leave-one-out Dice D on the painted slices.
 The rules differ only in that weight:
 
-- ``default``: the current default (contour x1 + grow-cut x2, the same weight for every scan);
-- ``loo logit a``: ``a * logit(D)`` (0 at D = 0.5, 2.2 a at 0.9, 4.6 a at 0.99), the log-odds that grow-cut is
-  right on a slice it was not given: the weight of a voter that is right with probability D (AdaBoost's
-  ``0.5 * ln(D / (1 - D))`` at a = 0.5);
-- ``no prior`` / ``growcut only``: the two ends, for reference.
+- ``default (contour x1 + growcut x2)``: the previous default, the same weight for every scan;
+- ``loo logit a, floor f, least m``: ``max(m, a * (logit(D) - logit(f)))``: the log-odds that grow-cut is right on
+  a slice it was not given, counted from a floor (the weight of a voter right with probability D, as in boosting);
+- ``per-scan grow-cut weights (new default)``: the library's :func:`~ContrastiveSegLib.inference.fusion.growcut_weights`
+  (a = 1, f = 0.05, m = 0);
+- ``no prior``: the network alone, for reference.
 """
 from __future__ import annotations
 
@@ -20,36 +21,57 @@ from pathlib import Path
 import numpy as np
 import torch
 
-D_RANGE = (0.5, 0.995)  # leave-one-out Dice clipped here before the logit (finite weights; no negative votes)
+D_RANGE = (0.01, 0.995)  # leave-one-out Dice clipped here before the logit (finite weights)
 
 
-def growcut_log_probs(classes: np.ndarray, num_classes: int, inplane, weights: np.ndarray) -> torch.Tensor:
-    """(C, S, H, W) log probabilities of a (S, H, W) grow-cut class map: each structure's outline as
-    ``sigmoid(-d * w_c / tau)`` (:class:`ContrastiveSegLib.inference.fusion.GrowCutEvidence`)."""
+def _cached_evidence(classes: np.ndarray, num_classes: int, inplane):
+    """The library's :class:`~ContrastiveSegLib.inference.fusion.GrowCutEvidence` with its distance maps kept: the
+    rules differ only in the weights, so each slice's distances are computed once."""
     from ContrastiveSegLib.inference.fusion import GROWCUT_TAU, GrowCutEvidence
 
-    evidence = GrowCutEvidence(classes, num_classes, tuple(inplane), GROWCUT_TAU * min(inplane),
-                               weights=np.asarray(weights, float))
-    return evidence.log_probs(np.arange(len(classes))).permute(1, 0, 2, 3)
+    class Cached(GrowCutEvidence):
+        def distances(self, s):
+            if s not in cache:
+                cache[s] = super().distances(s)
+            return cache[s]
+
+    cache: dict = {}
+    return Cached(classes, num_classes, tuple(inplane), GROWCUT_TAU * min(inplane))
 
 
-def logit_weights(dice: np.ndarray, scale: float) -> np.ndarray:
-    """``scale * logit(clip(dice))`` per class; NaN (nothing to tell it by) -> the fixed default weight."""
+def growcut_log_probs(evidence, weights) -> torch.Tensor:
+    """(C, S, H, W) log probabilities of ``evidence`` with per-structure ``weights`` (None: the library's default,
+    one weight for all): each structure's outline as ``sigmoid(-d * w_c / tau)``."""
+    evidence.weights = None if weights is None else np.asarray(weights, float)
+    return evidence.log_probs(np.arange(len(evidence.classes))).permute(1, 0, 2, 3)
+
+
+def logit_weights(dice: np.ndarray, scale: float, floor: float = 0.5, least: float = 0.0) -> np.ndarray:
+    """``max(least, scale * (logit(dice) - logit(floor)))`` per class (Dice clipped to :data:`D_RANGE`); NaN
+    (nothing to tell it by) -> the fixed default weight."""
     from ContrastiveSegLib.inference.fusion import GROWCUT_WEIGHT
 
     d = np.clip(np.nan_to_num(dice, nan=0.5), *D_RANGE)
-    return np.where(np.isnan(dice), GROWCUT_WEIGHT, scale * np.log(d / (1 - d)))
+    weights = np.maximum(scale * (np.log(d / (1 - d)) - np.log(floor / (1 - floor))), least)
+    return np.where(np.isnan(dice), GROWCUT_WEIGHT, weights)
 
 
 RULES = {  # name: (contour weight, grow-cut weights from the leave-one-out Dice, or None for the old default)
     "no prior": (0.0, lambda dice: np.zeros_like(dice)),
     "default (contour x1 + growcut x2)": (1.0, None),
-    "loo logit 0.5": (1.0, lambda dice: logit_weights(dice, 0.5)),
-    "loo logit 1": (1.0, lambda dice: logit_weights(dice, 1.0)),
-    "loo logit 2": (1.0, lambda dice: logit_weights(dice, 2.0)),
-    "loo logit 1, no contour": (0.0, lambda dice: logit_weights(dice, 1.0)),
-    "loo logit 1, contour x2": (2.0, lambda dice: logit_weights(dice, 1.0)),
+    "fixed x2 per structure": (1.0, lambda dice: np.full_like(dice, 2.0)),
+    "per-scan grow-cut weights (new default)": (1.0, lambda dice: _library_weights(dice)),
 }
+
+
+def _library_weights(dice: np.ndarray) -> np.ndarray:
+    from ContrastiveSegLib.inference.fusion import growcut_weights
+
+    return growcut_weights(dice)
+for _scale, _floor, _least in ((0.5, 0.05, 0), (1, 0.05, 0), (1, 0.2, 0), (1, 0.05, 0.5), (1, 0.05, 1),
+                               (1, 0.02, 0.5), (1.5, 0.05, 0.5)):
+    RULES[f"loo logit {_scale:g}, floor {_floor:g}, least {_least:g}"] = (
+        1.0, lambda dice, a=_scale, f=_floor, m=_least: logit_weights(dice, a, f, m))
 
 
 def _contour_log_probs(cache: Path, name: str, k: int, targets, num_classes, axis, spacing) -> torch.Tensor | None:
@@ -72,12 +94,11 @@ def _contour_log_probs(cache: Path, name: str, k: int, targets, num_classes, axi
 def evaluate(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], out: Path) -> None:
     """Score every rule on every cached (task, k, seed); rows to ``out/expert_weights.csv``."""
     from expert_weights import _cell
-    from run_benchmark import append_row, score_row
+    from run_benchmark import FIELDS, score_row
 
     from ContrastiveSegLib import api
     from ContrastiveSegLib.data.case import PreparedCase, spec_for
-    from ContrastiveSegLib.inference.fusion import (GROWCUT_TAU, GROWCUT_WEIGHT, GrowCutEvidence,
-                                                      leave_one_out_dice)
+    from ContrastiveSegLib.inference.fusion import GROWCUT_WEIGHT, leave_one_out_dice
     from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
     from ContrastiveSegLib.inference.shape_prior import stack_spacing
 
@@ -101,8 +122,8 @@ def evaluate(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], out
                 held = {int(key.split("_")[1]): data[key] for key in data.files if key.startswith("held_")}
             dice = leave_one_out_dice(targets, held, num_classes)
             contour = _contour_log_probs(cache, name, k, targets, num_classes, task.axis, spacing)
-            default_growcut = GrowCutEvidence(grown, num_classes, tuple(inplane), GROWCUT_TAU * min(inplane)).log_probs(
-                np.arange(len(grown))).permute(1, 0, 2, 3)  # the library's default, exactly
+            evidence = _cached_evidence(grown, num_classes, inplane)
+            default_growcut = growcut_log_probs(evidence, None)  # the library's default, exactly
             lookup = api.label_lookup(annotation.label_values)
             for seed, path in zip(seeds, nets):
                 if not path.is_file():
@@ -114,8 +135,7 @@ def evaluate(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], out
                     if contour is not None and contour_weight:
                         fused += contour_weight * contour
                     weights = np.full(num_classes - 1, GROWCUT_WEIGHT) if weigh is None else weigh(dice)
-                    fused += default_growcut if weigh is None else growcut_log_probs(grown, num_classes, inplane,
-                                                                                     weights)
+                    fused += default_growcut if weigh is None else growcut_log_probs(evidence, weights)
                     classes = fused.argmax(0).numpy().astype(np.uint8)
                     classes = keep_annotated_components(classes, targets, num_classes)
                     paste_annotations(classes, targets)
@@ -123,10 +143,20 @@ def evaluate(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], out
                     row = score_row(task, rule, k, seed, labels, reference, 0.0, "default/cpu")
                     row["loo_dice"] = json.dumps([round(float(d), 3) for d in dice])
                     row["growcut_weights"] = json.dumps([round(float(w), 2) for w in weights])
-                    append_row(table, row)
+                    _append(table, row, FIELDS + ["loo_dice", "growcut_weights"])
             print(f"{time.strftime('%H:%M:%S')} {name} k={k}: loo dice {np.round(dice, 3).tolist()} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     summarise(table, out / "expert_weights.md")
+
+
+def _append(path: Path, row: dict, fields: list[str]) -> None:
+    """run_benchmark's columns plus the rule's evidence (leave-one-out Dice, the weights it gave)."""
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
 
 
 def summarise(table: Path, markdown: Path) -> None:

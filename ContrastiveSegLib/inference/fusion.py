@@ -1,21 +1,24 @@
 """What prediction weighs the network against: the painted outlines interpolated between the slices and the
 intensity evidence of Slicer's "Grow from seeds", as one product of experts.
 
-``log p(class) = log p_net + CONTOUR_WEIGHT * log p_contour + GROWCUT_WEIGHT * log p_growcut`` (renormalised),
-slice by slice inside :func:`~ContrastiveSegLib.inference.predict.predict_volume`.
+``log p(class) = log p_net + CONTOUR_WEIGHT * log p_contour + log p_growcut`` (renormalised), slice by slice inside
+:func:`~ContrastiveSegLib.inference.predict.predict_volume`.
 
 - The contour prior (:mod:`~ContrastiveSegLib.inference.contour_prior`): where a structure goes between the painted
   slices, as Slicer's "Fill between slices" draws it, with an uncertainty learnt per scan by leave-one-out.
 - The grow-cut evidence (:func:`growcut_evidence`): Slicer's grow-cut (Zhu et al., MICCAI IMIC 2014) from the
   painted slices, the tool that wins on high-contrast CT (lungs, bone, contrast vessels), as an outline with a
-  soft edge of :data:`GROWCUT_TAU` voxels. It is what the network lacks at few painted slices: a confident
-  intensity-driven answer in the wide middle between two slices.
+  soft edge. It is what the network lacks at few painted slices: a confident intensity-driven answer in the wide
+  middle between two slices. How much it is trusted is decided per scan and per structure: grow-cut predicts each
+  painted slice from the others (:func:`held_out_growcut`), and its Dice there sets the sharpness of that
+  structure's outline (:func:`growcut_weights`): the lungs of a chest CT, found at Dice 0.99, outvote the network;
+  thin ribs that grow-cut loses between coronal slices (Dice 0) are left to the network.
 
 Both come only from two or more fully painted slices (with one, the grow-cut region is a few slices thick and the
-interpolation has nothing to go on). The weights are the benchmark's choice: on six tasks chosen on and four that
-confirm (benchmarks/results/quality.md, fusion.md), contour x1 + grow-cut x2 had the best mean margin over the best
-Slicer tool of 14 fusions. Either expert is left out, with the rest still fused, where its package (ITK's
-contour interpolation, slicer-core's grow-cut) is not installed.
+interpolation has nothing to go on). The weights are the benchmark's choice (benchmarks/results/fusion.md,
+expert_weights.md: chosen on six tasks, confirmed on four). Either expert is left out, with the rest still fused,
+where its package (ITK's contour interpolation, slicer-core's grow-cut) is not installed. The experts need the
+painting only, so :class:`ExpertsRun` computes them beside the fine-tuning.
 """
 from __future__ import annotations
 
@@ -33,7 +36,9 @@ from ContrastiveSegLib.inference.contour_prior import (CONTOUR_WEIGHT, Interpola
 from ContrastiveSegLib.inference.shape_prior import (MIN_SLICES, _log_categorical, fully_painted_slices,
                                                      signed_distance, stack_spacing)
 
-GROWCUT_WEIGHT = 2.0
+GROWCUT_WEIGHT = 2.0  # grow-cut's weight where its leave-one-out has nothing to go by (see growcut_weights)
+GROWCUT_LOO_SCALE = 1.0  # benchmark-chosen (benchmarks/results/expert_weights.md)
+GROWCUT_LOO_FLOOR = 0.05  # the leave-one-out Dice at which grow-cut's weight reaches 0
 GROWCUT_TAU = 2.0  # voxels: the soft edge of the grow-cut outline (its boundary is exact to about a voxel)
 
 # (image (z, y, x), sparse class indices (z, y, x): the fully painted slices, 0 elsewhere, axis, spacing (x, y, z),
@@ -124,33 +129,49 @@ class GrowCutEvidence:
         else:
             scale = torch.as_tensor(np.asarray(self.weights, np.float32))
             informative, power = scale > 0, 1.0
-        out = []
-        for s in np.asarray(indices).reshape(-1):
-            d = np.stack([signed_distance(self.classes[int(s)] == c, self.inplane)
-                          for c in range(1, self.num_classes)])
-            d = np.where(np.isfinite(d), d, np.where(d > 0, 1e3, -1e3)).astype(np.float32)  # absent / filling
-            out.append(_log_categorical(torch.from_numpy(d) * scale[:, None, None], self.tau, informative))
+        out = [_log_categorical(torch.from_numpy(self.distances(int(s))) * scale[:, None, None], self.tau,
+                                informative) for s in np.asarray(indices).reshape(-1)]
         return power * torch.stack(out)
+
+    def distances(self, s: int) -> np.ndarray:
+        """(C - 1, H, W) float32 signed distances (mm) to each grown structure's outline on slice ``s``."""
+        d = np.stack([signed_distance(self.classes[s] == c, self.inplane) for c in range(1, self.num_classes)])
+        return np.where(np.isfinite(d), d, np.where(d > 0, 1e3, -1e3)).astype(np.float32)  # absent / filling
+
+
+def growcut_weights(dice: np.ndarray) -> np.ndarray:
+    """(C - 1,) grow-cut weights from its leave-one-out Dice per structure (:func:`leave_one_out_dice`):
+    ``GROWCUT_LOO_SCALE * max(0, logit(D) - logit(GROWCUT_LOO_FLOOR))``, the log-odds that grow-cut is right on a
+    painted slice it was not given, counted from a floor (a voter right with probability D weighs ``logit(D)``, as
+    in boosting). D is clipped to [0.01, 0.995] (finite weights); a structure with nothing to tell it by (NaN) gets
+    the fixed :data:`GROWCUT_WEIGHT`. So 0.99 weighs 7.5, 0.8 4.3, 0.5 2.9, 0.05 and below 0.
+
+    Why from a floor rather than from 0.5: the leave-one-out predicts a slice across two gaps (or, at the ends, from
+    one side), so its Dice runs well below grow-cut's Dice between the painted slices (0.35 against 0.86 on the
+    1 mm deep grey matter at three slices), and a weight that vanished at 0.5 dropped grow-cut where it helps.
+    """
+    d = np.clip(np.nan_to_num(dice, nan=0.5), 0.01, 0.995)
+    floor = np.log(GROWCUT_LOO_FLOOR / (1 - GROWCUT_LOO_FLOOR))
+    weights = GROWCUT_LOO_SCALE * np.maximum(np.log(d / (1 - d)) - floor, 0.0)
+    return np.where(np.isnan(dice), GROWCUT_WEIGHT, weights)
 
 
 def growcut_evidence(image: np.ndarray, targets: np.ndarray, num_classes: int, axis: int, spacing,
-                     grower: Grower | None = slicer_growcut, weight: float = GROWCUT_WEIGHT) -> GrowCutEvidence | None:
-    """Grow-cut from the painted slices of ``targets`` ((S, H, W) stack order), or None: fewer than
-    :data:`~ContrastiveSegLib.inference.shape_prior.MIN_SLICES` fully painted slices, no ``grower``, or its package
-    is missing (ImportError) or it failed (RuntimeError: the prediction goes on without it)."""
-    painted = fully_painted_slices(targets)
-    if grower is None or len(painted) < MIN_SLICES:
+                     grower: Grower | None = slicer_growcut) -> GrowCutEvidence | None:
+    """Grow-cut from the painted slices of ``targets`` ((S, H, W) stack order), each structure weighted by how
+    well grow-cut predicts its painted slices from the others (:func:`held_out_growcut`, :func:`growcut_weights`);
+    None: fewer than :data:`~ContrastiveSegLib.inference.shape_prior.MIN_SLICES` fully painted slices, no
+    ``grower``, or its package is missing (ImportError) or it failed (RuntimeError: the prediction goes on without
+    it)."""
+    if grower is None or len(fully_painted_slices(targets)) < MIN_SLICES:
         return None
-    seeds = np.zeros_like(targets)  # the Slicer tools' convention: painted slices in full, 0 everywhere else
-    seeds[painted] = targets[painted]
     try:
-        grown = grower(image, np.moveaxis(seeds, 0, axis), axis, spacing)
+        classes, held = held_out_growcut(image, targets, num_classes, axis, spacing, grower)
     except (ImportError, RuntimeError):
         return None
-    classes = np.moveaxis(np.asarray(grown), axis, 0)
-    classes = np.where(classes < num_classes, classes, 0).astype(np.uint8)
     inplane, _ = stack_spacing(spacing, axis)
-    return GrowCutEvidence(classes, num_classes, inplane, GROWCUT_TAU * min(inplane), weight)
+    return GrowCutEvidence(classes, num_classes, inplane, GROWCUT_TAU * min(inplane),
+                           weights=growcut_weights(leave_one_out_dice(targets, held, num_classes)))
 
 
 def leave_one_out_dice(targets: np.ndarray, held: dict[int, np.ndarray], num_classes: int) -> np.ndarray:

@@ -8,8 +8,8 @@ import torch
 
 from ContrastiveSegLib.inference.contour_prior import ContourPrior
 from ContrastiveSegLib.inference.fusion import (GROWCUT_WEIGHT, FusedPrior, GrowCutEvidence, fused_prior_of,
-                                                growcut_evidence, held_out_growcut, leave_one_out_dice,
-                                                slicer_growcut)
+                                                growcut_evidence, growcut_weights, held_out_growcut,
+                                                leave_one_out_dice, slicer_growcut)
 from ContrastiveSegLib.inference.shape_prior import signed_distance
 from test_contour_prior import _dice, _shift_interpolator, _sparse  # the tube's exact interpolation, Dice
 
@@ -25,12 +25,13 @@ def _tube(depth=21, size=40):
 
 
 def _truth_grower(truth):
+    """A grow-cut stand-in that finds the bright tube exactly in whatever part of the volume it is given (the
+    held-out runs get slabs)."""
     def grow(image, sparse, axis, spacing, whole=False):
-        assert sparse.shape == truth.shape  # volume order
+        assert sparse.shape == image.shape and image.shape[1:] == truth.shape[1:]  # volume order
         assert set(np.unique(sparse)) <= {0, 1}  # the Slicer tools' convention: no IGNORE off the painted slices
-        return truth.copy()
+        return (image > 100).astype(np.uint8)
     return grow
-
 
 
 class _Case:
@@ -44,28 +45,39 @@ def _copy_interpolator(classes):
     return classes  # draws nothing between the slices: the grow-cut must carry the middle
 
 
-def test_growcut_evidence_is_a_soft_outline_weighted_by_its_weight():
+def test_growcut_evidence_is_a_soft_outline_weighted_by_its_leave_one_out():
     image, truth = _tube()
     evidence = growcut_evidence(image, _sparse(truth, (2, 18)), 2, 0, (1.0, 1.0, 1.0), _truth_grower(truth))
-    assert isinstance(evidence, GrowCutEvidence) and evidence.weight == GROWCUT_WEIGHT
-    log_p = evidence.log_probs([10])[0] / GROWCUT_WEIGHT
+    # The stand-in finds each painted slice from the other exactly: Dice 1, clipped to 0.995 -> logit 5.29, plus
+    # the floor's -logit(0.05) = 2.94: weight 8.24.
+    assert isinstance(evidence, GrowCutEvidence)
+    assert evidence.weights == pytest.approx([np.log(0.995 / 0.005) + np.log(0.95 / 0.05)])
+    log_p = evidence.log_probs([10])[0]
     assert torch.allclose(log_p.exp().sum(0), torch.ones(truth.shape[1:]), atol=1e-5)
     assert (log_p.argmax(0).numpy() == truth[10]).all()
-    # At the disk's centre, d mm inside, the structure's probability is sigmoid(d / tau), tau = 2 voxels of 1 mm.
+    # At the disk's centre, d mm inside, the structure's odds against the background are w d / tau (tau = 2 mm),
+    # as long as the sigmoid has not saturated (clamped at 60).
     centre = (20, 20)
     depth = -float(signed_distance(truth[10] == 1, (1.0, 1.0))[centre])
     assert depth > 5
-    assert float(log_p[1][centre].exp()) == pytest.approx(1 / (1 + np.exp(-depth / 2.0)), abs=1e-5)
+    odds = float((log_p[1] - log_p[0])[centre])
+    assert odds == pytest.approx(min(evidence.weights[0] * depth / 2.0, 60.0), rel=1e-4)
+
+
+def test_growcut_weights_by_hand():
+    weights = growcut_weights(np.array([0.99, 0.5, 0.05, 0.0, np.nan]))
+    floor = np.log(0.95 / 0.05)
+    assert weights == pytest.approx([np.log(99) + floor, floor, 0.0, 0.0, GROWCUT_WEIGHT])
 
 
 def test_no_growcut_from_one_slice_nor_without_its_package():
     image, truth = _tube()
     assert growcut_evidence(image, _sparse(truth, (10,)), 2, 0, (1, 1, 1), _truth_grower(truth)) is None
 
-    def missing(*args):
+    def missing(*args, **kwargs):
         raise ImportError("pip install slicer-core")
 
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise RuntimeError("the tool's process died")
 
     for grower in (None, missing, broken):
