@@ -10,7 +10,8 @@
 
 ``--whole-volume`` adds, before each run, the same run predicting over the whole volume as before the prediction
 region (ContrastiveSegLib/inference/region.py; the library is patched in that child process only), side by side
-under the same load; ``--skip-ratios`` leaves out the throughput ratios.
+under the same load; ``--inline-experts`` likewise runs each with the experts computed after the training (as
+before they ran beside it); ``--skip-ratios`` leaves out the throughput ratios.
 """
 from __future__ import annotations
 
@@ -64,10 +65,38 @@ WHOLE_VOLUME = ("import sys; from ContrastiveSegLib import api; from Contrastive
                 "from ContrastiveSegLib.cli import main; sys.argv[0] = 'contrastiveseg'; sys.exit(main())")
 
 
-def _run_cli(image: Path, labels: Path, output: Path, preset: str, device: str, whole_volume: bool = False) -> dict:
+# The CLI with the experts (contour interpolation, grow-cut) computed when prediction starts, after the training,
+# as before they ran beside it (api.ExpertsRun).
+INLINE_EXPERTS = """
+import sys
+from ContrastiveSegLib import api
+from ContrastiveSegLib.inference.fusion import fused_prior_of
+
+class InlineExperts:
+    def __init__(self, case, num_classes, cancel=None):
+        self.case, self.num_classes = case, num_classes
+
+    def result(self):
+        case = self.case
+        return fused_prior_of(case.image, case.targets, self.num_classes, case.axis, case.spacing)
+
+    def stop(self):
+        pass
+
+api.ExpertsRun = InlineExperts
+from ContrastiveSegLib.cli import main
+sys.argv[0] = 'contrastiveseg'
+sys.exit(main())
+"""
+
+
+def _run_cli(image: Path, labels: Path, output: Path, preset: str, device: str, whole_volume: bool = False,
+             inline_experts: bool = False) -> dict:
     """Wall seconds of one CLI run and its per-stage seconds (from the final progress event); ``whole_volume``:
-    predicting every voxel, as before the prediction region."""
-    entry = ["-c", WHOLE_VOLUME] if whole_volume else ["-m", "ContrastiveSegLib"]
+    predicting every voxel, as before the prediction region; ``inline_experts``: the experts computed after the
+    training, as before they ran beside it."""
+    entry = (["-c", WHOLE_VOLUME] if whole_volume else ["-c", INLINE_EXPERTS] if inline_experts
+             else ["-m", "ContrastiveSegLib"])
     command = [sys.executable, *entry, "segment", str(image), str(labels), "-o", str(output),
                "--preset", preset, "--device", device, "--progress", "json"]
     start = time.perf_counter()
@@ -95,6 +124,8 @@ def main() -> None:
     parser.add_argument("--skip-brain", action="store_true")
     parser.add_argument("--after-first", action="store_true", help="with --whole-volume: the new run first")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration, interleaved")
+    parser.add_argument("--inline-experts", action="store_true",
+                        help="also run each with the experts computed after the training (as before), side by side")
     args = parser.parse_args()
     import resource
 
@@ -119,15 +150,19 @@ def main() -> None:
             for repeat in range(args.repeats):
                 for preset in args.presets:
                     order = [False, True] if args.after_first else [True, False]
-                    for whole in (order if args.whole_volume else [False]):
+                    variants = [(whole, False) for whole in (order if args.whole_volume else [False])]
+                    if args.inline_experts:
+                        variants = [(False, inline) for inline in (order if repeat % 2 else order[::-1])]
+                    for whole, inline in variants:
                         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-                        result = _run_cli(image, labels, folder / "out.nii.gz", preset, args.device, whole)
+                        result = _run_cli(image, labels, folder / "out.nii.gz", preset, args.device, whole, inline)
                         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
                         # RUSAGE_CHILDREN keeps the largest child so far: report it only when this run raised it.
                         result["peak_rss_gb"] = (round(peak / 1024 ** 2, 2) if peak > before
                                                  else f"<= {before / 1024 ** 2:.2f}")
                         result["load"] = round(os.getloadavg()[0], 1)
-                        label = f"{preset}, whole volume (before)" if whole else preset
+                        label = (f"{preset}, whole volume (before)" if whole else
+                                 f"{preset}, experts after training (before)" if inline else preset)
                         rows.append({"volume": name, "preset": label, **result})
                         print(json.dumps(rows[-1]), flush=True)
         if args.skip_ratios:
