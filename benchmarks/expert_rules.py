@@ -64,6 +64,9 @@ RULES = {  # name: (contour weight, grow-cut weights from the leave-one-out Dice
 }
 
 
+PREVIOUS, NEW = "default (contour x1 + growcut x2)", "per-scan grow-cut weights (new default)"
+
+
 def _library_weights(dice: np.ndarray) -> np.ndarray:
     from ContrastiveSegLib.inference.fusion import growcut_weights
 
@@ -180,6 +183,18 @@ def summarise(table: Path, markdown: Path) -> None:
             spread = max(max(cells[key]) - min(cells[key]) for key in keys)
             lines.append(f"| {rule} | {label} ({len(keys)} cells) | {np.mean(means):.3f} | {np.mean(margins):+.3f} | "
                          f"{min(margins):+.3f} | {sum(m < 0 for m in margins)}/{len(keys)} | {spread:.3f} |")
+    lines += ["", "Per cell: mean Dice over seeds [max - min] and the margin over the best Slicer tool of the cell.", "",
+              f"| task | k | best Slicer tool | {PREVIOUS} | {NEW} | no prior |", "|---|---|---|---|---|---|"]
+    for task, k in sorted({(key[1], key[2]) for key in cells}, key=lambda c: (c[0] not in CHOOSE, c[0], c[1])):
+        best = tools.get((task, k))
+        if best is None:
+            continue
+        row = [task + (" (confirms)" if task in CONFIRM else ""), str(k), f"{best:.3f}"]
+        for rule in (PREVIOUS, NEW, "no prior"):
+            values = cells.get((rule, task, k))
+            row.append("" if not values else
+                       f"{np.mean(values):.3f} [{max(values) - min(values):.3f}] ({np.mean(values) - best:+.3f})")
+        lines.append("| " + " | ".join(row) + " |")
     markdown.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
