@@ -208,3 +208,54 @@ def _best_tools() -> dict[tuple, float]:
             key = (row["task"], int(row["k"]))
             best[key] = max(best.get(key, 0.0), float(row["mean_dice"]))
     return best
+
+
+QUALITY_NAMES = {NEW: "ContrastiveSeg", PREVIOUS: "previous default (grow-cut x2)", "no prior": "no shape prior"}
+
+
+def write_quality(table: Path, results: Path, conditions: str) -> str:
+    """results/quality.csv and .md, dice_vs_k.png from the replayed rules (k = 2, 3, 5) and the committed k = 1 and
+    Slicer-tool rows; returns the README's table (the default against the best Slicer tool per cell)."""
+    from run_benchmark import FIELDS, summarise
+
+    old = list(csv.DictReader((results / "quality.csv").open()))
+    keep = [r for r in old if r["method"] in ("Grow from seeds", "Fill between slices")]
+    k1 = [r for r in old if r["k"] == "1" and r["method"] == "no shape prior"]  # no expert applies at k = 1
+    rows = list(keep)
+    for name in QUALITY_NAMES.values():
+        rows += [dict(r, method=name) for r in k1]
+    rows += [{field: r[field] for field in FIELDS} | {"method": QUALITY_NAMES[r["method"]]}
+             for r in csv.DictReader(table.open()) if r["method"] in QUALITY_NAMES]
+    with open(results / "quality.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    from fusion_matrix import CHOOSE, CONFIRM
+
+    summarise(results, conditions=conditions, preamble=(
+        "ContrastiveSeg = the default: the network fused with the contour prior and Slicer's grow-cut, grow-cut "
+        "weighted per scan and structure by its leave-one-out Dice (benchmarks/results/expert_weights.md); previous "
+        "default = the same networks with grow-cut at a fixed x2; no shape prior = the same networks alone. k = 2, "
+        "3, 5: one network per (task, k, seed) trained on the CPU and replayed through each fusion "
+        "(benchmarks/expert_weights.py); k = 1: the earlier GPU run's network alone (no expert applies with one "
+        f"painted slice). Chosen on: {', '.join(CHOOSE)}; confirmed on: {', '.join(CONFIRM)}.\n\n"))
+    found: dict[tuple, list[float]] = {}
+    best: dict[tuple, tuple[float, str]] = {}
+    for r in rows:
+        key = (r["task"], int(r["k"]))
+        if r["method"] == "ContrastiveSeg":
+            found.setdefault(key, []).append(float(r["mean_dice"]))
+        elif r["method"] in ("Grow from seeds", "Fill between slices"):
+            short = "GfS" if r["method"] == "Grow from seeds" else "FbS"
+            if float(r["mean_dice"]) > best.get(key, (-1.0, ""))[0]:
+                best[key] = (float(r["mean_dice"]), short)
+    lines = ["| task (role) | k=1 | k=2 | k=3 | k=5 |", "|---|---|---|---|---|"]
+    for task in CHOOSE + CONFIRM:
+        cells = []
+        for k in (1, 2, 3, 5):
+            v, (b, name) = found.get((task, k), []), best.get((task, k), (float("nan"), "?"))
+            cells.append("" if not v else f"{np.mean(v):.3f} [{max(v) - min(v):.3f}] vs {b:.3f} {name} "
+                                          f"({np.mean(v) - b:+.3f})")
+        role = "chooses" if task in CHOOSE else "confirms"
+        lines.append(f"| {task} ({role}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

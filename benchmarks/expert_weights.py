@@ -3,6 +3,7 @@
     python benchmarks/expert_weights.py networks --workers 2        # fine-tune once per (task, k, seed), keep log p
     python benchmarks/expert_weights.py growcut                     # grow-cut from all painted slices and each left out
     python benchmarks/expert_weights.py evaluate                    # every weighting rule on the cached outputs
+    python benchmarks/expert_weights.py report                      # quality.csv/.md, dice_vs_k.png, README table
 
 Why three steps: on a CPU-only machine a fine-tuning costs about a minute, a fusion rule a fraction of a second.
 ``networks`` saves each network's log probabilities over the whole stack (float16, stack order); ``growcut`` saves
@@ -29,6 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fusion_matrix import CHOOSE, CONFIRM  # noqa: E402
 
 KS = [2, 3, 5]
+CONDITIONS = ("ours: networks fine-tuned on the CPU (default preset, one torch thread, two processes on 2 cores) and "
+              "replayed through each fusion, so seconds are not comparable and are not given (0); Slicer tools: one "
+              "process on the shared 2-core machine")
 DEFAULT_CACHE = Path(__file__).resolve().parent / "work" / "experts"
 
 
@@ -111,7 +115,7 @@ def growcut(cache: Path, tasks: list[str], ks: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=["networks", "growcut", "evaluate"])
+    parser.add_argument("mode", choices=["networks", "growcut", "evaluate", "report"])
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--tasks", nargs="+", default=CHOOSE + CONFIRM)
     parser.add_argument("--k", nargs="+", type=int, default=KS)
@@ -123,10 +127,19 @@ def main() -> None:
         networks(args.cache, args.tasks, args.k, args.seeds, args.workers)
     elif args.mode == "growcut":
         growcut(args.cache, args.tasks, args.k)
-    else:
+    elif args.mode == "evaluate":
         from expert_rules import evaluate
 
         evaluate(args.cache, args.tasks, args.k, args.seeds, args.out)
+    else:
+        from expert_rules import write_quality
+
+        table = write_quality(args.out / "expert_weights.csv", args.out, CONDITIONS)
+        readme = Path(__file__).resolve().parent.parent / "README.md"
+        text = readme.read_text()
+        start, end = text.index("<!-- QUALITY TABLE -->"), text.index("<!-- /QUALITY TABLE -->")
+        readme.write_text(text[:start] + "<!-- QUALITY TABLE -->\n" + table + "\n" + text[end:])
+        print(table)
 
 
 if __name__ == "__main__":
