@@ -172,7 +172,20 @@ def summarise(table: Path, markdown: Path) -> None:
     for row in rows:
         cells.setdefault((row["method"], row["task"], int(row["k"])), []).append(float(row["mean_dice"]))
     rules = list(dict.fromkeys(row["method"] for row in rows))
-    lines = ["| rule | set | mean | margin | worst | cells below | largest seed spread |", "|---|---|---|---|---|---|---|"]
+    seeds = sorted({int(row["seed"]) for row in rows})
+    lines = ["# Grow-cut's weight per scan (issue 14, direction 2): rules replayed on cached networks", "",
+             f"Chosen on: {', '.join(CHOOSE)}. Confirmed on: {', '.join(CONFIRM)}. k = 2, 3, 5; seeds "
+             f"{', '.join(map(str, seeds))}: one network per (task, k, seed), fine-tuned with the default preset on "
+             "the CPU (one torch thread, two processes on the 2-core machine), its log probabilities kept and fused "
+             "by each rule through the library's post-processing. Margin: mean Dice over seeds minus the best "
+             "Slicer tool of the cell (benchmarks/results/quality.csv); worst: the lowest cell margin.", "",
+             "Commands: `python benchmarks/expert_weights.py networks --workers 2`, `... growcut`, `... evaluate`, "
+             "`... report`.", "",
+             "The logit variants tie on the choosing tasks (within 0.002 of the mean margin, noise at three seeds); "
+             "the one-parameter form (scale 1, floor 0.05, no minimum weight) became the default "
+             "(`inference/fusion.py: growcut_weights`). Its confirming margin was seen, on seed 0, before the "
+             "choice, so that confirmation is weaker than it looks.", "",
+             "| rule | set | mean | margin | worst | cells below | largest seed spread |", "|---|---|---|---|---|---|---|"]
     for rule in rules:
         for label, names in (("choose", CHOOSE), ("confirm", CONFIRM)):
             keys = [key for key in cells if key[0] == rule and key[1] in names and (key[1], key[2]) in tools]
@@ -223,7 +236,7 @@ def write_quality(table: Path, results: Path, conditions: str) -> str:
     k1 = [r for r in old if r["k"] == "1" and r["method"] == "no shape prior"]  # no expert applies at k = 1
     rows = list(keep)
     for name in QUALITY_NAMES.values():
-        rows += [dict(r, method=name) for r in k1]
+        rows += [dict(r, method=name, seconds="0") for r in k1]  # seconds: not comparable, see CONDITIONS
     rows += [{field: r[field] for field in FIELDS} | {"method": QUALITY_NAMES[r["method"]]}
              for r in csv.DictReader(table.open()) if r["method"] in QUALITY_NAMES]
     with open(results / "quality.csv", "w", newline="") as handle:

@@ -31,8 +31,8 @@ from fusion_matrix import CHOOSE, CONFIRM  # noqa: E402
 
 KS = [2, 3, 5]
 CONDITIONS = ("ours: networks fine-tuned on the CPU (default preset, one torch thread, two processes on 2 cores) and "
-              "replayed through each fusion, so seconds are not comparable and are not given (0); Slicer tools: one "
-              "process on the shared 2-core machine")
+              "replayed through each fusion, so their seconds are not comparable and are given as 0 (end-to-end times: "
+              "benchmarks/results/speed.md); Slicer tools: one process on the shared 2-core machine")
 DEFAULT_CACHE = Path(__file__).resolve().parent / "work" / "experts"
 
 

@@ -40,6 +40,10 @@ GROWCUT_WEIGHT = 2.0  # grow-cut's weight where its leave-one-out has nothing to
 GROWCUT_LOO_SCALE = 1.0  # benchmark-chosen (benchmarks/results/expert_weights.md)
 GROWCUT_LOO_FLOOR = 0.05  # the leave-one-out Dice at which grow-cut's weight reaches 0
 GROWCUT_TAU = 2.0  # voxels: the soft edge of the grow-cut outline (its boundary is exact to about a voxel)
+# Voxels above which grow-cut runs on every n-th row and column. Slicer's grow-cut took 122 s on the painted part of
+# a 512 x 512 x 300 CT (110 x 512 x 512) and its leave-one-out 187 s more; with a step of 3 they are about a ninth.
+# Every benchmark task's grow-cut fits below it, so their results are those at full resolution.
+GROW_MAX_VOXELS = 4_000_000
 
 # (image (z, y, x), sparse class indices (z, y, x): the fully painted slices, 0 elsewhere, axis, spacing (x, y, z),
 # whole) -> (z, y, x) class indices grown into the volume: within Slicer's box around the seeds, or through the
@@ -57,13 +61,41 @@ def slicer_growcut(image: np.ndarray, sparse: np.ndarray, axis: int, spacing, wh
     return run_baseline(GROW, image, sparse, axis, spacing, cancel=cancel, whole_volume=whole)
 
 
+def inplane_step(slices: int, slice_voxels: int) -> int:
+    """The in-plane stride that keeps a grow-cut through ``slices`` slices of ``slice_voxels`` voxels within
+    :data:`GROW_MAX_VOXELS`: 1 (full resolution) up to that size, else the smallest whole step that fits."""
+    return max(1, int(np.ceil(np.sqrt(slices * slice_voxels / GROW_MAX_VOXELS))))
+
+
+def _grown_slices(seeds: np.ndarray, length: int, whole: bool) -> int:
+    """How many slices a grow-cut runs through: all ``length`` when ``whole``, else Slicer's box around the seeded
+    slices (their span plus the effect's margin on each side, :mod:`~ContrastiveSegLib.baselines.growcut`)."""
+    from ContrastiveSegLib.baselines.growcut import SLICER_INITIAL_GROWTH_RATIO, SLICER_MIN_MARGIN
+
+    if whole:
+        return length
+    span = int(seeds.max() - seeds.min())
+    margin = int(max(SLICER_MIN_MARGIN, SLICER_INITIAL_GROWTH_RATIO * span))
+    return min(length, span + 1 + 2 * margin)
+
+
 def _grow(image: np.ndarray, targets: np.ndarray, seeds: np.ndarray, num_classes: int, axis: int, spacing,
           grower: Grower, whole: bool = False) -> np.ndarray:
     """(S, H, W) uint8 classes grown by ``grower`` from the slices ``seeds`` of ``targets`` (stack order) through
-    the stack ``image`` (array order) covers."""
+    the stack ``image`` (array order) covers; on an array above :data:`GROW_MAX_VOXELS`, on every
+    :func:`inplane_step`-th row and column, the result repeated back to full size."""
     sparse = np.zeros_like(targets)  # the Slicer tools' convention: painted slices in full, 0 everywhere else
     sparse[seeds] = targets[seeds]
-    grown = np.moveaxis(np.asarray(grower(image, np.moveaxis(sparse, 0, axis), axis, spacing, whole=whole)), axis, 0)
+    step = inplane_step(_grown_slices(np.asarray(seeds), len(targets), whole), targets[0].size)
+    inplane = (slice(None, None, step),) * 2
+    stack_image = np.ascontiguousarray(np.moveaxis(image, axis, 0)[(slice(None),) + inplane])
+    coarse = sparse[(slice(None),) + inplane]
+    spacing = tuple(float(v) * (step if a != 2 - axis else 1) for a, v in enumerate(spacing))  # (x, y, z) mm
+    grown = np.asarray(grower(np.ascontiguousarray(np.moveaxis(stack_image, 0, axis)),
+                              np.ascontiguousarray(np.moveaxis(coarse, 0, axis)), axis, spacing, whole=whole))
+    grown = np.moveaxis(grown, axis, 0)
+    if step > 1:
+        grown = grown.repeat(step, axis=1).repeat(step, axis=2)[:, :targets.shape[1], :targets.shape[2]]
     return np.where(grown < num_classes, grown, 0).astype(np.uint8)
 
 

@@ -249,3 +249,27 @@ def test_a_failed_run_stops_its_experts(monkeypatch):
     with pytest.raises(RuntimeError, match="the training failed"):
         api.segment(image, labels, (1, 1, 1), axis=0, device="cpu", threads=1)
     assert stopped == [True]
+
+
+def test_a_large_growcut_runs_on_every_nth_row_and_column(monkeypatch):
+    """Above GROW_MAX_VOXELS grow-cut sees every n-th row and column (the 512 x 512 CT: 122 s at full
+    resolution); its classes are repeated back to the full grid. Below it, nothing changes."""
+    from ContrastiveSegLib.inference import fusion
+
+    image, truth = _tube(depth=21, size=40)
+    targets = _sparse(truth, (2, 10, 18))
+    seen = []
+
+    def grower(image, sparse, axis, spacing, whole=False):
+        seen.append((image.shape, tuple(spacing)))
+        return (image > 100).astype(np.uint8)
+
+    full = fusion._grow(image, targets, np.array([2, 10, 18]), 2, 0, (1.0, 1.0, 1.0), grower, whole=True)
+    assert seen[-1] == ((21, 40, 40), (1.0, 1.0, 1.0)) and (full == truth).all()
+    monkeypatch.setattr(fusion, "GROW_MAX_VOXELS", 21 * 40 * 40 // 4)  # a step of 2 fits exactly
+    assert fusion.inplane_step(21, 40 * 40) == 2
+    coarse = fusion._grow(image, targets, np.array([2, 10, 18]), 2, 0, (1.0, 1.0, 1.0), grower, whole=True)
+    assert seen[-1] == ((21, 20, 20), (2.0, 2.0, 1.0))  # spacing (x, y, z): the in-plane axes are coarser
+    assert coarse.shape == truth.shape
+    assert (coarse[:, ::2, ::2] == truth[:, ::2, ::2]).all()
+    assert _dice(coarse, truth) > 0.9
