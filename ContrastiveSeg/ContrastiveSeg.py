@@ -547,7 +547,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
                              adapt=adapt, consistency=consistency)
         job = Job("segment", volumeNode, segmentationNode, outputSegmentationNode, options,
                   state_dir=self.stateDirectory(), python=python_executable(),
-                  env=slicer.util.startupEnvironment(), uncertainty_node=self._uncertaintyNode(volumeNode))
+                  env=slicer.util.startupEnvironment())
         return self._launch(job, "segment", waitForCompletion, progressCallback, completedCallback, timeout,
                             self._remember)
 
@@ -563,7 +563,7 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
                              show_uncertainty=showUncertainty, closed_surface=show3D)
         job = Job("predict", volumeNode, None, outputSegmentationNode, options, model_path=modelPath,
                   state_dir=self.stateDirectory(), python=python_executable(),
-                  env=slicer.util.startupEnvironment(), uncertainty_node=self._uncertaintyNode(volumeNode))
+                  env=slicer.util.startupEnvironment())
         return self._launch(job, "predict", waitForCompletion, progressCallback, completedCallback, timeout,
                             self._remember)
 
@@ -817,12 +817,6 @@ class ContrastiveSegLogic(ScriptedLoadableModuleLogic):
                 each.unlink(missing_ok=True)
             raise InputError(_("could not save the model to {path}: {reason}").format(
                 path=path, reason=error.strerror or error)) from None
-
-    def _uncertaintyNode(self, volumeNode):
-        """The uncertainty volume this module made for ``volumeNode`` (found by its marks, never by name)."""
-        from ContrastiveSegLib.slicer import nodes
-
-        return None if volumeNode is None else nodes.find_uncertainty_node(volumeNode)
 
 
 class _Inputs:

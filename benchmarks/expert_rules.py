@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -94,60 +95,95 @@ def _contour_log_probs(cache: Path, name: str, k: int, targets, num_classes, axi
     return None if log.size == 0 else torch.from_numpy(log.astype(np.float32))
 
 
-def evaluate(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], out: Path) -> None:
-    """Score every rule on every cached (task, k, seed); rows to ``out/expert_weights.csv``."""
+@dataclass
+class CellEvidence:
+    """What every rule of one (task, k) shares: the task, its reference, the painting's targets, grow-cut's
+    leave-one-out Dice, the contour prior's and grow-cut's evidence."""
+    task: object
+    reference: np.ndarray
+    targets: np.ndarray
+    num_classes: int
+    dice: np.ndarray
+    contour: torch.Tensor | None
+    evidence: object
+    default_growcut: torch.Tensor
+    lookup: np.ndarray
+
+    def labels(self, net: torch.Tensor, contour_weight: float, weights: np.ndarray | None) -> np.ndarray:
+        """The label map of ``net`` ((C, S, H, W) log probabilities) fused as a rule says (``weights`` None: the
+        library's old fixed default) and post-processed as the library does."""
+        from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
+
+        fused = net.clone()
+        if self.contour is not None and contour_weight:
+            fused += contour_weight * self.contour
+        fused += self.default_growcut if weights is None else growcut_log_probs(self.evidence, weights)
+        classes = fused.argmax(0).numpy().astype(np.uint8)
+        classes = keep_annotated_components(classes, self.targets, self.num_classes)
+        paste_annotations(classes, self.targets)
+        return self.lookup[np.moveaxis(classes, 0, self.task.axis)]
+
+
+def cell_evidence(cache: Path, name: str, k: int) -> CellEvidence | None:
+    """The shared evidence of (task ``name``, ``k``) from the cache; None when its grow-cut is not cached."""
     from expert_weights import _cell
-    from run_benchmark import FIELDS, score_row
 
     from ContrastiveSegLib import api
     from ContrastiveSegLib.data.case import PreparedCase, spec_for
-    from ContrastiveSegLib.inference.fusion import GROWCUT_WEIGHT, leave_one_out_dice
-    from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
+    from ContrastiveSegLib.inference.fusion import leave_one_out_dice
     from ContrastiveSegLib.inference.shape_prior import stack_spacing
+
+    grown_path = cache / "growcut" / f"{name}-k{k}.npz"
+    if not grown_path.is_file():
+        return None
+    task, image, reference, spacing, sparse, _ = _cell(name, k)
+    annotation = api.read_annotation(image, sparse, task.axis)
+    case = PreparedCase.build(image, annotation, spacing, spec_for(image, annotation))
+    targets, num_classes = case.targets, annotation.num_classes
+    with np.load(grown_path) as data:
+        grown = data["all"]
+        held = {int(key.split("_")[1]): data[key] for key in data.files if key.startswith("held_")}
+    evidence = _cached_evidence(grown, num_classes, stack_spacing(spacing, task.axis)[0])
+    return CellEvidence(task, reference, targets, num_classes, leave_one_out_dice(targets, held, num_classes),
+                        _contour_log_probs(cache, name, k, targets, num_classes, task.axis, spacing), evidence,
+                        growcut_log_probs(evidence, None), api.label_lookup(annotation.label_values))
+
+
+def load_network(path: Path) -> torch.Tensor:
+    """(C, S, H, W) float32 log probabilities of one cached network."""
+    with np.load(path) as data:
+        return torch.from_numpy(data["log_probs"].astype(np.float32))
+
+
+def evaluate(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], out: Path) -> None:
+    """Score every rule on every cached (task, k, seed); rows to ``out/expert_weights.csv``."""
+    from run_benchmark import FIELDS, score_row
+
+    from ContrastiveSegLib.inference.fusion import GROWCUT_WEIGHT
 
     out.mkdir(parents=True, exist_ok=True)
     table = out / "expert_weights.csv"
     for name in tasks:
         for k in ks:
-            grown_path = cache / "growcut" / f"{name}-k{k}.npz"
             nets = [cache / "net" / f"{name}-k{k}-s{seed}.npz" for seed in seeds]
-            if not grown_path.is_file() or not any(p.is_file() for p in nets):
+            start = time.perf_counter()
+            cell = cell_evidence(cache, name, k) if any(p.is_file() for p in nets) else None
+            if cell is None:
                 print(f"skip {name} k={k}: not cached", flush=True)
                 continue
-            start = time.perf_counter()
-            task, image, reference, spacing, sparse, _ = _cell(name, k)
-            annotation = api.read_annotation(image, sparse, task.axis)
-            case = PreparedCase.build(image, annotation, spacing, spec_for(image, annotation))
-            targets, num_classes = case.targets, annotation.num_classes
-            inplane = stack_spacing(spacing, task.axis)[0]
-            with np.load(grown_path) as data:
-                grown = data["all"]
-                held = {int(key.split("_")[1]): data[key] for key in data.files if key.startswith("held_")}
-            dice = leave_one_out_dice(targets, held, num_classes)
-            contour = _contour_log_probs(cache, name, k, targets, num_classes, task.axis, spacing)
-            evidence = _cached_evidence(grown, num_classes, inplane)
-            default_growcut = growcut_log_probs(evidence, None)  # the library's default, exactly
-            lookup = api.label_lookup(annotation.label_values)
             for seed, path in zip(seeds, nets):
                 if not path.is_file():
                     continue
-                with np.load(path) as data:
-                    net = torch.from_numpy(data["log_probs"].astype(np.float32))
+                net = load_network(path)
                 for rule, (contour_weight, weigh) in RULES.items():
-                    fused = net.clone()
-                    if contour is not None and contour_weight:
-                        fused += contour_weight * contour
-                    weights = np.full(num_classes - 1, GROWCUT_WEIGHT) if weigh is None else weigh(dice)
-                    fused += default_growcut if weigh is None else growcut_log_probs(evidence, weights)
-                    classes = fused.argmax(0).numpy().astype(np.uint8)
-                    classes = keep_annotated_components(classes, targets, num_classes)
-                    paste_annotations(classes, targets)
-                    labels = lookup[np.moveaxis(classes, 0, task.axis)]
-                    row = score_row(task, rule, k, seed, labels, reference, 0.0, "default/cpu")
-                    row["loo_dice"] = json.dumps([round(float(d), 3) for d in dice])
-                    row["growcut_weights"] = json.dumps([round(float(w), 2) for w in weights])
+                    weights = None if weigh is None else weigh(cell.dice)
+                    labels = cell.labels(net, contour_weight, weights)
+                    row = score_row(cell.task, rule, k, seed, labels, cell.reference, 0.0, "default/cpu")
+                    shown = np.full(cell.num_classes - 1, GROWCUT_WEIGHT) if weights is None else weights
+                    row["loo_dice"] = json.dumps([round(float(d), 3) for d in cell.dice])
+                    row["growcut_weights"] = json.dumps([round(float(w), 2) for w in shown])
                     _append(table, row, FIELDS + ["loo_dice", "growcut_weights"])
-            print(f"{time.strftime('%H:%M:%S')} {name} k={k}: loo dice {np.round(dice, 3).tolist()} "
+            print(f"{time.strftime('%H:%M:%S')} {name} k={k}: loo dice {np.round(cell.dice, 3).tolist()} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     summarise(table, out / "expert_weights.md")
 

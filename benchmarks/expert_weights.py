@@ -48,8 +48,14 @@ def _cell(name: str, k: int):
     return task, image, reference, spacing, sparse_annotation(reference, task.axis, slices), slices
 
 
-def network_job(cache: str, name: str, k: int, seed: int) -> str:
-    """Fine-tune the default network on one (task, k, seed) and save its (C, S, H, W) log probabilities."""
+def network_folder(cache: Path, steps: int | None) -> Path:
+    """Where the networks fine-tuned for ``steps`` steps (None: the default preset's) keep their log probabilities."""
+    return cache / ("net" if steps is None else f"net-{steps}steps")
+
+
+def network_job(cache: str, name: str, k: int, seed: int, steps: int | None = None) -> str:
+    """Fine-tune the default network (``steps``: the preset's unless given) on one (task, k, seed) and save its
+    (C, S, H, W) log probabilities."""
     import torch
 
     torch.set_num_threads(1)
@@ -57,12 +63,12 @@ def network_job(cache: str, name: str, k: int, seed: int) -> str:
     from ContrastiveSegLib.data.case import PreparedCase
     from ContrastiveSegLib.inference.predict import predict_volume
 
-    out = Path(cache) / "net" / f"{name}-k{k}-s{seed}.npz"
+    out = network_folder(Path(cache), steps) / f"{name}-k{k}-s{seed}.npz"
     if out.is_file():
         return f"{out.name} (cached)"
     task, image, _, spacing, sparse, _ = _cell(name, k)
     start = time.perf_counter()
-    model = api.finetune(image, sparse, spacing, axis=task.axis, seed=seed, device="cpu")
+    model = api.finetune(image, sparse, spacing, axis=task.axis, seed=seed, device="cpu", steps=steps)
     case = PreparedCase.build(image, api.read_annotation(image, sparse, model.axis, model.label_values), spacing,
                               model.spec, axis=model.axis)
     _, probs = predict_volume(model.network, case.stack, torch.device("cpu"), divisor=model.network.config.divisor,
@@ -76,12 +82,13 @@ def network_job(cache: str, name: str, k: int, seed: int) -> str:
     return f"{out.name} {seconds:.0f} s"
 
 
-def networks(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], workers: int) -> None:
+def networks(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], workers: int,
+             steps: int | None = None) -> None:
     """Every (task, k, seed) network, seed by seed (a cut-short run leaves whole seeds), longest jobs first."""
     jobs = [(name, k, seed) for seed in seeds for name in tasks for k in ks]
     jobs.sort(key=lambda job: (job[2], not job[0].startswith("mni1mm"), -job[1]))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(network_job, str(cache), *job): job for job in jobs}
+        futures = {pool.submit(network_job, str(cache), *job, steps): job for job in jobs}
         for future in as_completed(futures):
             try:
                 print(f"{time.strftime('%H:%M:%S')} {future.result()}", flush=True)
@@ -121,10 +128,12 @@ def main() -> None:
     parser.add_argument("--k", nargs="+", type=int, default=KS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=None,
+                        help="networks: fine-tuning steps (default: the preset's), cached apart from the default's")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     if args.mode == "networks":
-        networks(args.cache, args.tasks, args.k, args.seeds, args.workers)
+        networks(args.cache, args.tasks, args.k, args.seeds, args.workers, args.steps)
     elif args.mode == "growcut":
         growcut(args.cache, args.tasks, args.k)
     elif args.mode == "evaluate":

@@ -126,7 +126,7 @@ class Job(ChildRun):
     def __init__(self, kind: str, volume_node, segmentation_node=None, output_node=None,
                  options: JobOptions | None = None, *, model_path: str | Path | None = None,
                  state_dir: str | Path | None = None, python: str | None = None,
-                 env: Mapping[str, str] | None = None, uncertainty_node=None) -> None:
+                 env: Mapping[str, str] | None = None) -> None:
         if kind not in ("segment", "predict"):
             raise ValueError(f"kind must be 'segment' or 'predict', got {kind!r}")
         if kind == "segment" and segmentation_node is None:
@@ -142,7 +142,7 @@ class Job(ChildRun):
             raise InputError("Predict only has no batch size: the batch size is a fine-tuning option")
         super().__init__(self.options.device, python, env)
         self.kind, self.volume_node, self.segmentation_node = kind, volume_node, segmentation_node
-        self.output_node, self.uncertainty_node = output_node, uncertainty_node
+        self.output_node = output_node
         self.model_path = Path(model_path) if model_path else None
         self.state_dir = Path(state_dir) if state_dir else private_state_dir()
         self.annotation: nodes.Annotation | None = None

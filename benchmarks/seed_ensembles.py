@@ -1,0 +1,167 @@
+"""One answer per press (issue 14, direction 3): what averaging several short trainings buys, and what it costs.
+
+    python benchmarks/expert_weights.py networks --workers 2                                  # 300 steps, seeds 0-2
+    python benchmarks/expert_weights.py networks --workers 2 --steps 150 --seeds 0 1 2 3 4 5  # 150 steps, seeds 0-5
+    python benchmarks/expert_weights.py growcut
+    python benchmarks/seed_ensembles.py                   # -> results/seed_ensembles.csv and .md
+
+A "press" is what one user run would produce: ``members`` networks fine-tuned from different seeds, their
+probabilities averaged, then fused with the experts (the default per-scan rule) and post-processed exactly as the
+library does (``expert_rules.CellEvidence``). The spread of a configuration is max - min of its presses' Dice.
+Presses are disjoint groups of seeds where the cache has enough of them (150 steps: seeds 0-5, three presses of
+two); the 300-step pairs share members (seeds 0-2 give the pairs 01, 02, 12), which understates their spread.
+Cost: fine-tuning steps relative to the default's single 300-step network, and the number of network
+predictions.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from expert_rules import NEW, RULES, _append, _best_tools, cell_evidence, load_network  # noqa: E402
+from expert_weights import DEFAULT_CACHE, KS, network_folder  # noqa: E402
+from fusion_matrix import CHOOSE, CONFIRM  # noqa: E402
+
+DEFAULT_STEPS = 300
+# name: (fine-tuning steps of each member, members per press)
+CONFIGS = {
+    "1 network x 300 steps (default)": (300, 1),
+    "2 networks x 300 steps": (300, 2),
+    "1 network x 150 steps": (150, 1),
+    "2 networks x 150 steps": (150, 2),
+    "3 networks x 150 steps": (150, 3),
+}
+PRESSES = 3
+
+
+def presses(seeds: list[int], members: int) -> list[tuple[int, ...]]:
+    """Up to :data:`PRESSES` groups of ``members`` seeds: disjoint when there are enough seeds, else every
+    combination (they then share members)."""
+    if len(seeds) >= members * PRESSES or members == 1:
+        return [tuple(seeds[i * members:(i + 1) * members]) for i in range(min(PRESSES, len(seeds) // members))]
+    return list(itertools.combinations(seeds, members))[:PRESSES]
+
+
+def averaged(log_probs: list[torch.Tensor]) -> torch.Tensor:
+    """(C, S, H, W) log of the members' mean probability."""
+    return torch.logsumexp(torch.stack(log_probs), 0) - math.log(len(log_probs))
+
+
+def cached_seeds(cache: Path, steps: int, name: str, k: int) -> list[int]:
+    folder = network_folder(cache, None if steps == DEFAULT_STEPS else steps)
+    return sorted(int(p.stem.rsplit("-s", 1)[1]) for p in folder.glob(f"{name}-k{k}-s*.npz")
+                  if not p.name.endswith(".part.npz"))
+
+
+def evaluate_cell(cache: str, name: str, k: int) -> list[dict]:
+    """Every configuration's presses on one (task, k), fused with the default per-scan rule: run_benchmark's rows
+    (``seed`` = the press) plus the seeds averaged (``members``)."""
+    from run_benchmark import score_row
+
+    torch.set_num_threads(1)
+    cache_path = Path(cache)
+    cell = cell_evidence(cache_path, name, k)
+    if cell is None:
+        return []
+    contour_weight, weigh = RULES[NEW]
+    weights = weigh(cell.dice)
+    rows = []
+    for config, (steps, members) in CONFIGS.items():
+        folder = network_folder(cache_path, None if steps == DEFAULT_STEPS else steps)
+        for press, group in enumerate(presses(cached_seeds(cache_path, steps, name, k), members)):
+            net = averaged([load_network(folder / f"{name}-k{k}-s{s}.npz") for s in group])
+            labels = cell.labels(net, contour_weight, weights)
+            row = score_row(cell.task, config, k, press, labels, cell.reference, 0.0, "default/cpu")
+            rows.append(row | {"members": "+".join(map(str, group))})
+    return rows
+
+
+def evaluate(cache: Path, tasks: list[str], ks: list[int], out: Path, workers: int) -> None:
+    """:func:`evaluate_cell` on every (task, k), ``workers`` cells at a time; rows to ``out/seed_ensembles.csv``."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from run_benchmark import FIELDS
+
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "seed_ensembles.csv"
+    table.unlink(missing_ok=True)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(evaluate_cell, str(cache), name, k): (name, k) for name in tasks for k in ks}
+        for future in as_completed(futures):
+            for row in future.result():
+                _append(table, row, FIELDS + ["members"])
+            print(f"{time.strftime('%H:%M:%S')} {futures[future]}", flush=True)
+
+
+def summarise(table: Path, markdown: Path) -> None:
+    """Per configuration: cost, mean margin over the best Slicer tool, cells below it, cells with a spread above
+    0.02, mean and largest spread; then per cell."""
+    import csv
+
+    rows = list(csv.DictReader(table.open()))
+    tools = _best_tools()
+    cells: dict[tuple, list[float]] = {}
+    for row in rows:
+        cells.setdefault((row["method"], row["task"], int(row["k"])), []).append(float(row["mean_dice"]))
+    lines = ["# Averaging short trainings (issue 14, direction 3): spread bought against time", "",
+             __doc__.split("\n\n", 2)[2].strip().replace("\n", " "), "",
+             "Command: see the top of `benchmarks/seed_ensembles.py` (the networks of `expert_weights.py`, CPU, one "
+             "torch thread, two processes on the 2-core machine; the 150-step networks in `net-150steps/`).", "",
+             "| configuration | fine-tuning (x default) | predictions | set | mean | margin | cells below | "
+             "spread > 0.02 | mean spread | largest spread |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for config, (steps, members) in CONFIGS.items():
+        for label, names in (("choose", CHOOSE), ("confirm", CONFIRM), ("all", CHOOSE + CONFIRM)):
+            keys = [key for key in cells if key[0] == config and key[1] in names and (key[1], key[2]) in tools]
+            if not keys:
+                continue
+            means = [np.mean(cells[key]) for key in keys]
+            margins = [np.mean(cells[key]) - tools[(key[1], key[2])] for key in keys]
+            spreads = [max(cells[key]) - min(cells[key]) for key in keys]
+            lines.append(f"| {config} | {members * steps / DEFAULT_STEPS:g} | {members} | {label} ({len(keys)}) | "
+                         f"{np.mean(means):.3f} | {np.mean(margins):+.3f} | {sum(m < 0 for m in margins)} | "
+                         f"{sum(s > 0.02 for s in spreads)} | {np.mean(spreads):.3f} | {max(spreads):.3f} |")
+    lines += ["", "Reading (2026-12-05): 150 steps cost 0.030 of margin; at the default's time, averaging short members "
+              "narrows the spread but loses more Dice than it wins back; two full networks gain on both counts at twice "
+              "the training. The default stays one 300-step network (docs/finetuning.md)."]
+    lines += ["", "Per cell: mean Dice over presses [max - min] (margin over the best Slicer tool).", "",
+              "| task | k | best tool | " + " | ".join(CONFIGS) + " |", "|---|---|---|" + "---|" * len(CONFIGS)]
+    for task, k in sorted({(key[1], key[2]) for key in cells}, key=lambda c: (c[0] not in CHOOSE, c[0], c[1])):
+        best = tools.get((task, k))
+        if best is None:
+            continue
+        row = [task + (" (confirms)" if task in CONFIRM else ""), str(k), f"{best:.3f}"]
+        for config in CONFIGS:
+            v = cells.get((config, task, k))
+            row.append("" if not v else f"{np.mean(v):.3f} [{max(v) - min(v):.3f}] ({np.mean(v) - best:+.3f})")
+        lines.append("| " + " | ".join(row) + " |")
+    markdown.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--tasks", nargs="+", default=CHOOSE + CONFIRM)
+    parser.add_argument("--k", nargs="+", type=int, default=KS)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--summary-only", action="store_true", help="rebuild the .md from the .csv")
+    args = parser.parse_args()
+    if not args.summary_only:
+        evaluate(args.cache, args.tasks, args.k, args.out, args.workers)
+    summarise(args.out / "seed_ensembles.csv", args.out / "seed_ensembles.md")
+
+
+if __name__ == "__main__":
+    main()
