@@ -4,11 +4,12 @@ Each rule turns one scan's evidence into the fused log probabilities ``log p_net
 log p_growcut(w)``; grow-cut's weight is per structure, from its leave-one-out Dice D on the painted slices.
 The rules differ only in that weight:
 
-- ``default (contour x1 + growcut x2)``: the previous default, the same weight for every scan;
+- ``default (contour x1 + growcut x2)``: the default before the per-scan rule, the same weight for every scan;
 - ``loo logit a, floor f, least m``: ``max(m, a * (logit(D) - logit(f)))``: the log-odds that grow-cut is right on
   a slice it was not given, counted from a floor (the weight of a voter right with probability D, as in boosting);
 - ``per-scan grow-cut weights (new default)``: the library's :func:`~ContrastiveSegLib.inference.fusion.growcut_weights`
-  (a = 1, f = 0.05, m = 0);
+  (a = 2, f = 0.05, m = 0 since 2026-12-06, benchmarks/network_trust.py; before, a = 1: ``loo logit 1, floor 0.05,
+  least 0``, the previous default);
 - ``no prior``: the network alone, for reference.
 """
 from __future__ import annotations
@@ -65,7 +66,7 @@ RULES = {  # name: (contour weight, grow-cut weights from the leave-one-out Dice
 }
 
 
-PREVIOUS, NEW = "default (contour x1 + growcut x2)", "per-scan grow-cut weights (new default)"
+PREVIOUS, NEW = "loo logit 1, floor 0.05, least 0", "per-scan grow-cut weights (new default)"
 
 
 def _library_weights(dice: np.ndarray) -> np.ndarray:
@@ -109,9 +110,11 @@ class CellEvidence:
     default_growcut: torch.Tensor
     lookup: np.ndarray
 
-    def labels(self, net: torch.Tensor, contour_weight: float, weights: np.ndarray | None) -> np.ndarray:
+    def labels(self, net: torch.Tensor, contour_weight: float, weights: np.ndarray | None,
+               components: bool = True) -> np.ndarray:
         """The label map of ``net`` ((C, S, H, W) log probabilities) fused as a rule says (``weights`` None: the
-        library's old fixed default) and post-processed as the library does."""
+        library's old fixed default) and post-processed as the library does (``components`` False: without its
+        keep-the-painted-components step)."""
         from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
 
         fused = net.clone()
@@ -119,7 +122,8 @@ class CellEvidence:
             fused += contour_weight * self.contour
         fused += self.default_growcut if weights is None else growcut_log_probs(self.evidence, weights)
         classes = fused.argmax(0).numpy().astype(np.uint8)
-        classes = keep_annotated_components(classes, self.targets, self.num_classes)
+        if components:
+            classes = keep_annotated_components(classes, self.targets, self.num_classes)
         paste_annotations(classes, self.targets)
         return self.lookup[np.moveaxis(classes, 0, self.task.axis)]
 
@@ -218,9 +222,13 @@ def summarise(table: Path, markdown: Path) -> None:
              "Commands: `python benchmarks/expert_weights.py networks --workers 2`, `... growcut`, `... evaluate`, "
              "`... report`.", "",
              "The logit variants tie on the choosing tasks (within 0.002 of the mean margin, noise at three seeds); "
-             "the one-parameter form (scale 1, floor 0.05, no minimum weight) became the default "
-             "(`inference/fusion.py: growcut_weights`). Its confirming margin was seen, on seed 0, before the "
-             "choice, so that confirmation is weaker than it looks.", "",
+             "the one-parameter form (floor 0.05, no minimum weight) became the default "
+             "(`inference/fusion.py: growcut_weights`), at scale 1 (`loo logit 1, floor 0.05, least 0`, the "
+             "previous default) and since 2026-12-06 at scale 2 (chosen among 1 to 4 with the other trust "
+             "variants, benchmarks/results/network_trust.md). The networks were fine-tuned again on 2026-12-06 on a "
+             "fresh machine; they differ from the earlier CPU networks by up to a few hundredths of Dice per cell "
+             "(the deep grey nuclei at k = 3, seed 0, network alone: 0.825 against 0.832), so these rows replace the "
+             "earlier ones rather than extend them.", "",
              "| rule | set | mean | margin | worst | cells below | largest seed spread |", "|---|---|---|---|---|---|---|"]
     for rule in rules:
         for label, names in (("choose", CHOOSE), ("confirm", CONFIRM)):
@@ -248,6 +256,49 @@ def summarise(table: Path, markdown: Path) -> None:
     print("\n".join(lines))
 
 
+def read_cells(table: Path) -> dict[tuple, list[float]]:
+    """{(method, task, k): mean Dice per seed or press} from a table in run_benchmark's columns."""
+    cells: dict[tuple, list[float]] = {}
+    for row in csv.DictReader(table.open()):
+        cells.setdefault((row["method"], row["task"], int(row["k"])), []).append(float(row["mean_dice"]))
+    return cells
+
+
+SUMMARY_HEADER = "cells | mean | margin | worst | below | spread > 0.02 | mean spread | largest spread"
+
+
+def set_summary(cells: dict[tuple, list[float]], tools: dict[tuple, float], method: str, names) -> str | None:
+    """One method on the tasks ``names``, as the columns of :data:`SUMMARY_HEADER` ("a | b | ..."): how many cells,
+    mean Dice, mean margin over the best Slicer tool, the worst cell's margin, cells below it, cells whose seeds
+    differ by more than 0.02, mean and largest spread; None when no cell has both."""
+    keys = [key for key in cells if key[0] == method and key[1] in names and (key[1], key[2]) in tools]
+    if not keys:
+        return None
+    means = [np.mean(cells[key]) for key in keys]
+    margins = [m - tools[(key[1], key[2])] for m, key in zip(means, keys)]
+    spreads = [max(cells[key]) - min(cells[key]) for key in keys]
+    return (f"{len(keys)} | {np.mean(means):.3f} | {np.mean(margins):+.3f} | {min(margins):+.3f} | "
+            f"{sum(m < 0 for m in margins)} | {sum(s > 0.02 for s in spreads)} | {np.mean(spreads):.3f} | "
+            f"{max(spreads):.3f}")
+
+
+def per_cell_lines(cells: dict[tuple, list[float]], tools: dict[tuple, float], methods: list[str]) -> list[str]:
+    """A markdown table: per (task, k), each method's mean Dice [max - min] (margin over the best Slicer tool)."""
+    from fusion_matrix import CHOOSE, CONFIRM
+
+    lines = ["| task | k | best tool | " + " | ".join(methods) + " |", "|---|---|---|" + "---|" * len(methods)]
+    for task, k in sorted({(key[1], key[2]) for key in cells}, key=lambda c: (c[0] not in CHOOSE, c[0], c[1])):
+        best = tools.get((task, k))
+        if best is None:
+            continue
+        row = [task + (" (confirms)" if task in CONFIRM else ""), str(k), f"{best:.3f}"]
+        for method in methods:
+            v = cells.get((method, task, k))
+            row.append("" if not v else f"{np.mean(v):.3f} [{max(v) - min(v):.3f}] ({np.mean(v) - best:+.3f})")
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
 def _best_tools() -> dict[tuple, float]:
     """{(task, k): the best Slicer tool's mean Dice} from benchmarks/results/quality.csv."""
     best: dict[tuple, float] = {}
@@ -259,7 +310,7 @@ def _best_tools() -> dict[tuple, float]:
     return best
 
 
-QUALITY_NAMES = {NEW: "ContrastiveSeg", PREVIOUS: "previous default (grow-cut x2)", "no prior": "no shape prior"}
+QUALITY_NAMES = {NEW: "ContrastiveSeg", PREVIOUS: "previous default (log-odds x1)", "no prior": "no shape prior"}
 
 
 def write_quality(table: Path, results: Path, conditions: str) -> str:
@@ -283,8 +334,9 @@ def write_quality(table: Path, results: Path, conditions: str) -> str:
 
     summarise(results, conditions=conditions, preamble=(
         "ContrastiveSeg = the default: the network fused with the contour prior and Slicer's grow-cut, grow-cut "
-        "weighted per scan and structure by its leave-one-out Dice (benchmarks/results/expert_weights.md); previous "
-        "default = the same networks with grow-cut at a fixed x2; no shape prior = the same networks alone. k = 2, "
+        "weighted per scan and structure by twice the log-odds of its leave-one-out Dice (benchmarks/results/"
+        "expert_weights.md, network_trust.md); previous default = the same networks with the log-odds once; no shape "
+        "prior = the same networks alone. k = 2, "
         "3, 5: one network per (task, k, seed) trained on the CPU and replayed through each fusion "
         "(benchmarks/expert_weights.py); k = 1: the earlier GPU run's network alone (no expert applies with one "
         f"painted slice). Chosen on: {', '.join(CHOOSE)}; confirmed on: {', '.join(CONFIRM)}.\n\n"))

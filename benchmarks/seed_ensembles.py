@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from expert_rules import NEW, RULES, _append, _best_tools, cell_evidence, load_network  # noqa: E402
+from expert_rules import (NEW, RULES, SUMMARY_HEADER, _append, _best_tools, cell_evidence, load_network,  # noqa: E402
+                          per_cell_lines, read_cells, set_summary)
 from expert_weights import DEFAULT_CACHE, KS, network_folder  # noqa: E402
 from fusion_matrix import CHOOSE, CONFIRM  # noqa: E402
 
@@ -105,46 +106,25 @@ def evaluate(cache: Path, tasks: list[str], ks: list[int], out: Path, workers: i
 
 
 def summarise(table: Path, markdown: Path) -> None:
-    """Per configuration: cost, mean margin over the best Slicer tool, cells below it, cells with a spread above
-    0.02, mean and largest spread; then per cell."""
-    import csv
-
-    rows = list(csv.DictReader(table.open()))
-    tools = _best_tools()
-    cells: dict[tuple, list[float]] = {}
-    for row in rows:
-        cells.setdefault((row["method"], row["task"], int(row["k"])), []).append(float(row["mean_dice"]))
+    """Per configuration: cost, mean margin over the best Slicer tool, the worst cell, cells below it, cells with
+    a spread above 0.02, mean and largest spread; then per cell."""
+    cells, tools = read_cells(table), _best_tools()
     lines = ["# Averaging short trainings (issue 14, direction 3): spread bought against time", "",
              __doc__.split("\n\n", 2)[2].strip().replace("\n", " "), "",
              "Command: see the top of `benchmarks/seed_ensembles.py` (the networks of `expert_weights.py`, CPU, one "
              "torch thread, two processes on the 2-core machine; the 150-step networks in `net-150steps/`).", "",
-             "| configuration | fine-tuning (x default) | predictions | set | mean | margin | cells below | "
-             "spread > 0.02 | mean spread | largest spread |", "|---|---|---|---|---|---|---|---|---|---|"]
+             f"| configuration | fine-tuning (x default) | predictions | set | {SUMMARY_HEADER} |",
+             "|---|---|---|---" + "|---" * (SUMMARY_HEADER.count("|") + 1) + "|"]
     for config, (steps, members) in CONFIGS.items():
         for label, names in (("choose", CHOOSE), ("confirm", CONFIRM), ("all", CHOOSE + CONFIRM)):
-            keys = [key for key in cells if key[0] == config and key[1] in names and (key[1], key[2]) in tools]
-            if not keys:
-                continue
-            means = [np.mean(cells[key]) for key in keys]
-            margins = [np.mean(cells[key]) - tools[(key[1], key[2])] for key in keys]
-            spreads = [max(cells[key]) - min(cells[key]) for key in keys]
-            lines.append(f"| {config} | {members * steps / DEFAULT_STEPS:g} | {members} | {label} ({len(keys)}) | "
-                         f"{np.mean(means):.3f} | {np.mean(margins):+.3f} | {sum(m < 0 for m in margins)} | "
-                         f"{sum(s > 0.02 for s in spreads)} | {np.mean(spreads):.3f} | {max(spreads):.3f} |")
+            summary = set_summary(cells, tools, config, names)
+            if summary is not None:
+                lines.append(f"| {config} | {members * steps / DEFAULT_STEPS:g} | {members} | {label} | {summary} |")
     lines += ["", "Reading (2026-12-05): 150 steps cost 0.030 of margin; at the default's time, averaging short members "
               "narrows the spread but loses more Dice than it wins back; two full networks gain on both counts at twice "
               "the training. The default stays one 300-step network (docs/finetuning.md)."]
-    lines += ["", "Per cell: mean Dice over presses [max - min] (margin over the best Slicer tool).", "",
-              "| task | k | best tool | " + " | ".join(CONFIGS) + " |", "|---|---|---|" + "---|" * len(CONFIGS)]
-    for task, k in sorted({(key[1], key[2]) for key in cells}, key=lambda c: (c[0] not in CHOOSE, c[0], c[1])):
-        best = tools.get((task, k))
-        if best is None:
-            continue
-        row = [task + (" (confirms)" if task in CONFIRM else ""), str(k), f"{best:.3f}"]
-        for config in CONFIGS:
-            v = cells.get((config, task, k))
-            row.append("" if not v else f"{np.mean(v):.3f} [{max(v) - min(v):.3f}] ({np.mean(v) - best:+.3f})")
-        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "Per cell: mean Dice over presses [max - min] (margin over the best Slicer tool).", ""]
+    lines += per_cell_lines(cells, tools, list(CONFIGS))
     markdown.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -49,9 +49,9 @@ def test_growcut_evidence_is_a_soft_outline_weighted_by_its_leave_one_out():
     image, truth = _tube()
     evidence = growcut_evidence(image, _sparse(truth, (2, 18)), 2, 0, (1.0, 1.0, 1.0), _truth_grower(truth))
     # The stand-in finds each painted slice from the other exactly: Dice 1, clipped to 0.995 -> logit 5.29, plus
-    # the floor's -logit(0.05) = 2.94: weight 8.24.
+    # the floor's -logit(0.05) = 2.94, doubled: weight 16.48.
     assert isinstance(evidence, GrowCutEvidence)
-    assert evidence.weights == pytest.approx([np.log(0.995 / 0.005) + np.log(0.95 / 0.05)])
+    assert evidence.weights == pytest.approx([2 * (np.log(0.995 / 0.005) + np.log(0.95 / 0.05))])
     log_p = evidence.log_probs([10])[0]
     assert torch.allclose(log_p.exp().sum(0), torch.ones(truth.shape[1:]), atol=1e-5)
     assert (log_p.argmax(0).numpy() == truth[10]).all()
@@ -66,8 +66,9 @@ def test_growcut_evidence_is_a_soft_outline_weighted_by_its_leave_one_out():
 
 def test_growcut_weights_by_hand():
     weights = growcut_weights(np.array([0.99, 0.5, 0.05, 0.0, np.nan]))
-    floor = np.log(0.95 / 0.05)
-    assert weights == pytest.approx([np.log(99) + floor, floor, 0.0, 0.0, GROWCUT_WEIGHT])
+    floor = np.log(0.95 / 0.05)  # logit(0.05) = -2.944; the log-odds are doubled: 0.99 -> 2 * (4.595 + 2.944)
+    assert weights == pytest.approx([2 * (np.log(99) + floor), 2 * floor, 0.0, 0.0, GROWCUT_WEIGHT])
+    assert weights[0] == pytest.approx(15.079, abs=1e-3)
 
 
 def test_no_growcut_from_one_slice_nor_without_its_package():
