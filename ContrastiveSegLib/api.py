@@ -24,7 +24,8 @@ import torch
 from ContrastiveSegLib.data.case import DEFAULT_SPEC, PreparedCase, check_image, read_annotation, spec_for
 from ContrastiveSegLib.device import BatchLimits, fine_tuning_advice, resolve_device
 from ContrastiveSegLib.errors import InputError, OutOfMemory
-from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
+from ContrastiveSegLib.inference.postprocess import (fill_vanished_slices, keep_annotated_components,
+                                                    paste_annotations)
 from ContrastiveSegLib.inference.predict import predict_volume
 from ContrastiveSegLib.inference.fusion import ExpertsRun, fused_prior_of
 from ContrastiveSegLib.inference.region import region_of_case
@@ -258,6 +259,9 @@ def predict_case(model: TrainedModel, case: PreparedCase, *, device: str | torch
         if postprocess:  # outside the region every voxel is background: its components lie inside
             classes[region.box] = keep_annotated_components(classes[region.box], targets[region.box],
                                                             len(model.label_values))
+            grown = None if prior is None else prior.grown_classes()
+            if grown is not None:
+                fill_vanished_slices(classes, grown, targets, len(model.label_values))
         paste_annotations(classes, targets)
     classes = np.moveaxis(classes, 0, model.axis)
     result_labels = label_lookup(model.label_values)[classes]

@@ -111,11 +111,13 @@ class CellEvidence:
     lookup: np.ndarray
 
     def labels(self, net: torch.Tensor, contour_weight: float, weights: np.ndarray | None,
-               components: bool = True) -> np.ndarray:
+               components: bool = True, fill: bool = True) -> np.ndarray:
         """The label map of ``net`` ((C, S, H, W) log probabilities) fused as a rule says (``weights`` None: the
         library's old fixed default) and post-processed as the library does (``components`` False: without its
-        keep-the-painted-components step)."""
-        from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
+        keep-the-painted-components step; ``fill`` False: without grow-cut filling the slices where a painted
+        structure vanished)."""
+        from ContrastiveSegLib.inference.postprocess import (fill_vanished_slices, keep_annotated_components,
+                                                            paste_annotations)
 
         fused = net.clone()
         if self.contour is not None and contour_weight:
@@ -124,6 +126,8 @@ class CellEvidence:
         classes = fused.argmax(0).numpy().astype(np.uint8)
         if components:
             classes = keep_annotated_components(classes, self.targets, self.num_classes)
+        if fill:
+            fill_vanished_slices(classes, self.evidence.classes, self.targets, self.num_classes)
         paste_annotations(classes, self.targets)
         return self.lookup[np.moveaxis(classes, 0, self.task.axis)]
 
@@ -181,7 +185,8 @@ def evaluate(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], out
                 net = load_network(path)
                 for rule, (contour_weight, weigh) in RULES.items():
                     weights = None if weigh is None else weigh(cell.dice)
-                    labels = cell.labels(net, contour_weight, weights)
+                    # the network alone has no grow-cut to fill from (the library: no prior, no filling)
+                    labels = cell.labels(net, contour_weight, weights, fill=rule != "no prior")
                     row = score_row(cell.task, rule, k, seed, labels, cell.reference, 0.0, "default/cpu")
                     shown = np.full(cell.num_classes - 1, GROWCUT_WEIGHT) if weights is None else weights
                     row["loo_dice"] = json.dumps([round(float(d), 3) for d in cell.dice])
@@ -310,7 +315,7 @@ def _best_tools() -> dict[tuple, float]:
     return best
 
 
-QUALITY_NAMES = {NEW: "ContrastiveSeg", PREVIOUS: "previous default (log-odds x1)", "no prior": "no shape prior"}
+QUALITY_NAMES = {NEW: "ContrastiveSeg", PREVIOUS: "grow-cut log-odds x1", "no prior": "no shape prior"}
 
 
 def write_quality(table: Path, results: Path, conditions: str) -> str:
@@ -335,7 +340,9 @@ def write_quality(table: Path, results: Path, conditions: str) -> str:
     summarise(results, conditions=conditions, preamble=(
         "ContrastiveSeg = the default: the network fused with the contour prior and Slicer's grow-cut, grow-cut "
         "weighted per scan and structure by twice the log-odds of its leave-one-out Dice (benchmarks/results/"
-        "expert_weights.md, network_trust.md); previous default = the same networks with the log-odds once; no shape "
+        "expert_weights.md, network_trust.md), and grow-cut's answer taken on a slice between two painted slices of a "
+        "structure where the prediction lost it; grow-cut log-odds x1 = the same with the log-odds once (the default "
+        "until 2026-12-06, which had no filling either: benchmarks/results/network_trust.md has it as it was); no shape "
         "prior = the same networks alone. k = 2, "
         "3, 5: one network per (task, k, seed) trained on the CPU and replayed through each fusion "
         "(benchmarks/expert_weights.py); k = 1: the earlier GPU run's network alone (no expert applies with one "

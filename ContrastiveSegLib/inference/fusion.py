@@ -238,6 +238,10 @@ class FusedPrior:
 
     experts: list
 
+    def grown_classes(self) -> np.ndarray | None:
+        """(S, H, W) grow-cut's class indices when grow-cut is one of the experts, else None."""
+        return next((e.classes for e in self.experts if isinstance(e, GrowCutEvidence)), None)
+
     def log_probs(self, indices) -> torch.Tensor:
         """(N, C, H, W) summed weighted log probabilities (unnormalised; prediction renormalises)."""
         return sum(expert.log_probs(indices) for expert in self.experts)

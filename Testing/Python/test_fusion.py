@@ -274,3 +274,13 @@ def test_a_large_growcut_runs_on_every_nth_row_and_column(monkeypatch):
     assert coarse.shape == truth.shape
     assert (coarse[:, ::2, ::2] == truth[:, ::2, ::2]).all()
     assert _dice(coarse, truth) > 0.9
+
+
+def test_fused_prior_hands_out_growcuts_classes_for_the_filling():
+    """predict_case fills vanished slices from the fused prior's grow-cut (postprocess.fill_vanished_slices): the
+    classes come from the grow-cut expert, and there are none without it."""
+    image, truth = _tube()
+    targets = _sparse(truth, (2, 10, 18))
+    both = fused_prior_of(image, targets, 2, 0, (1.0, 1.0, 1.0), interpolator=None, grower=_truth_grower(truth))
+    assert (both.grown_classes() == truth).all()
+    assert FusedPrior([]).grown_classes() is None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ContrastiveSegLib.inference.postprocess import keep_annotated_components, paste_annotations
+from ContrastiveSegLib.inference.postprocess import (fill_vanished_slices, keep_annotated_components,
+                                                    paste_annotations)
 from ContrastiveSegLib.io.annotations import IGNORE
 
 SHAPE = (10, 20, 20)
@@ -74,3 +75,26 @@ def test_paste_annotations_overrides_only_annotated_voxels():
     assert np.array_equal(classes[~known], before[~known])
     # slice 5 was annotated background outside the class-1 square: the prediction there is overwritten
     assert np.count_nonzero(classes[5]) == 9
+
+
+def _painted(shape, slices, truth):
+    """IGNORE everywhere but the fully painted ``slices``, which carry ``truth``."""
+    targets = np.full(shape, IGNORE, dtype=np.int64)
+    targets[list(slices)] = truth[list(slices)]
+    return targets
+
+
+def test_vanished_slices_take_growcut_between_the_painted_slices_only():
+    truth = np.zeros((9, 6, 6), dtype=np.uint8)
+    truth[:, 2:4, 2:4] = 1  # a structure through every slice
+    targets = _painted(truth.shape, (2, 6), truth)
+    classes = truth.copy()
+    classes[3:6] = 0  # the prediction lost it on slices 3, 4, 5
+    classes[4, 0, 0] = 1  # ... except one stray voxel on slice 4
+    classes[7:] = 0  # and beyond the last painted slice
+    grown = np.zeros_like(truth)
+    grown[:, 1:4, 1:4] = 1  # grow-cut: 9 voxels of it on every slice
+    grown[5, 0, 0] = 2  # another class on a background voxel: untouched
+    out = fill_vanished_slices(classes.copy(), grown, targets, 3)
+    assert [(out[s] == 1).sum() for s in range(9)] == [4, 4, 4, 9, 1, 9, 4, 0, 0]
+    assert out[5, 0, 0] == 0  # class 2 is painted nowhere: no fill
