@@ -212,10 +212,7 @@ def summarise(table: Path, markdown: Path) -> None:
     from fusion_matrix import CHOOSE, CONFIRM
 
     rows = list(csv.DictReader(table.open()))
-    tools = _best_tools()
-    cells: dict[tuple, list[float]] = {}
-    for row in rows:
-        cells.setdefault((row["method"], row["task"], int(row["k"])), []).append(float(row["mean_dice"]))
+    cells, tools = read_cells(table), _best_tools()
     rules = list(dict.fromkeys(row["method"] for row in rows))
     seeds = sorted({int(row["seed"]) for row in rows})
     lines = ["# Grow-cut's weight per scan (issue 14, direction 2): rules replayed on cached networks", "",
@@ -234,29 +231,10 @@ def summarise(table: Path, markdown: Path) -> None:
              "fresh machine; they differ from the earlier CPU networks by up to a few hundredths of Dice per cell "
              "(the deep grey nuclei at k = 3, seed 0, network alone: 0.825 against 0.832), so these rows replace the "
              "earlier ones rather than extend them.", "",
-             "| rule | set | mean | margin | worst | cells below | largest seed spread |", "|---|---|---|---|---|---|---|"]
-    for rule in rules:
-        for label, names in (("choose", CHOOSE), ("confirm", CONFIRM)):
-            keys = [key for key in cells if key[0] == rule and key[1] in names and (key[1], key[2]) in tools]
-            if not keys:
-                continue
-            means = [np.mean(cells[key]) for key in keys]
-            margins = [np.mean(cells[key]) - tools[(key[1], key[2])] for key in keys]
-            spread = max(max(cells[key]) - min(cells[key]) for key in keys)
-            lines.append(f"| {rule} | {label} ({len(keys)} cells) | {np.mean(means):.3f} | {np.mean(margins):+.3f} | "
-                         f"{min(margins):+.3f} | {sum(m < 0 for m in margins)}/{len(keys)} | {spread:.3f} |")
-    lines += ["", "Per cell: mean Dice over seeds [max - min] and the margin over the best Slicer tool of the cell.", "",
-              f"| task | k | best Slicer tool | {PREVIOUS} | {NEW} | no prior |", "|---|---|---|---|---|---|"]
-    for task, k in sorted({(key[1], key[2]) for key in cells}, key=lambda c: (c[0] not in CHOOSE, c[0], c[1])):
-        best = tools.get((task, k))
-        if best is None:
-            continue
-        row = [task + (" (confirms)" if task in CONFIRM else ""), str(k), f"{best:.3f}"]
-        for rule in (PREVIOUS, NEW, "no prior"):
-            values = cells.get((rule, task, k))
-            row.append("" if not values else
-                       f"{np.mean(values):.3f} [{max(values) - min(values):.3f}] ({np.mean(values) - best:+.3f})")
-        lines.append("| " + " | ".join(row) + " |")
+             f"| rule | set | {SUMMARY_HEADER} |", "|---|---" + "|---" * (SUMMARY_HEADER.count("|") + 1) + "|"]
+    lines += summary_lines(cells, tools, rules, (("choose", CHOOSE), ("confirm", CONFIRM)))
+    lines += ["", "Per cell: mean Dice over seeds [max - min] (margin over the best Slicer tool).", ""]
+    lines += per_cell_lines(cells, tools, [PREVIOUS, NEW, "no prior"])
     markdown.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -285,6 +263,41 @@ def set_summary(cells: dict[tuple, list[float]], tools: dict[tuple, float], meth
     return (f"{len(keys)} | {np.mean(means):.3f} | {np.mean(margins):+.3f} | {min(margins):+.3f} | "
             f"{sum(m < 0 for m in margins)} | {sum(s > 0.02 for s in spreads)} | {np.mean(spreads):.3f} | "
             f"{max(spreads):.3f}")
+
+
+def summary_lines(cells: dict[tuple, list[float]], tools: dict[tuple, float], methods, sets=None,
+                  label=lambda method: method) -> list[str]:
+    """Markdown rows "| label(method) | set | :func:`set_summary` |", per method and per (set name, task names) of
+    ``sets`` (default: the choosing tasks, the confirming ones, all), skipping a set with no cell."""
+    from fusion_matrix import CHOOSE, CONFIRM
+
+    sets = sets or (("choose", CHOOSE), ("confirm", CONFIRM), ("all", CHOOSE + CONFIRM))
+    lines = []
+    for method in methods:
+        for name, tasks in sets:
+            summary = set_summary(cells, tools, method, tasks)
+            if summary is not None:
+                lines.append(f"| {label(method)} | {name} | {summary} |")
+    return lines
+
+
+def replay_cells(job, cache: Path, tasks: list[str], ks: list[int], table: Path, extra_fields: list[str],
+                 workers: int, *job_args) -> None:
+    """``job(str(cache), name, k, *job_args)`` -> rows, on every (task, k), ``workers`` cells at a time in spawned
+    processes; ``table`` rewritten with run_benchmark's columns plus ``extra_fields``."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from run_benchmark import FIELDS
+
+    table.parent.mkdir(parents=True, exist_ok=True)
+    table.unlink(missing_ok=True)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(job, str(cache), name, k, *job_args): (name, k) for name in tasks for k in ks}
+        for future in as_completed(futures):
+            for row in future.result():
+                _append(table, row, FIELDS + extra_fields)
+            print(f"{time.strftime('%H:%M:%S')} {futures[future]}", flush=True)
 
 
 def per_cell_lines(cells: dict[tuple, list[float]], tools: dict[tuple, float], methods: list[str]) -> list[str]:

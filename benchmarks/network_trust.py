@@ -11,14 +11,14 @@ there (the leave-one-out predicts a slice across two gaps, so it underrates grow
 it is 0 on the curved vessel at k = 3). Each variant changes one thing of the default and is replayed on the same
 networks and grow-cuts through the library's fusion and post-processing (``expert_rules.CellEvidence``): grow-cut's
 weight fixed (no per-scan rule), raised to a minimum, or scaled; the network's log probabilities scaled down
-(``network x0.5``) or left out (``experts only``); the keep-the-painted-components step left out; and, last, the slices where a painted structure vanished
-filled with grow-cut's answer (``inference/postprocess.py: fill_vanished_slices``), which the other variants leave out.
+(``network x0.5``) or left out (``experts only``); the keep-the-painted-components step left out; and, last, the
+slices where a painted structure vanished filled with grow-cut's answer (``inference/postprocess.py:
+fill_vanished_slices``), which the other variants leave out.
 """
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from expert_rules import (NEW, RULES, SUMMARY_HEADER, _append, _best_tools, cell_evidence,  # noqa: E402
-                          load_network, logit_weights, per_cell_lines, read_cells, set_summary)
+from expert_rules import (NEW, RULES, SUMMARY_HEADER, _best_tools, cell_evidence, load_network,  # noqa: E402
+                          logit_weights, per_cell_lines, read_cells, replay_cells, summary_lines)
 from expert_weights import DEFAULT_CACHE, KS  # noqa: E402
 from fusion_matrix import CHOOSE, CONFIRM  # noqa: E402
+
 
 def _per_scan(dice: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """Grow-cut's per-structure weights ``scale * max(0, logit(D) - logit(0.05))`` (the library's rule at scale 1,
@@ -80,20 +81,7 @@ def evaluate_cell(cache: str, name: str, k: int, seeds: list[int]) -> list[dict]
 
 def evaluate(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], out: Path, workers: int) -> None:
     """:func:`evaluate_cell` on every (task, k), ``workers`` cells at a time; rows to ``out/network_trust.csv``."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from run_benchmark import FIELDS
-
-    out.mkdir(parents=True, exist_ok=True)
-    table = out / "network_trust.csv"
-    table.unlink(missing_ok=True)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(evaluate_cell, str(cache), name, k, seeds): (name, k) for name in tasks for k in ks}
-        for future in as_completed(futures):
-            for row in future.result():
-                _append(table, row, FIELDS + ["growcut_weights"])
-            print(f"{time.strftime('%H:%M:%S')} {futures[future]}", flush=True)
+    replay_cells(evaluate_cell, cache, tasks, ks, out / "network_trust.csv", ["growcut_weights"], workers, seeds)
 
 
 def summarise(table: Path, markdown: Path, reading: str) -> None:
@@ -105,11 +93,7 @@ def summarise(table: Path, markdown: Path, reading: str) -> None:
              "(task, k, seed), seeds 0-2; margin: mean Dice over seeds minus the best Slicer tool of the cell "
              "(benchmarks/results/quality.csv). Commands: the top of `benchmarks/network_trust.py`.", "",
              f"| variant | set | {SUMMARY_HEADER} |", "|---|---" + "|---" * (SUMMARY_HEADER.count("|") + 1) + "|"]
-    for variant in VARIANTS:
-        for label, names in (("choose", CHOOSE), ("confirm", CONFIRM), ("all", CHOOSE + CONFIRM)):
-            summary = set_summary(cells, tools, variant, names)
-            if summary is not None:
-                lines.append(f"| {variant} | {label} | {summary} |")
+    lines += summary_lines(cells, tools, VARIANTS)
     lines += ["", reading, "", "Per cell: mean Dice over seeds [max - min] (margin over the best Slicer tool).", ""]
     lines += per_cell_lines(cells, tools, list(VARIANTS))
     markdown.write_text("\n".join(lines) + "\n")
@@ -119,8 +103,8 @@ def summarise(table: Path, markdown: Path, reading: str) -> None:
 READING = (
     "Reading (2026-12-06; the default was `per-scan, scale 1` then): "
     "raising grow-cut's weight for every scan (fixed x4 to x12, or a minimum of 3 or 5 under the per-scan rule) "
-    "helps the choosing tasks (x12: +0.003 against -0.007 at scale 1, the curved vessel at k = 3 by +0.14) but loses on the "
-    "confirming ones (+0.023 against +0.040): it overrules the network on the chest CT's ribs, which grow-cut loses "
+    "helps the choosing tasks (x12: +0.003 against -0.007 at scale 1, the curved vessel at k = 3 by +0.14) but loses "
+    "on the confirming ones (+0.023 against +0.040): it overrules the network on the chest CT's ribs, which grow-cut loses "
     "between coronal slices (-0.16 at k = 2). Scaling the per-scan log-odds keeps the ribs at 0 and sharpens the "
     "structures grow-cut finds: scale 2 had the best choosing margin of the per-scan scales (-0.004; 1.5: -0.005, 3: "
     "-0.005, 4: -0.006) and confirmed (+0.045 against +0.040; worst cell -0.055 against -0.076); paired with scale 1 "

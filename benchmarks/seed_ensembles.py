@@ -19,17 +19,15 @@ import argparse
 import itertools
 import math
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from expert_rules import (NEW, RULES, SUMMARY_HEADER, _append, _best_tools, cell_evidence, load_network,  # noqa: E402
-                          per_cell_lines, read_cells, set_summary)
+from expert_rules import (NEW, RULES, SUMMARY_HEADER, _best_tools, cell_evidence, load_network,  # noqa: E402
+                          per_cell_lines, read_cells, replay_cells, summary_lines)
 from expert_weights import DEFAULT_CACHE, KS, network_folder  # noqa: E402
 from fusion_matrix import CHOOSE, CONFIRM  # noqa: E402
 
@@ -89,20 +87,7 @@ def evaluate_cell(cache: str, name: str, k: int) -> list[dict]:
 
 def evaluate(cache: Path, tasks: list[str], ks: list[int], out: Path, workers: int) -> None:
     """:func:`evaluate_cell` on every (task, k), ``workers`` cells at a time; rows to ``out/seed_ensembles.csv``."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    from run_benchmark import FIELDS
-
-    out.mkdir(parents=True, exist_ok=True)
-    table = out / "seed_ensembles.csv"
-    table.unlink(missing_ok=True)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(evaluate_cell, str(cache), name, k): (name, k) for name in tasks for k in ks}
-        for future in as_completed(futures):
-            for row in future.result():
-                _append(table, row, FIELDS + ["members"])
-            print(f"{time.strftime('%H:%M:%S')} {futures[future]}", flush=True)
+    replay_cells(evaluate_cell, cache, tasks, ks, out / "seed_ensembles.csv", ["members"], workers)
 
 
 def summarise(table: Path, markdown: Path) -> None:
@@ -115,11 +100,9 @@ def summarise(table: Path, markdown: Path) -> None:
              "torch thread, two processes on the 2-core machine; the 150-step networks in `net-150steps/`).", "",
              f"| configuration | fine-tuning (x default) | predictions | set | {SUMMARY_HEADER} |",
              "|---|---|---|---" + "|---" * (SUMMARY_HEADER.count("|") + 1) + "|"]
-    for config, (steps, members) in CONFIGS.items():
-        for label, names in (("choose", CHOOSE), ("confirm", CONFIRM), ("all", CHOOSE + CONFIRM)):
-            summary = set_summary(cells, tools, config, names)
-            if summary is not None:
-                lines.append(f"| {config} | {members * steps / DEFAULT_STEPS:g} | {members} | {label} | {summary} |")
+    cost = {config: f"{config} | {members * steps / DEFAULT_STEPS:g} | {members}"
+            for config, (steps, members) in CONFIGS.items()}
+    lines += summary_lines(cells, tools, CONFIGS, label=cost.get)
     lines += ["", "Reading (2026-12-05): 150 steps cost 0.030 of margin; at the default's time, averaging short members "
               "narrows the spread but loses more Dice than it wins back; two full networks gain on both counts at twice "
               "the training. The default stays one 300-step network (docs/finetuning.md)."]
