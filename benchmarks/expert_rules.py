@@ -157,6 +157,19 @@ def cell_evidence(cache: Path, name: str, k: int) -> CellEvidence | None:
                         growcut_log_probs(evidence, None), api.label_lookup(annotation.label_values))
 
 
+def default_fusion(cache: Path, name: str, k: int):
+    """(the cell's :class:`CellEvidence`, ``fuse``) where ``fuse(log_probs)`` gives the labels of a (C, S, H, W)
+    network output fused and post-processed by the default rule (:data:`NEW`), in one torch thread; None when the
+    cell is not cached."""
+    torch.set_num_threads(1)
+    cell = cell_evidence(cache, name, k)
+    if cell is None:
+        return None
+    contour_weight, weigh = RULES[NEW]
+    weights = weigh(cell.dice)
+    return cell, lambda log_probs: cell.labels(log_probs, contour_weight, weights)
+
+
 def load_network(path: Path) -> torch.Tensor:
     """(C, S, H, W) float32 log probabilities of one cached network."""
     with np.load(path) as data:
@@ -230,7 +243,9 @@ def summarise(table: Path, markdown: Path) -> None:
              "variants, benchmarks/results/network_trust.md). The networks were fine-tuned again on 2026-12-06 on a "
              "fresh machine; they differ from the earlier CPU networks by up to a few hundredths of Dice per cell "
              "(the deep grey nuclei at k = 3, seed 0, network alone: 0.825 against 0.832), so these rows replace the "
-             "earlier ones rather than extend them.", "",
+             "earlier ones rather than extend them. Since 2026-12-06 (later the same day) the networks are the bf16 ones "
+             "the library now trains on such a CPU (benchmarks/results/precision.md: the same Dice as float32 within "
+             "the seed noise); the rules' rows above were chosen on the float32 networks.", "",
              f"| rule | set | {SUMMARY_HEADER} |", "|---|---" + "|---" * (SUMMARY_HEADER.count("|") + 1) + "|"]
     lines += summary_lines(cells, tools, rules, (("choose", CHOOSE), ("confirm", CONFIRM)))
     lines += ["", "Per cell: mean Dice over seeds [max - min] (margin over the best Slicer tool).", ""]
@@ -298,6 +313,26 @@ def replay_cells(job, cache: Path, tasks: list[str], ks: list[int], table: Path,
             for row in future.result():
                 _append(table, row, FIELDS + extra_fields)
             print(f"{time.strftime('%H:%M:%S')} {futures[future]}", flush=True)
+
+
+def replay_parser(description: str, seeds: bool = True):
+    """The command line the replay scripts share: ``--cache --tasks --k [--seeds] --out --workers --summary-only``
+    (every cached task and k, seeds 0-2, results/ beside this file, two processes)."""
+    import argparse
+
+    from expert_weights import DEFAULT_CACHE, KS
+    from fusion_matrix import CHOOSE, CONFIRM
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--tasks", nargs="+", default=CHOOSE + CONFIRM)
+    parser.add_argument("--k", nargs="+", type=int, default=KS)
+    if seeds:
+        parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--summary-only", action="store_true", help="rebuild the .md from the .csv")
+    return parser
 
 
 def per_cell_lines(cells: dict[tuple, list[float]], tools: dict[tuple, float], methods: list[str]) -> list[str]:

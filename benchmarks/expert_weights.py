@@ -15,7 +15,6 @@ run_benchmark's columns (``expert_weights.csv``) and the summary table (``expert
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import sys
 import time
@@ -30,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fusion_matrix import CHOOSE, CONFIRM  # noqa: E402
 
 KS = [2, 3, 5]
-CONDITIONS = ("ours: networks fine-tuned on the CPU (default preset, one torch thread, two processes on 2 cores) and "
+CONDITIONS = ("ours: networks fine-tuned on the CPU (default preset, bf16 as the library chooses on this AVX512-BF16 "
+              "CPU, one torch thread, two processes on 2 cores) and "
               "replayed through each fusion, so their seconds are not comparable and are given as 0 (end-to-end times: "
               "benchmarks/results/speed.md); Slicer tools: one process on the shared 2-core machine")
 DEFAULT_CACHE = Path(__file__).resolve().parent / "work" / "experts"
@@ -48,22 +48,35 @@ def _cell(name: str, k: int):
     return task, image, reference, spacing, sparse_annotation(reference, task.axis, slices), slices
 
 
-def network_folder(cache: Path, steps: int | None) -> Path:
-    """Where the networks fine-tuned for ``steps`` steps (None: the default preset's) keep their log probabilities."""
-    return cache / ("net" if steps is None else f"net-{steps}steps")
+PRECISIONS = {"auto": None, "float32": "0", "bf16": "1"}
+"""``--precision``: the value of the library's CPU bf16 switch (``device.CPU_BF16_VARIABLE``) for each choice
+(auto: the library decides, as a user's run does)."""
 
 
-def network_job(cache: str, name: str, k: int, seed: int, steps: int | None = None) -> str:
-    """Fine-tune the default network (``steps``: the preset's unless given) on one (task, k, seed) and save its
-    (C, S, H, W) log probabilities."""
+def network_folder(cache: Path, steps: int | None, precision: str = "auto") -> Path:
+    """Where the networks fine-tuned for ``steps`` steps (None: the default preset's) in ``precision`` keep their
+    log probabilities."""
+    return cache / ("net" + ("" if steps is None else f"-{steps}steps") + ("" if precision == "auto" else f"-{precision}"))
+
+
+def network_job(cache: str, name: str, k: int, seed: int, steps: int | None = None, precision: str = "auto") -> str:
+    """Fine-tune the default network (``steps``: the preset's unless given; ``precision``: a key of
+    :data:`PRECISIONS`) on one (task, k, seed) and save its (C, S, H, W) log probabilities."""
+    import os
+
     import torch
+
+    from ContrastiveSegLib.device import CPU_BF16_VARIABLE
+
+    if PRECISIONS[precision] is not None:  # each job runs in its own spawned process: the setting stays there
+        os.environ[CPU_BF16_VARIABLE] = PRECISIONS[precision]
 
     torch.set_num_threads(1)
     from ContrastiveSegLib import api
     from ContrastiveSegLib.data.case import PreparedCase
     from ContrastiveSegLib.inference.predict import predict_volume
 
-    out = network_folder(Path(cache), steps) / f"{name}-k{k}-s{seed}.npz"
+    out = network_folder(Path(cache), steps, precision) / f"{name}-k{k}-s{seed}.npz"
     if out.is_file():
         return f"{out.name} (cached)"
     task, image, _, spacing, sparse, _ = _cell(name, k)
@@ -83,12 +96,12 @@ def network_job(cache: str, name: str, k: int, seed: int, steps: int | None = No
 
 
 def networks(cache: Path, tasks: list[str], ks: list[int], seeds: list[int], workers: int,
-             steps: int | None = None) -> None:
+             steps: int | None = None, precision: str = "auto") -> None:
     """Every (task, k, seed) network, seed by seed (a cut-short run leaves whole seeds), longest jobs first."""
     jobs = [(name, k, seed) for seed in seeds for name in tasks for k in ks]
     jobs.sort(key=lambda job: (job[2], not job[0].startswith("mni1mm"), -job[1]))
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(network_job, str(cache), *job, steps): job for job in jobs}
+        futures = {pool.submit(network_job, str(cache), *job, steps, precision): job for job in jobs}
         for future in as_completed(futures):
             try:
                 print(f"{time.strftime('%H:%M:%S')} {future.result()}", flush=True)
@@ -130,10 +143,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=None,
                         help="networks: fine-tuning steps (default: the preset's), cached apart from the default's")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="auto",
+                        help="networks: CPU arithmetic (auto: as the library decides), cached apart unless auto")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     if args.mode == "networks":
-        networks(args.cache, args.tasks, args.k, args.seeds, args.workers, args.steps)
+        networks(args.cache, args.tasks, args.k, args.seeds, args.workers, args.steps, args.precision)
     elif args.mode == "growcut":
         growcut(args.cache, args.tasks, args.k)
     elif args.mode == "evaluate":

@@ -17,7 +17,6 @@ fill_vanished_slices``), which the other variants leave out.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -28,9 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from expert_rules import (NEW, RULES, SUMMARY_HEADER, _best_tools, cell_evidence, load_network,  # noqa: E402
-                          logit_weights, per_cell_lines, read_cells, replay_cells, summary_lines)
-from expert_weights import DEFAULT_CACHE, KS  # noqa: E402
-from fusion_matrix import CHOOSE, CONFIRM  # noqa: E402
+                          logit_weights, per_cell_lines, read_cells, replay_cells, replay_parser, summary_lines)
 
 
 def _per_scan(dice: np.ndarray, scale: float = 1.0) -> np.ndarray:
@@ -121,15 +118,7 @@ READING = (
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--tasks", nargs="+", default=CHOOSE + CONFIRM)
-    parser.add_argument("--k", nargs="+", type=int, default=KS)
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--summary-only", action="store_true", help="rebuild the .md from the .csv")
-    args = parser.parse_args()
+    args = replay_parser(__doc__.splitlines()[0]).parse_args()
     if not args.summary_only:
         evaluate(args.cache, args.tasks, args.k, args.seeds, args.out, args.workers)
     summarise(args.out / "network_trust.csv", args.out / "network_trust.md", READING)

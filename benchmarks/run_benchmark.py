@@ -84,7 +84,8 @@ def _segment(trained: dict, image, sparse, spacing, axis, preset, seed, kwargs) 
 
 
 def run(tasks: list[str], ks: list[int], seeds: list[int], out: Path, preset: str, baselines: bool,
-        overlays: bool, methods: list[tuple[str, dict]] = OUR_METHODS, csv_name: str = "quality.csv") -> None:
+        overlays: bool, methods: list[tuple[str, dict]] = OUR_METHODS, csv_name: str = "quality.csv",
+        overlay_k: int = 3) -> None:
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / csv_name
     for name in tasks:
@@ -115,7 +116,7 @@ def run(tasks: list[str], ks: list[int], seeds: list[int], out: Path, preset: st
                     append_row(csv_path, row)
                     print(json.dumps(row), flush=True)
                     layers[method] = prediction
-            if overlays and k == 3:
+            if overlays and k == overlay_k:
                 from ContrastiveSegLib.evaluation.pictures import montage_slices, overlay_montage
 
                 overlay_montage(image, layers, task.axis, montage_slices(reference, task.axis, slices), out /
@@ -239,6 +240,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--no-overlays", action="store_true")
+    parser.add_argument("--overlay-k", type=int, default=3, help="the k whose seed-0 run is drawn (default 3)")
     parser.add_argument("--summarise-only", action="store_true", help="rebuild the tables from quality.csv")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 lets two runs share 2 cores)")
     parser.add_argument("--ablation", action="store_true", help="run the pretraining ablation variants into "
@@ -264,7 +266,7 @@ def main() -> None:
             parser.error(f"no variant named {args.variants}")
     csv_name = "ablation.csv" if args.ablation else "candidates.csv" if args.candidates else "quality.csv"
     run(args.tasks, args.k, args.seeds, args.out, args.preset, not args.no_baselines,
-        not args.no_overlays and csv_name == "quality.csv", methods, csv_name)
+        not args.no_overlays and csv_name == "quality.csv", methods, csv_name, args.overlay_k)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ predictions.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import math
 import sys
@@ -26,10 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from expert_rules import (NEW, RULES, SUMMARY_HEADER, _best_tools, cell_evidence, load_network,  # noqa: E402
-                          per_cell_lines, read_cells, replay_cells, summary_lines)
-from expert_weights import DEFAULT_CACHE, KS, network_folder  # noqa: E402
-from fusion_matrix import CHOOSE, CONFIRM  # noqa: E402
+from expert_rules import (SUMMARY_HEADER, _best_tools, default_fusion, load_network,  # noqa: E402
+                          per_cell_lines, read_cells, replay_cells, replay_parser, summary_lines)
+from expert_weights import network_folder  # noqa: E402
 
 DEFAULT_STEPS = 300
 # name: (fine-tuning steps of each member, members per press)
@@ -67,19 +65,17 @@ def evaluate_cell(cache: str, name: str, k: int) -> list[dict]:
     (``seed`` = the press) plus the seeds averaged (``members``)."""
     from run_benchmark import score_row
 
-    torch.set_num_threads(1)
     cache_path = Path(cache)
-    cell = cell_evidence(cache_path, name, k)
-    if cell is None:
+    found = default_fusion(cache_path, name, k)
+    if found is None:
         return []
-    contour_weight, weigh = RULES[NEW]
-    weights = weigh(cell.dice)
+    cell, fuse = found
     rows = []
     for config, (steps, members) in CONFIGS.items():
         folder = network_folder(cache_path, None if steps == DEFAULT_STEPS else steps)
         for press, group in enumerate(presses(cached_seeds(cache_path, steps, name, k), members)):
             net = averaged([load_network(folder / f"{name}-k{k}-s{s}.npz") for s in group])
-            labels = cell.labels(net, contour_weight, weights)
+            labels = fuse(net)
             row = score_row(cell.task, config, k, press, labels, cell.reference, 0.0, "default/cpu")
             rows.append(row | {"members": "+".join(map(str, group))})
     return rows
@@ -113,14 +109,7 @@ def summarise(table: Path, markdown: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
-    parser.add_argument("--tasks", nargs="+", default=CHOOSE + CONFIRM)
-    parser.add_argument("--k", nargs="+", type=int, default=KS)
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--summary-only", action="store_true", help="rebuild the .md from the .csv")
-    args = parser.parse_args()
+    args = replay_parser(__doc__.splitlines()[0], seeds=False).parse_args()
     if not args.summary_only:
         evaluate(args.cache, args.tasks, args.k, args.out, args.workers)
     summarise(args.out / "seed_ensembles.csv", args.out / "seed_ensembles.md")

@@ -11,7 +11,9 @@
 ``--whole-volume`` adds, before each run, the same run predicting over the whole volume as before the prediction
 region (ContrastiveSegLib/inference/region.py; the library is patched in that child process only), side by side
 under the same load; ``--inline-experts`` likewise runs each with the experts computed after the training (as
-before they ran beside it); ``--skip-ratios`` leaves out the throughput ratios.
+before they ran beside it); ``--float32`` likewise with the CPU kept in float32 (as before bf16 autocast on a CPU
+that computes it natively: ``device.CPU_BF16_VARIABLE=0``); ``--skip-ratios`` leaves out the throughput ratios;
+``--name`` writes ``NAME.md``/``NAME.json`` instead of ``speed.md``/``speed.json``.
 """
 from __future__ import annotations
 
@@ -91,16 +93,19 @@ sys.exit(main())
 
 
 def _run_cli(image: Path, labels: Path, output: Path, preset: str, device: str, whole_volume: bool = False,
-             inline_experts: bool = False) -> dict:
+             inline_experts: bool = False, float32: bool = False) -> dict:
     """Wall seconds of one CLI run and its per-stage seconds (from the final progress event); ``whole_volume``:
     predicting every voxel, as before the prediction region; ``inline_experts``: the experts computed after the
-    training, as before they ran beside it."""
+    training, as before they ran beside it; ``float32``: no bf16 autocast on the CPU."""
+    from ContrastiveSegLib.device import CPU_BF16_VARIABLE
+
     entry = (["-c", WHOLE_VOLUME] if whole_volume else ["-c", INLINE_EXPERTS] if inline_experts
              else ["-m", "ContrastiveSegLib"])
     command = [sys.executable, *entry, "segment", str(image), str(labels), "-o", str(output),
                "--preset", preset, "--device", device, "--progress", "json"]
     start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = dict(os.environ, **({CPU_BF16_VARIABLE: "0"} if float32 else {}))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     stdout, stderr = process.communicate()
     seconds = time.perf_counter() - start
     if process.returncode != 0:
@@ -126,6 +131,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration, interleaved")
     parser.add_argument("--inline-experts", action="store_true",
                         help="also run each with the experts computed after the training (as before), side by side")
+    parser.add_argument("--float32", action="store_true",
+                        help="also run each with the CPU in float32 (as before bf16), side by side")
+    parser.add_argument("--name", default="speed", help="the result files' name (NAME.md, NAME.json)")
     args = parser.parse_args()
     import resource
 
@@ -150,19 +158,23 @@ def main() -> None:
             for repeat in range(args.repeats):
                 for preset in args.presets:
                     order = [False, True] if args.after_first else [True, False]
-                    variants = [(whole, False) for whole in (order if args.whole_volume else [False])]
+                    variants = [(whole, False, False) for whole in (order if args.whole_volume else [False])]
                     if args.inline_experts:
-                        variants = [(False, inline) for inline in (order if repeat % 2 else order[::-1])]
-                    for whole, inline in variants:
+                        variants = [(False, inline, False) for inline in (order if repeat % 2 else order[::-1])]
+                    if args.float32:
+                        variants = [(False, False, old) for old in (order if repeat % 2 else order[::-1])]
+                    for whole, inline, float32 in variants:
                         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-                        result = _run_cli(image, labels, folder / "out.nii.gz", preset, args.device, whole, inline)
+                        result = _run_cli(image, labels, folder / "out.nii.gz", preset, args.device, whole, inline,
+                                          float32)
                         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
                         # RUSAGE_CHILDREN keeps the largest child so far: report it only when this run raised it.
                         result["peak_rss_gb"] = (round(peak / 1024 ** 2, 2) if peak > before
                                                  else f"<= {before / 1024 ** 2:.2f}")
                         result["load"] = round(os.getloadavg()[0], 1)
                         label = (f"{preset}, whole volume (before)" if whole else
-                                 f"{preset}, experts after training (before)" if inline else preset)
+                                 f"{preset}, experts after training (before)" if inline else
+                                 f"{preset}, float32 (before)" if float32 else preset)
                         rows.append({"volume": name, "preset": label, **result})
                         print(json.dumps(rows[-1]), flush=True)
         if args.skip_ratios:
@@ -202,8 +214,8 @@ def _write(args, machine: str, rows: list[dict], ratios: dict | None) -> None:
                   f"{ratios['predict_slices_per_s']:.1f} | {ratios['sliding_window_slices_per_s']:.1f} |"]
     lines.append("")
     suffix = "" if args.device == "cpu" else "-" + args.device.replace(":", "")
-    (args.out / f"speed{suffix}.md").write_text("\n".join(lines))
-    (args.out / f"speed{suffix}.json").write_text(json.dumps({"machine": machine, "runs": rows, "ratios": ratios},
+    (args.out / f"{args.name}{suffix}.md").write_text("\n".join(lines))
+    (args.out / f"{args.name}{suffix}.json").write_text(json.dumps({"machine": machine, "runs": rows, "ratios": ratios},
                                                              indent=2))
     print("\n".join(lines))
 

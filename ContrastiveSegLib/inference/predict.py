@@ -10,6 +10,8 @@ the probabilities) is kept, so memory stays at one label volume.
 """
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import torch
 
@@ -46,6 +48,49 @@ def _slice_logits(model: torch.nn.Module, stack: SliceStack, indices: np.ndarray
             # The flipped coordinate channels flip with the image, so each pixel keeps its own position.
             logits = 0.5 * (logits + model(x.flip(-1)).float().flip(-1))
     return logits
+
+
+class PriorAhead:
+    """The prior's log probabilities computed a batch ahead, in a thread, while the network runs.
+
+    The prior is numpy and scipy work (distance maps, slice by slice) and the network's convolutions release the
+    GIL, so on two cores the two overlap (the 512 x 512 x 300 CT: the fused prior is about 12 s of a 45 s
+    prediction). The numbers are the prior's own: :meth:`get` takes a prefetched batch only when its slices are
+    exactly the ones asked for (after a halved batch they are not: it drops what is pending and asks the prior
+    itself). The priors keep no state between calls, so a thread may read them beside the caller.
+    """
+
+    def __init__(self, prior) -> None:
+        self.prior = prior
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="prior") if prior is not None else None
+        self.pending: dict[tuple[int, ...], Future] = {}
+
+    def ahead(self, *batches: np.ndarray) -> None:
+        """Queue each batch of slice indices not queued yet (empty ones are skipped), in order."""
+        for indices in batches:
+            key = tuple(int(i) for i in indices)
+            if self.pool is not None and key and key not in self.pending:
+                self.pending[key] = self.pool.submit(self.prior.log_probs, indices)
+
+    def get(self, indices: np.ndarray) -> torch.Tensor:
+        """(N, C, H, W) the prior's log probabilities of ``indices``."""
+        future = self.pending.pop(tuple(int(i) for i in indices), None)
+        if future is not None:
+            return future.result()
+        self.drop()
+        return self.prior.log_probs(indices)
+
+    def drop(self) -> None:
+        """Forget the queued batches (one being computed finishes in the thread, unused)."""
+        for future in self.pending.values():
+            future.cancel()
+        self.pending.clear()
+
+    def close(self) -> None:
+        """Stop the thread (a batch being computed finishes first; the queued ones are dropped)."""
+        self.drop()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
 
 
 @torch.no_grad()
@@ -87,35 +132,41 @@ def predict_volume(model: torch.nn.Module, stack: SliceStack, device: torch.devi
     batches = batches if batches is not None else BatchLimits()
     requested, batch_size = batch_size, batches.start("predict", batch_size)
     start = first
-    while start < stop:
-        reporter.check_cancel()
-        indices = np.arange(start, min(start + batch_size, stop))
-        failure = logits = log_probs = probs = None  # the last pass's tensors go before this one starts
-        try:
-            logits = _slice_logits(model, stack, indices, divisor, device, flip_tta, crop)
-        except torch.OutOfMemoryError as error:
-            failure = error.with_traceback(None)  # the traceback holds the pass's frames and tensors
-        if failure is not None:  # outside the except block: nothing of the failed pass is referenced now
-            batch_size = halve_batch(batch_size, "predicting", progress, "predict", cause=failure)
-            continue
-        batches.record("predict", batch_size, requested)
-        log_probs = torch.log_softmax(logits[..., :rows[1] - rows[0], :columns[1] - columns[0]], dim=1)
-        log_probs = log_probs[..., keep[0], keep[1]]
-        if prior is not None:
-            log_probs = log_probs + PRIOR_WEIGHT * prior.log_probs(indices)[..., inside[0], inside[1]].to(
-                log_probs.device)
-        probs = torch.softmax(log_probs, dim=1)
-        block = (slice(int(indices[0]), int(indices[-1]) + 1), *inside)
-        classes[block] = probs.argmax(1).to(torch.uint8).cpu().numpy()
-        if keep_confidence:
-            if probabilities is None:  # background is certain outside the region
-                probabilities = np.full((num, stack.height, stack.width), 255, dtype=np.uint8)
-            probabilities[block] = (probs.amax(1) * 255).round().to(torch.uint8).cpu().numpy()
-        elif keep_probabilities:
-            if probabilities is None:
-                probabilities = np.zeros((probs.shape[1], num, stack.height, stack.width), dtype=np.float32)
-                probabilities[0] = 1.0  # background is certain outside the region
-            probabilities[(slice(None), *block)] = probs.permute(1, 0, 2, 3).cpu().numpy()
-        start = int(indices[-1]) + 1
-        reporter.update(start - first)
+    ahead = PriorAhead(prior)
+    try:
+        while start < stop:
+            reporter.check_cancel()
+            indices = np.arange(start, min(start + batch_size, stop))
+            failure = logits = log_probs = probs = None  # the last pass's tensors go before this one starts
+            # this batch's prior first (queued a pass ago, or now), then the next one's, beside the network
+            ahead.ahead(indices, np.arange(indices[-1] + 1, min(int(indices[-1]) + 1 + batch_size, stop)))
+            try:
+                logits = _slice_logits(model, stack, indices, divisor, device, flip_tta, crop)
+            except torch.OutOfMemoryError as error:
+                failure = error.with_traceback(None)  # the traceback holds the pass's frames and tensors
+            if failure is not None:  # outside the except block: nothing of the failed pass is referenced now
+                batch_size = halve_batch(batch_size, "predicting", progress, "predict", cause=failure)
+                continue
+            batches.record("predict", batch_size, requested)
+            log_probs = torch.log_softmax(logits[..., :rows[1] - rows[0], :columns[1] - columns[0]], dim=1)
+            log_probs = log_probs[..., keep[0], keep[1]]
+            if prior is not None:
+                log_probs = log_probs + PRIOR_WEIGHT * ahead.get(indices)[..., inside[0], inside[1]].to(
+                    log_probs.device)
+            probs = torch.softmax(log_probs, dim=1)
+            block = (slice(int(indices[0]), int(indices[-1]) + 1), *inside)
+            classes[block] = probs.argmax(1).to(torch.uint8).cpu().numpy()
+            if keep_confidence:
+                if probabilities is None:  # background is certain outside the region
+                    probabilities = np.full((num, stack.height, stack.width), 255, dtype=np.uint8)
+                probabilities[block] = (probs.amax(1) * 255).round().to(torch.uint8).cpu().numpy()
+            elif keep_probabilities:
+                if probabilities is None:
+                    probabilities = np.zeros((probs.shape[1], num, stack.height, stack.width), dtype=np.float32)
+                    probabilities[0] = 1.0  # background is certain outside the region
+                probabilities[(slice(None), *block)] = probs.permute(1, 0, 2, 3).cpu().numpy()
+            start = int(indices[-1]) + 1
+            reporter.update(start - first)
+    finally:
+        ahead.close()
     return classes, probabilities

@@ -58,3 +58,19 @@ def test_gradient_reaches_every_parameter():
 def test_config_validation_names_the_bad_value(kwargs, phrase):
     with pytest.raises(ValueError, match=phrase):
         NetworkConfig(**kwargs)
+
+
+def test_the_decoder_without_monai_padding_equals_it_and_sizes_off_the_grid_are_refused():
+    """The decoder skips MONAI's replicate pad (sizes always match on the divisor grid): the same logits as with it,
+    and an input off the grid is one clear error instead of a shape mismatch deep in the decoder."""
+    torch.manual_seed(0)
+    net = build_network(NetworkConfig(in_channels=3, num_classes=2)).eval()
+    x = torch.randn(1, 3, 48, 32)
+    with torch.no_grad():
+        fast = net(x)
+        for up in net.decoder.ups:
+            up.is_pad = True
+        padded = net(x)
+    assert torch.equal(fast, padded)
+    with pytest.raises(ValueError, match=r"multiples of 16, got \(40, 32\)"):
+        net(torch.randn(1, 3, 40, 32))

@@ -7,6 +7,7 @@ the same simulation) and test_slicer_bridge.py / test_slicer_cli_contract.py (no
 """
 from __future__ import annotations
 
+import threading
 import weakref
 
 import numpy as np
@@ -20,6 +21,7 @@ from ContrastiveSegLib.data.sampler import AnnotatedSliceSampler
 from ContrastiveSegLib.data.slices import InputSpec, SliceStack
 from ContrastiveSegLib.device import (PREDICTION_ADVICE, BatchLimits, OutOfMemory, fine_tuning_advice,
                                       halve_batch)
+from ContrastiveSegLib.inference import predict as predict_module
 from ContrastiveSegLib.inference.predict import predict_volume
 from ContrastiveSegLib.io.annotations import IGNORE
 from ContrastiveSegLib.training.finetune import FinetuneConfig, SupervisedObjective, train_segmentation
@@ -83,6 +85,47 @@ def test_prediction_halves_the_batch_and_gives_the_same_result(phantom):
     np.testing.assert_array_equal(classes, expected)
     assert [message for _, message in _notes(events)] == [
         f"out of GPU memory: retrying with batch size {size}" for size in (8, 4, 2)]
+
+
+class SlicePrior:
+    """A prior that favours class ``s % 3`` on slice ``s`` strongly enough to win against the 1x1 network, and
+    records which slices each call asked for and from which thread."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        self.shape = shape
+        self.calls: list[tuple[tuple[int, ...], str]] = []
+        self.lock = threading.Lock()
+
+    def log_probs(self, indices) -> torch.Tensor:
+        indices = [int(i) for i in np.asarray(indices).reshape(-1)]
+        with self.lock:
+            self.calls.append((tuple(indices), threading.current_thread().name))
+        out = torch.full((len(indices), 3, *self.shape), -1e4)
+        for n, s in enumerate(indices):
+            out[n, s % 3, :, : self.shape[1] // 2] = 0.0  # the left half only: the network decides the right
+        return out
+
+
+def test_the_prior_computed_ahead_gives_the_same_labels_also_when_the_batch_is_halved(phantom, monkeypatch):
+    stack = SliceStack(phantom.image, 0, InputSpec())
+    shape = phantom.image.shape[1:]
+    prior = SlicePrior(shape)
+    ahead, _ = predict_volume(Greedy(InputSpec().in_channels, 3, limit=1000), stack, torch.device("cpu"), divisor=16,
+                              batch_size=4, prior=prior)
+    # every batch asked once, in order, all of them in the prior's thread (each queued a pass before it is used)
+    assert [c[0] for c in prior.calls] == [tuple(range(i, i + 4)) for i in range(0, 16, 4)]
+    assert {c[1].split("_")[0] for c in prior.calls} == {"prior"}
+    favoured = np.broadcast_to((np.arange(16) % 3)[:, None, None], (16, shape[0], shape[1] // 2))
+    np.testing.assert_array_equal(ahead[:, :, : shape[1] // 2], favoured)  # the prior was used, slice by slice
+    halved, _ = predict_volume(Greedy(InputSpec().in_channels, 3, limit=3), stack, torch.device("cpu"), divisor=16,
+                               batch_size=16, prior=SlicePrior(shape))
+    monkeypatch.setattr(predict_module.PriorAhead, "ahead", lambda self, *batches: None)  # the prior in turn
+    serial_prior = SlicePrior(shape)
+    serial, _ = predict_volume(Greedy(InputSpec().in_channels, 3, limit=1000), stack, torch.device("cpu"), divisor=16,
+                               batch_size=4, prior=serial_prior)
+    assert {c[1] for c in serial_prior.calls} == {threading.current_thread().name}
+    np.testing.assert_array_equal(ahead, serial)
+    np.testing.assert_array_equal(halved, serial)
 
 
 def test_at_batch_size_1_fine_tuning_and_prediction_stop_with_one_clear_line(phantom):
