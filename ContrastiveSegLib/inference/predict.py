@@ -56,8 +56,8 @@ class PriorAhead:
     The prior is numpy and scipy work (distance maps, slice by slice) and the network's convolutions release the
     GIL, so on two cores the two overlap (the 512 x 512 x 300 CT: the fused prior is about 12 s of a 45 s
     prediction). The numbers are the prior's own: :meth:`get` takes a prefetched batch only when its slices are
-    exactly the ones asked for (after a halved batch they are not: it drops what is pending and asks the prior
-    itself). The priors keep no state between calls, so a thread may read them beside the caller.
+    exactly the ones asked for, else it drops what is pending and asks the prior itself; the caller drops the queue
+    when it halves its batch. The priors keep no state between calls, so a thread may read them beside the caller.
     """
 
     def __init__(self, prior) -> None:
@@ -139,13 +139,15 @@ def predict_volume(model: torch.nn.Module, stack: SliceStack, device: torch.devi
             indices = np.arange(start, min(start + batch_size, stop))
             failure = logits = log_probs = probs = None  # the last pass's tensors go before this one starts
             # this batch's prior first (queued a pass ago, or now), then the next one's, beside the network
-            ahead.ahead(indices, np.arange(indices[-1] + 1, min(int(indices[-1]) + 1 + batch_size, stop)))
+            after = int(indices[-1]) + 1
+            ahead.ahead(indices, np.arange(after, min(after + batch_size, stop)))
             try:
                 logits = _slice_logits(model, stack, indices, divisor, device, flip_tta, crop)
             except torch.OutOfMemoryError as error:
                 failure = error.with_traceback(None)  # the traceback holds the pass's frames and tensors
             if failure is not None:  # outside the except block: nothing of the failed pass is referenced now
                 batch_size = halve_batch(batch_size, "predicting", progress, "predict", cause=failure)
+                ahead.drop()  # the batches queued at the old size are never asked for
                 continue
             batches.record("predict", batch_size, requested)
             log_probs = torch.log_softmax(logits[..., :rows[1] - rows[0], :columns[1] - columns[0]], dim=1)
